@@ -1,0 +1,24 @@
+"""Timing worker run inside the llama-cpp-python venv by bench scripts (not importable by lutllm).
+
+Reads one JSON job from argv, prints one JSON result line: prefill and decode seconds.
+"""
+import json
+import sys
+import time
+
+from llama_cpp import Llama
+
+job = json.loads(sys.argv[1])
+llm = Llama(model_path=job["model"], n_ctx=job["n_ctx"], n_batch=job["n_batch"], n_threads=job["threads"],
+            n_threads_batch=job["threads"], verbose=False)
+out = []
+for _ in range(job["reps"]):
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(job["prompt"])
+    t1 = time.perf_counter()
+    for tok in job["decode"]:
+        llm.eval([tok])
+    t2 = time.perf_counter()
+    out.append({"prefill_s": t1 - t0, "decode_s": t2 - t1})
+print(json.dumps(out))

@@ -1,0 +1,95 @@
+"""End-to-end speed: prefill tokens/s and decode tokens/s of lutllm vs llama-cpp-python on the same
+GGUF, thread count and token ids, measured alternately in one run. Prints JSON lines + a table.
+
+    python bench/e2e.py [-m MODEL] [-t 2] [-p 256] [-n 64] [--reps 3]
+The llama-cpp-python venv comes from bench/setup_llama_venv.sh (outside the repo).
+"""
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+LLAMA_PY = os.environ.get("LUTLLM_LLAMA_VENV", str(pathlib.Path.home() / ".cache/lutllm-bench/llama-venv")) + "/bin/python"
+
+
+def run_lutllm(model, threads, prompt, decode, reps, n_ctx):
+    from lutllm.engine import Engine
+
+    eng = Engine(model, n_ctx=n_ctx, n_threads=threads, n_batch=n_ctx)
+    out = []
+    for _ in range(reps):
+        eng.reset()
+        t0 = time.perf_counter()
+        eng.eval(prompt)
+        t1 = time.perf_counter()
+        hist = list(prompt)
+        for tok in decode:
+            hist.append(tok)
+            eng.eval(hist)
+        t2 = time.perf_counter()
+        out.append({"prefill_s": t1 - t0, "decode_s": t2 - t1})
+    return out
+
+
+def run_llama(model, threads, prompt, decode, reps, n_ctx):
+    job = {"model": model, "threads": threads, "prompt": prompt, "decode": decode, "reps": reps, "n_ctx": n_ctx,
+           "n_batch": n_ctx}
+    r = subprocess.run([LLAMA_PY, str(HERE / "_llama_worker.py"), json.dumps(job)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"llama-cpp-python worker failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-m", "--model", default="smollm2-135m-instruct")
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("-p", "--n-prompt", type=int, default=256)
+    ap.add_argument("-n", "--n-gen", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2, help="alternations lutllm/llama.cpp")
+    ap.add_argument("--no-llama", action="store_true")
+    a = ap.parse_args()
+    from lutllm.models import resolve_model
+    from lutllm.gguf_file import GGUFFile
+
+    model = str(resolve_model(a.model))
+    n_vocab = len(GGUFFile(model).metadata["tokenizer.ggml.tokens"])
+    rng = np.random.default_rng(0)
+    prompt = [int(x) for x in rng.integers(100, n_vocab, a.n_prompt)]
+    decode = [int(x) for x in rng.integers(100, n_vocab, a.n_gen)]
+    n_ctx = a.n_prompt + a.n_gen + 8
+    runners = {"lutllm": run_lutllm}
+    if not a.no_llama:
+        if not os.path.exists(LLAMA_PY):
+            raise SystemExit(f"{LLAMA_PY} missing: run bench/setup_llama_venv.sh (or pass --no-llama)")
+        runners["llama.cpp"] = run_llama
+    res = {k: [] for k in runners}
+    for _ in range(a.rounds):
+        for name, fn in runners.items():
+            for r in fn(model, a.threads, prompt, decode, a.reps, n_ctx):
+                pp, tg = a.n_prompt / r["prefill_s"], a.n_gen / r["decode_s"]
+                res[name].append((pp, tg))
+                print(json.dumps({"bench": "e2e", "runtime": name, "model": pathlib.Path(model).name,
+                                  "threads": a.threads, "pp_tokens": a.n_prompt, "tg_tokens": a.n_gen,
+                                  "pp_tps": round(pp, 2), "tg_tps": round(tg, 2)}), flush=True)
+    print(f"\n{'runtime':12s} {'pp' + str(a.n_prompt) + ' tok/s':>14s} {'tg' + str(a.n_gen) + ' tok/s':>14s}")
+    med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in res.items()}
+    for k, (pp, tg) in med.items():
+        print(f"{k:12s} {pp:14.1f} {tg:14.1f}")
+    if "llama.cpp" in med:
+        rp, rt = med["lutllm"][0] / med["llama.cpp"][0], med["lutllm"][1] / med["llama.cpp"][1]
+        print(f"{'ratio':12s} {rp:14.2f}x {rt:13.2f}x   (lutllm / llama.cpp, medians)")
+        print(json.dumps({"bench": "e2e_ratio", "model": pathlib.Path(model).name, "threads": a.threads,
+                          "pp_ratio": round(rp, 3), "tg_ratio": round(rt, 3)}))
+
+
+if __name__ == "__main__":
+    main()

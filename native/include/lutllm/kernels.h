@@ -1,0 +1,69 @@
+// The kernel API: function-pointer types, the ISA levels, and the table dispatch fills from kernels.inc.
+// Kernels are plain functions over raw buffers; they know nothing about models, threads or files.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "lutllm/ggml_types.h"
+
+namespace lutllm {
+
+// ISA levels a kernel may require. A machine supports a set of them; LUTLLM_ISA caps the choice.
+enum class Isa : int { REF = 0, AVX2 = 1, AVX512 = 2, NEON = 3, NEON_DOTPROD = 4 };
+constexpr int kIsaCount = 5;
+const char* isa_name(Isa isa);
+bool isa_from_name(const std::string& name, Isa* out);
+bool isa_supported(Isa isa);             // by this CPU (cpuid / getauxval, read once)
+std::vector<Isa> available_isas();       // supported ones, REF first
+
+// Activations quantized for integer dot products: 32 values per block, q = round(x / d),
+// d = max|x| / 127, s = d * sum(q) (used by weight types with a min / offset term).
+struct ActQ8 {
+  float d;
+  float s;
+  int8_t qs[QK32];
+};
+static_assert(sizeof(ActQ8) == 40, "ActQ8 size");
+
+// dst[0..n) = decoded src; n is a multiple of the type's block_elems.
+using DequantRowFn = void (*)(const void* src, float* dst, int64_t n);
+// x[0..k) -> k/32 ActQ8 blocks; k is a multiple of 32.
+using QuantizeActFn = void (*)(const float* x, ActQ8* y, int64_t k);
+// Y[t * y_stride + r] = dot(W row r, X row t) for r < rows, t < n_tok.
+//   w: rows x row_bytes bytes of blocks; x: n_tok rows of k/32 ActQ8 blocks (x_stride blocks apart).
+using MatmulQ8Fn = void (*)(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k,
+                            const ActQ8* x, int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride);
+// Same product for float weight types (F32 / F16 / BF16) against float activations.
+using MatmulF32Fn = void (*)(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k,
+                             const float* x, int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride);
+
+enum class KernelOp : int { DEQUANT = 0, QUANT_ACT = 1, MATMUL_Q8 = 2, MATMUL_F32 = 3 };
+const char* op_name(KernelOp op);
+
+// One row of the registry (kernels.inc), as seen by tests and benchmarks.
+struct KernelInfo {
+  KernelOp op;
+  int wtype;          // GgmlType id, or -1 where the op has no weight type
+  const char* name;   // e.g. "matmul_q4_1_q8__avx2"
+  Isa isa;
+  void* fn;
+};
+const std::vector<KernelInfo>& kernel_registry();
+const KernelInfo* find_kernel(const std::string& name);
+
+// The selected kernel per op and weight type; null where none exists.
+struct KernelTable {
+  Isa isa_cap;
+  DequantRowFn dequant[kGgmlTypeCount];
+  QuantizeActFn quantize_act;
+  MatmulQ8Fn matmul_q8[kGgmlTypeCount];
+  MatmulF32Fn matmul_f32[kGgmlTypeCount];
+};
+// Filled once on first use from kernels.inc: best supported ISA not above LUTLLM_ISA (if set).
+const KernelTable& kernels();
+// Re-select with a different cap (tests, benchmarks). Not thread-safe against running kernels.
+void select_isa(Isa cap);
+
+}  // namespace lutllm

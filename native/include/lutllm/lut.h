@@ -1,0 +1,194 @@
+// Packed low-bit weight layout for table-lookup (T-MAC style) matmul, the activation tables, and the
+// C++ pack / repack / quantize / unpack functions. Kernels live in native/ref/lut_*.cc and ISA files.
+// Header helpers are `static inline` on purpose: ISA leaf files include this header, and a shared
+// inline copy compiled with -mavx2 must never be the one the linker keeps for baseline code.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "lutllm/ggml_types.h"
+
+namespace lutllm {
+
+// =============================================================================================
+// Weight kinds
+//
+//   W1..W4   n = 1..4 bit planes. Per (row, group): value = s * q + o      (has_offset = 1)
+//                                              or value = s * (q - 2^(n-1)) (has_offset = 0)
+//            with q = sum_b 2^b * bit_b in [0, 2^n).
+//   TERNARY  BitNet b1.58 {-1, 0, +1} * s, stored as two planes (a, b) with value = s * (a + b - 1):
+//            +1 -> (1,1), 0 -> (1,0), -1 -> (0,0). Both planes weigh 1 (not 1 and 2), so with the
+//            +-1 tables below the product needs no sum(x) term at all and its table-rounding error
+//            is 2/3 of the W2 path's. Why planes and not base-3 (1.6 bits/weight): a 3^k packing
+//            cannot index a 16-entry table directly (TL2 needs 2 byte lookups for one exact entry);
+//            planes keep one lookup kernel for every kind at 2 bits/weight.
+// =============================================================================================
+enum class LutKind : int32_t { W1 = 1, W2 = 2, W3 = 3, W4 = 4, TERNARY = 5 };
+constexpr int kLutKindCount = 6;  // arrays indexed by int(kind); index 0 unused
+static inline int lut_planes(int kind) { return kind == int(LutKind::TERNARY) ? 2 : kind; }
+const char* lut_kind_name(int kind);  // "w1".."w4", "wt"
+
+// =============================================================================================
+// Packed weight layout (one buffer serves every ISA; weights are streamed once, front to back)
+//
+// Rows are padded to row blocks of 16 (kLutRows); padding rows hold q = 0, s = 0, o = 0.
+// K is split into groups of G weights (G = 16, 32, 64 or 128; odd plane counts need G >= 32).
+//
+//   buffer    = [row block 0][row block 1]...                       (ceil(rows / 16) blocks)
+//   row block = [group block 0][group block 1]...[group block K/G-1]
+//   group block (16 rows x G weights):
+//     pair tiles    for pp in 0 .. n/2-1 (planes 2pp, 2pp+1), for quad q in 0 .. G/4-1: one PT
+//     single tiles  only for odd n (plane n-1): for chunk c in 0 .. G/32-1, for i in 0..3: one ST
+//     scales        16 x fp16 or 16 x fp32 (scale_bytes), row order
+//     offsets       16 x the same, row order; only when has_offset
+//
+// A tile is 16 bytes = 32 four-bit table indices that all refer to one activation quad
+// (4 consecutive k) per nibble half; nibble bit i (i = 0..3) is the plane bit of weight k = 4q + i.
+//   PT(pp, q), byte j = 0..15:
+//     low nibble  -> row j/2,     plane 2pp + (j & 1), quad q
+//     high nibble -> row 8 + j/2, plane 2pp + (j & 1), quad q
+//     so after one table lookup, byte pairs (2i, 2i+1) hold the two planes of one row; x86 folds
+//     them with pmaddubsw (multipliers 2^b, 2^(b+1)) and NEON with padal + sra.
+//   ST(c, i), byte j = 0..15 (row j, plane n-1):
+//     low nibble  -> quad 8c + i,  high nibble -> quad 8c + i + 4
+//     so the low halves of 1/2/4 consecutive STs use tables of consecutive quads, as do the highs.
+//
+// Consecutive tiles of one kind use consecutive quads' tables, which are stored contiguously
+// (LutAct::tab): NEON consumes one tile per vector, AVX2 two and AVX-512 four, each with one plain
+// 16/32/64-byte table load and no shuffles of the tables.
+//
+// Bytes per group block = 2*G*n (tiles) + 16*scale_bytes*(1 + has_offset).
+// Nothing shape-specific is baked in: any rows, any K that is a multiple of G.
+// =============================================================================================
+constexpr int kLutRows = 16;       // rows per row block
+constexpr int kLutTileBytes = 16;  // one table's worth of indices
+
+struct LutTile {
+  uint8_t idx[kLutTileBytes];
+};
+static_assert(sizeof(LutTile) == 16, "LutTile is one 128-bit vector");
+
+// Format of one packed tensor. Part of the packed buffer's meaning; store it beside the buffer.
+struct LutFormat {
+  int32_t kind;         // LutKind
+  int32_t group;        // G
+  int32_t scale_bytes;  // 2 = fp16 scales/offsets, 4 = fp32 (exact products of k-quant scales)
+  int32_t has_offset;   // 0 or 1 (ternary: 0)
+};
+static_assert(sizeof(LutFormat) == 16, "LutFormat size");
+
+// A packed weight matrix (rows x k); data points at byte 0 of row block 0 (any alignment).
+struct LutWeights {
+  const uint8_t* data;
+  int64_t rows;
+  int64_t k;
+  LutFormat fmt;
+};
+static_assert(sizeof(LutWeights) == 40, "LutWeights size");
+
+static inline int64_t lut_row_blocks(int64_t rows) { return (rows + kLutRows - 1) / kLutRows; }
+static inline size_t lut_tile_bytes_per_group(const LutFormat& f) { return size_t(2) * f.group * lut_planes(f.kind); }
+static inline size_t lut_group_block_bytes(const LutFormat& f) {
+  return lut_tile_bytes_per_group(f) + size_t(kLutRows) * f.scale_bytes * (1 + f.has_offset);
+}
+static inline size_t lut_row_block_bytes(const LutFormat& f, int64_t k) { return size_t(k / f.group) * lut_group_block_bytes(f); }
+static inline size_t lut_packed_bytes(const LutFormat& f, int64_t rows, int64_t k) {
+  return size_t(lut_row_blocks(rows)) * lut_row_block_bytes(f, k);
+}
+// Worked sizes (16 rows x G): 2-bit g32 fp16 no offset = 128 + 32 B; 4-bit g32 fp32 + offset = 256 + 128 B.
+static_assert(2 * 32 * 2 + 16 * 2 == 160, "W2 g32 fp16 group block");
+static_assert(2 * 32 * 4 + 16 * 4 * 2 == 384, "W4 g32 fp32+offset group block");
+
+// Empty string if the format and shape are usable, else what is wrong.
+std::string lut_check_format(const LutFormat& f, int64_t rows, int64_t k);
+
+// =============================================================================================
+// Activation tables (one per activation vector, i.e. per token; built once, shared by every
+// layer that reads the same input)
+//
+//   tab[q*16 + idx] (k/4 x 16 int8): round(e / ts), e = sum_{j<4} (bit j of idx ? +x[4q+j] : -x[4q+j]),
+//       e summed in the order j = 0,1,2,3 in fp32; round half to even; tab[15-idx] == -tab[idx].
+//   scale[a] (k/ag fp32): ts of activation group a (ag activations) = max over its quads of
+//       (|x0|+|x1|+|x2|+|x3|) / 127, so |tab| <= 127. All-zero group: ts = 0, tab = 0.
+//   sum16[i] (k/16 fp32): x[16i] + x[16i+1] + ... + x[16i+15], added left to right in fp32.
+// A weight group must not straddle two table scales: ag % G == 0 (ag = G is the most accurate).
+// =============================================================================================
+struct LutAct {
+  const int8_t* tab;
+  const float* scale;
+  const float* sum16;
+  int64_t k;
+  int32_t ag;
+  int32_t reserved;
+};
+static_assert(sizeof(LutAct) == 40, "LutAct size");
+static inline size_t lut_act_tab_bytes(int64_t k) { return size_t(k) * 4; }  // k/4 tables x 16 B
+
+// =============================================================================================
+// Kernel signatures (registered in native/kernels.inc; selected in lutllm::kernels())
+//
+// Build tables for activation groups [ag_begin, ag_end) of x (k floats, k % ag == 0, ag % 16 == 0).
+// Groups are independent: split the range across threads.
+using LutBuildFn = void (*)(const float* x, int64_t k, int32_t ag, int64_t ag_begin, int64_t ag_end,
+                            int8_t* tab, float* scale, float* sum16);
+// y[r] = sum_k W[r,k] x[k] for r in [row_begin, row_end); row_begin % 16 == 0 (row blocks are
+// indivisible), row_end % 16 == 0 or row_end == rows. Float buffers must be 4-byte aligned;
+// weights and tables may sit at any address.
+using LutGemvFn = void (*)(const LutWeights* w, const LutAct* a, int64_t row_begin, int64_t row_end, float* y);
+// The same for n_tok activation vectors a[0..n_tok): y[t*y_stride + r]. Bit-exact with n_tok GEMVs.
+using LutGemmFn = void (*)(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin,
+                           int64_t row_end, float* y, int64_t y_stride);
+
+// Shared math of every LUT kernel (so that SIMD and scalar agree bit for bit):
+//   per (row, group g): I = sum over planes b, quads q of m_b * tab[q][idx_b(row, q)]  (exact int32)
+//     m_b = 2^b (W1..W4) or 1 (TERNARY)
+//   y = 0; for g in order:  a  = s * (0.5f * ts_g)
+//                           y  = fma(a, float(I), y)
+//                           (not TERNARY)  c = has_offset ? fma(s, (2^n - 1) / 2, o) : s * -0.5f
+//                                          y = fma(c, Sx_g, y)
+//   Sx_g = sum16[g*G/16] + sum16[g*G/16 + 1] + ... (left to right, G/16 terms).
+// Why: +-1 tables give sum_k q x = 1/2 * sum_b 2^b L_b + (2^n-1)/2 * sum x.
+// Integer bounds (|tab| <= 127): |I| <= 127 * (2^n - 1) * G/4 <= 60960 (n = 4, G = 128), exact in
+// fp32; SIMD int16 partial sums stay below 32767 (derived in each ISA file).
+// Error vs exact float math on the same weights, per row and group (table rounding only):
+//   |dy| <= |s| * ts_g * (2^n - 1) * G / 16   (W1..W4),   |s| * ts_g * G / 8   (TERNARY)
+static inline float lut_group_sum(const float* sum16, int64_t g, int group) {
+  const int64_t i0 = g * (group / 16);
+  float s = sum16[i0];
+  for (int i = 1; i < group / 16; ++i) s = s + sum16[i0 + i];
+  return s;
+}
+
+// =============================================================================================
+// Pack / repack / quantize / unpack (scalar C++, exact; native/ref/lut_pack.cc)
+// =============================================================================================
+
+// Pack integer codes: q[r*k + c] in [0, 2^n) (W*) or {-1, 0, 1} as int8 (TERNARY, pass as uint8
+// two's complement), scale[r*(k/G) + g] and offset[...] (ignored without has_offset) as fp32
+// values that the format can hold exactly (fp16 format: they are rounded to fp16 here).
+// out must hold lut_packed_bytes(fmt, rows, k) bytes.
+void lut_pack(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q, const float* scale,
+              const float* offset, uint8_t* out);
+
+// Decode rows [row_begin, row_end) to floats: out[(r - row_begin)*k + c] = s*(q - 2^(n-1)) or
+// s*q + o (or s*(a+b-1)), the same float operations as gguf's dequantize for repacked types.
+void lut_unpack(const LutWeights& w, int64_t row_begin, int64_t row_end, float* out);
+
+// Format a GGUF type repacks to (exactly; see lut_pack.cc for why each is lossless):
+//   Q4_0 -> W4 g32 fp16 symmetric   Q4_1 -> W4 g32 fp16 + offset
+//   Q4_K -> W4 g32 fp32 + offset (d*sc, dmin*m need up to 17 mantissa bits: exact in fp32 only)
+//   Q2_K -> W2 g16 fp32 + offset    TQ1_0 / TQ2_0 -> TERNARY g=ternary_group (32/64/128) fp16
+// Returns false (and *err) for other types.
+bool lut_format_for_ggml(GgmlType t, int ternary_group, LutFormat* fmt, std::string* err);
+// Repack rows x k GGUF blocks (row-major, k % 256 or 32 as the type needs) into out.
+bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, const LutFormat& fmt, uint8_t* out,
+                     std::string* err);
+
+// Round-to-nearest quantizer for float weights (rows x k, k % G == 0), fp16 scales:
+//   W1..W4: per group s = (max - min) / (2^n - 1), o = min (both rounded to fp16 first),
+//           q = clamp(round_half_even((w - o) / s), 0, 2^n - 1); has_offset = 1.
+//   TERNARY: s = mean |w| over the group (BitNet b1.58 absmean), t = clamp(round(w / s), -1, 1).
+void lut_quantize(int kind, int group, int64_t rows, int64_t k, const float* w, uint8_t* out, LutFormat* fmt);
+
+}  // namespace lutllm

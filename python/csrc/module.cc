@@ -1,0 +1,304 @@
+// The only pybind11 file: converts Python/numpy types and calls into native/ and runtime/.
+// No logic lives here beyond argument checks; compute runs with the GIL released.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "lutllm/kernels.h"
+#include "error.h"
+#include "model.h"
+
+namespace py = pybind11;
+using namespace lutllm;
+
+namespace {
+
+using U8Array = py::array_t<uint8_t, py::array::c_style>;
+using F32Array = py::array_t<float, py::array::c_style>;
+
+// Accept only arrays that already have the right dtype and are contiguous: no silent copies.
+template <typename T>
+py::array_t<T, py::array::c_style> exact_array(const py::handle& obj, const char* what) {
+  if (!py::isinstance<py::array>(obj)) throw py::type_error(std::string(what) + ": expected a numpy array");
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  if (!arr.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(what) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
+                         ", got " + std::string(py::str(arr.dtype())));
+  if (!(arr.flags() & py::array::c_style))
+    throw py::value_error(std::string(what) + ": array must be C-contiguous");
+  return py::reinterpret_borrow<py::array_t<T, py::array::c_style>>(arr);
+}
+
+const KernelInfo& kernel_by_name(const std::string& name, KernelOp op) {
+  const KernelInfo* k = find_kernel(name);
+  if (!k) throw py::value_error("unknown kernel '" + name + "'");
+  if (k->op != op) throw py::value_error("kernel '" + name + "' is a " + op_name(k->op) + " kernel, not " + op_name(op));
+  if (!isa_supported(k->isa))
+    throw py::value_error("kernel '" + name + "' needs ISA " + isa_name(k->isa) + ", which this CPU lacks");
+  return *k;
+}
+
+size_t row_bytes_for(int wtype, int64_t k) {
+  const TypeTraits& tt = type_traits(uint32_t(wtype));
+  if (tt.block_bytes == 0) throw py::value_error("unsupported tensor type id " + std::to_string(wtype));
+  if (k <= 0 || k % tt.block_elems != 0)
+    throw py::value_error(std::string("row length ") + std::to_string(k) + " is not a multiple of the " + tt.name +
+                          " block size " + std::to_string(tt.block_elems));
+  return size_t(k / tt.block_elems) * size_t(tt.block_bytes);
+}
+
+// ---- kernel entry points for tests and benchmarks (call one named registry kernel) ----------
+
+py::array_t<float> run_dequant(const std::string& name, const py::handle& src_obj, int64_t n) {
+  const KernelInfo& k = kernel_by_name(name, KernelOp::DEQUANT);
+  auto src = exact_array<uint8_t>(src_obj, "src");
+  const size_t need = row_bytes_for(k.wtype, n);
+  if (size_t(src.size()) < need)
+    throw py::value_error("src holds " + std::to_string(src.size()) + " bytes, " + std::to_string(need) + " needed");
+  py::array_t<float> out(n);
+  const uint8_t* s = src.data();
+  float* d = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    reinterpret_cast<DequantRowFn>(k.fn)(s, d, n);
+  }
+  return out;
+}
+
+// x: (n_tok, k) float32 -> bytes of n_tok * k/32 ActQ8 blocks
+py::array_t<uint8_t> run_quantize_act(const std::string& name, const py::handle& x_obj) {
+  const KernelInfo& kn = kernel_by_name(name, KernelOp::QUANT_ACT);
+  auto x = exact_array<float>(x_obj, "x");
+  if (x.ndim() != 2) throw py::value_error("x must be 2-D (n_tok, k)");
+  const int64_t n = x.shape(0), k = x.shape(1);
+  if (k % QK32) throw py::value_error("k must be a multiple of 32");
+  py::array_t<uint8_t> out({n, k / QK32 * int64_t(sizeof(ActQ8))});
+  const float* xp = x.data();
+  auto* yp = reinterpret_cast<ActQ8*>(out.mutable_data());
+  {
+    py::gil_scoped_release nogil;
+    for (int64_t t = 0; t < n; ++t) reinterpret_cast<QuantizeActFn>(kn.fn)(xp + t * k, yp + t * (k / QK32), k);
+  }
+  return out;
+}
+
+// w: rows * row_bytes bytes; xq: (n_tok, k/32 * 40) ActQ8 bytes -> (n_tok, rows) float32
+py::array_t<float> run_matmul_q8(const std::string& name, const py::handle& w_obj, int64_t rows, int64_t k,
+                                 const py::handle& xq_obj) {
+  const KernelInfo& kn = kernel_by_name(name, KernelOp::MATMUL_Q8);
+  auto w = exact_array<uint8_t>(w_obj, "w");
+  auto xq = exact_array<uint8_t>(xq_obj, "xq");
+  const size_t rb = row_bytes_for(kn.wtype, k);
+  if (rows <= 0 || size_t(w.size()) < rb * size_t(rows)) throw py::value_error("w is smaller than rows * row_bytes");
+  if (xq.ndim() != 2 || xq.shape(1) != k / QK32 * int64_t(sizeof(ActQ8)))
+    throw py::value_error("xq must be (n_tok, k/32*40) bytes from quantize_act");
+  const int64_t n = xq.shape(0);
+  py::array_t<float> y({n, rows});
+  const uint8_t* wp = w.data();
+  // ActQ8 holds floats: the kernels may assume 4-byte alignment of the activation buffer.
+  if (reinterpret_cast<uintptr_t>(xq.data()) % alignof(ActQ8)) throw py::value_error("xq must be 4-byte aligned");
+  const auto* xp = reinterpret_cast<const ActQ8*>(xq.data());
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    reinterpret_cast<MatmulQ8Fn>(kn.fn)(wp, rb, rows, k, xp, k / QK32, n, yp, rows);
+  }
+  return y;
+}
+
+// w: rows * row_bytes bytes of F32/F16/BF16; x: (n_tok, k) float32 -> (n_tok, rows)
+py::array_t<float> run_matmul_f32(const std::string& name, const py::handle& w_obj, int64_t rows, int64_t k,
+                                  const py::handle& x_obj) {
+  const KernelInfo& kn = kernel_by_name(name, KernelOp::MATMUL_F32);
+  auto w = exact_array<uint8_t>(w_obj, "w");
+  auto x = exact_array<float>(x_obj, "x");
+  const size_t rb = row_bytes_for(kn.wtype, k);
+  if (rows <= 0 || size_t(w.size()) < rb * size_t(rows)) throw py::value_error("w is smaller than rows * row_bytes");
+  if (x.ndim() != 2 || x.shape(1) != k) throw py::value_error("x must be (n_tok, k)");
+  const int64_t n = x.shape(0);
+  py::array_t<float> y({n, rows});
+  const uint8_t* wp = w.data();
+  const float* xp = x.data();
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    reinterpret_cast<MatmulF32Fn>(kn.fn)(wp, rb, rows, k, xp, k, n, yp, rows);
+  }
+  return y;
+}
+
+// ---- runtime conversions ----------------------------------------------------------------------
+
+ModelConfig config_from_dict(const py::dict& d) {
+  ModelConfig c;
+  auto get_int = [&](const char* k) {
+    if (!d.contains(k)) throw Error(std::string("model config is missing '") + k + "'");
+    return d[k].cast<int>();
+  };
+  c.arch = d.contains("arch") ? d["arch"].cast<std::string>() : "llama";
+  c.n_layer = get_int("n_layer");
+  c.d_model = get_int("d_model");
+  c.n_head = get_int("n_head");
+  c.n_head_kv = get_int("n_head_kv");
+  c.head_dim = get_int("head_dim");
+  c.d_ff = get_int("d_ff");
+  c.n_vocab = get_int("n_vocab");
+  c.n_ctx_train = get_int("n_ctx_train");
+  c.rope_dim = get_int("rope_dim");
+  if (d.contains("norm_eps")) c.norm_eps = d["norm_eps"].cast<float>();
+  if (d.contains("rope_base")) c.rope_base = d["rope_base"].cast<float>();
+  if (d.contains("rope_freq_scale")) c.rope_freq_scale = d["rope_freq_scale"].cast<float>();
+  if (d.contains("rope_mode")) {
+    const std::string m = d["rope_mode"].cast<std::string>();
+    if (m == "norm") c.rope_mode = RopeMode::NORM;
+    else if (m == "neox") c.rope_mode = RopeMode::NEOX;
+    else throw Error("unknown rope_mode '" + m + "' (norm, neox)");
+  }
+  return c;
+}
+
+std::vector<TensorDesc> tensors_from_list(const py::list& l) {
+  std::vector<TensorDesc> out;
+  for (const auto& item : l) {
+    auto t = item.cast<py::tuple>();
+    if (t.size() != 5) throw Error("tensor descriptions are (name, type, shape, offset, nbytes)");
+    TensorDesc d;
+    d.name = t[0].cast<std::string>();
+    d.type = t[1].cast<uint32_t>();
+    d.shape = t[2].cast<std::vector<int64_t>>();
+    d.offset = t[3].cast<uint64_t>();
+    d.nbytes = t[4].cast<uint64_t>();
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
+const char* path_name(Linear::Path p) {
+  switch (p) {
+    case Linear::Path::Q8: return "q8";
+    case Linear::Path::F32: return "f32";
+    case Linear::Path::DEQUANT: return "dequant";
+    default: return "none";
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "lutllm native core (kernels + runtime)";
+
+  // ---- ISA and kernel registry ----
+  m.def("available_isas", [] {
+    std::vector<std::string> out;
+    for (Isa i : available_isas()) out.push_back(isa_name(i));
+    return out;
+  }, "ISA levels this CPU supports, 'ref' first.");
+  m.def("active_isa", [] { return std::string(isa_name(kernels().isa_cap)); },
+        "The ISA cap the kernel table was filled with (LUTLLM_ISA or the best available).");
+  m.def("select_isa", [](const std::string& name) {
+    Isa isa;
+    if (!isa_from_name(name, &isa)) throw py::value_error("unknown ISA '" + name + "'");
+    try { select_isa(isa); } catch (const std::runtime_error& e) { throw py::value_error(e.what()); }
+  }, "Re-fill the kernel table with ISA cap `name` (tests/benchmarks).");
+  m.def("kernel_list", [] {
+    py::list out;
+    for (const auto& k : kernel_registry()) {
+      py::dict d;
+      d["op"] = op_name(k.op);
+      d["wtype"] = k.wtype;
+      d["wtype_name"] = k.wtype >= 0 ? type_traits(uint32_t(k.wtype)).name : "";
+      d["name"] = k.name;
+      d["isa"] = isa_name(k.isa);
+      d["supported"] = isa_supported(k.isa);
+      out.append(d);
+    }
+    return out;
+  }, "Every kernel of the registry (native/kernels.inc) with its op, weight type and ISA.");
+  m.def("type_info", [](int t) {
+    const TypeTraits& tt = type_traits(uint32_t(t));
+    return py::make_tuple(tt.name, tt.block_elems, tt.block_bytes);
+  }, "(name, block_elems, block_bytes) of a GGUF tensor type id.");
+  m.def("run_dequant", &run_dequant, py::arg("name"), py::arg("src"), py::arg("n"));
+  m.def("run_quantize_act", &run_quantize_act, py::arg("name"), py::arg("x"));
+  m.def("run_matmul_q8", &run_matmul_q8, py::arg("name"), py::arg("w"), py::arg("rows"), py::arg("k"), py::arg("xq"));
+  m.def("run_matmul_f32", &run_matmul_f32, py::arg("name"), py::arg("w"), py::arg("rows"), py::arg("k"), py::arg("x"));
+
+  // ---- LUT kernels (T-MAC style) ----
+  // (end LUT kernels)
+
+  // ---- runtime: model, context ----
+  static py::exception<Error> error_type(m, "Error", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Error& e) {
+      py::set_error(error_type, e.what());
+    } catch (const Cancelled& e) {
+      py::set_error(PyExc_KeyboardInterrupt, e.what());
+    }
+  });
+  m.def("physical_cores", &physical_core_count);
+
+  py::class_<Model, std::shared_ptr<Model>>(m, "Model")
+      .def(py::init([](const std::string& path, const py::dict& cfg, const py::list& tensors, int n_threads) {
+             ModelConfig c = config_from_dict(cfg);
+             std::vector<TensorDesc> t = tensors_from_list(tensors);
+             py::gil_scoped_release nogil;
+             return std::make_shared<Model>(path, c, t, n_threads);
+           }),
+           py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads") = 0)
+      .def_property_readonly("n_threads", [](const Model& mdl) { return mdl.pool().size(); })
+      .def_property_readonly("n_vocab", [](const Model& mdl) { return mdl.config().n_vocab; })
+      .def_property_readonly("mapping_address", [](const Model& mdl) {
+        return reinterpret_cast<uintptr_t>(mdl.store().file().data());
+      })
+      .def_property_readonly("mapping_size", [](const Model& mdl) { return mdl.store().file().size(); })
+      .def("tensor_view", [](std::shared_ptr<Model> mdl, const std::string& name) {
+        const WeightTensor& t = mdl->store().get(name);
+        // A read-only uint8 view into the mapping; the capsule keeps the model (and mmap) alive.
+        auto* keep = new std::shared_ptr<Model>(mdl);
+        py::capsule owner(keep, [](void* p) { delete static_cast<std::shared_ptr<Model>*>(p); });
+        py::array_t<uint8_t> a({py::ssize_t(t.nbytes)}, {py::ssize_t(1)}, t.data, owner);
+        py::detail::array_proxy(a.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+        return a;
+      }, "Zero-copy read-only bytes of one tensor, straight from the file mapping.")
+      .def("linear_paths", [](const Model& mdl) {
+        py::dict out;
+        auto add = [&](const Linear& L) { if (!L.empty()) out[py::str(L.weight().name)] = path_name(L.path()); };
+        add(mdl.output);
+        for (const auto& L : mdl.layers) {
+          add(L.wq); add(L.wk); add(L.wv); add(L.wo); add(L.w_gate); add(L.w_up); add(L.w_down);
+        }
+        return out;
+      }, "Which kernel family runs each linear layer (q8, f32, dequant).");
+
+  py::class_<Context>(m, "Context")
+      .def(py::init([](std::shared_ptr<Model> mdl, int n_ctx, int n_batch) {
+             return std::make_unique<Context>(std::move(mdl), n_ctx, n_batch);
+           }),
+           py::arg("model"), py::arg("n_ctx"), py::arg("n_batch") = 512)
+      .def_property_readonly("n_ctx", &Context::n_ctx)
+      .def_property_readonly("n_batch", &Context::n_batch)
+      .def("eval", [](Context& ctx, const py::handle& tokens_obj, int64_t pos, bool all_logits) {
+        auto tokens = exact_array<int32_t>(tokens_obj, "tokens");
+        if (tokens.ndim() != 1) throw py::value_error("tokens must be 1-D int32");
+        const int64_t n = tokens.shape(0);
+        if (n == 0) throw py::value_error("tokens is empty");
+        const int64_t rows = all_logits ? n : 1;
+        py::array_t<float> logits({rows, int64_t(ctx.n_vocab())});
+        const int32_t* tp = tokens.data();
+        float* lp = logits.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          ctx.eval(tp, n, pos, all_logits, lp);
+        }
+        return logits;
+      }, py::arg("tokens"), py::arg("pos"), py::arg("all_logits") = false,
+         "Evaluate int32 tokens at positions pos..; returns float32 logits (n or 1, n_vocab).")
+      .def("request_cancel", &Context::request_cancel, "Ask a running eval (other thread) to stop.");
+  // (end runtime)
+}

@@ -1,0 +1,289 @@
+"""The `lutllm` command line (click): run, chat, info, perplexity, pull, list.
+
+Presentation only: loading, generation and scoring live in engine.py; options are validated here
+and turned into clear messages (exit code 2 for bad usage, 1 for failures).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _model_option(f):
+    return click.option(
+        "-m", "--model", default=DEFAULT_MODEL, show_default=True, help="GGUF file path or registry name."
+    )(f)
+
+
+def _common_options(f):
+    opts = [
+        click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads (default: physical cores)."),
+        click.option("-c", "--ctx-size", type=click.IntRange(min=0), default=0, help="Context size (0 = min(model, 4096))."),
+        click.option("-b", "--batch-size", type=click.IntRange(min=1), default=512, show_default=True, help="Prompt batch size."),
+        click.option("--verbose", is_flag=True, help="Print prompt and generation speed."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return _model_option(f)
+
+
+def _sampling_options(f):
+    opts = [
+        click.option("-n", "--n-predict", type=int, default=256, show_default=True, help="Tokens to generate (-1 = until the context is full)."),
+        click.option("--seed", type=int, default=None, help="Sampling seed (default: random)."),
+        click.option("--temp", type=click.FloatRange(min=0.0), default=0.8, show_default=True, help="Temperature (0 = greedy)."),
+        click.option("--top-k", type=click.IntRange(min=0), default=40, show_default=True, help="Top-k (0 = off)."),
+        click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0), default=0.95, show_default=True, help="Top-p (1 = off)."),
+        click.option("--min-p", type=click.FloatRange(min=0.0, max=1.0), default=0.05, show_default=True, help="Min-p (0 = off)."),
+        click.option("--typical-p", type=click.FloatRange(min=0.0, max=1.0), default=1.0, show_default=True, help="Typical-p (1 = off)."),
+        click.option("--repeat-penalty", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="Repetition penalty (1 = off)."),
+        click.option("--repeat-last-n", type=click.IntRange(min=-1), default=64, show_default=True, help="Tokens the penalties look back over."),
+        click.option("--frequency-penalty", type=float, default=0.0, show_default=True),
+        click.option("--presence-penalty", type=float, default=0.0, show_default=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _sampler_params(kw):
+    from .sampler import SamplerParams
+
+    return SamplerParams(
+        temperature=kw["temp"],
+        top_k=kw["top_k"],
+        top_p=kw["top_p"],
+        min_p=kw["min_p"],
+        typical_p=kw["typical_p"],
+        repeat_penalty=kw["repeat_penalty"],
+        repeat_last_n=kw["repeat_last_n"],
+        frequency_penalty=kw["frequency_penalty"],
+        presence_penalty=kw["presence_penalty"],
+        seed=kw["seed"],
+    )
+
+
+def _load(kw):
+    from .engine import Engine
+
+    try:
+        return Engine(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"])
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _render_chat(engine, messages):
+    from .chat_template import render_chat
+
+    return render_chat(engine.gguf.metadata, messages, add_generation_prompt=True)
+
+
+def _stream(engine, prompt_tokens, params, n_predict, out=None):
+    """Generate and print tokens as they come; returns the GenerationResult."""
+    from .engine import GenerationResult
+
+    out = out or sys.stdout
+    dec = engine.tokenizer.incremental_decoder()
+    result = GenerationResult()
+    for tok in engine.generate(prompt_tokens, params, max_tokens=n_predict, result=result):
+        text = dec.feed(tok)
+        if text:
+            out.write(text)
+            out.flush()
+    out.write(dec.flush())
+    out.flush()
+    return result
+
+
+def _report_speed(engine):
+    t = engine.timings
+    click.echo(
+        f"\n[prompt: {t.prompt_tokens} tokens, {t.prompt_tps():.1f} tok/s; reused {t.reused_tokens}] "
+        f"[generation: {t.generated_tokens} tokens, {t.generate_tps():.1f} tok/s] [threads: {engine.n_threads}]",
+        err=True,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lutllm")
+def main():
+    """lutllm: run quantized GGUF language models fast on CPUs."""
+
+
+@main.command()
+@click.argument("prompt", required=False)
+@_common_options
+@_sampling_options
+@click.option("--raw", is_flag=True, help="Feed the prompt as is, without the chat template.")
+def run(prompt, raw, **kw):
+    """Answer PROMPT (or standard input) and stream the reply."""
+    if prompt is None:
+        if sys.stdin.isatty():
+            raise click.UsageError("give a PROMPT argument or pipe text on standard input")
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise click.UsageError("the prompt is empty")
+    params = _sampler_params(kw)
+    engine = _load(kw)
+    try:
+        if raw or not engine.chat_template:
+            tokens = engine.tokenizer.encode(prompt, add_special=True, parse_special=False)
+        else:
+            text = _render_chat(engine, [{"role": "user", "content": prompt}])
+            tokens = engine.tokenizer.encode(text, add_special=True, parse_special=True)
+        _stream(engine, tokens, params, kw["n_predict"])
+        click.echo()
+    except KeyboardInterrupt:
+        click.echo("\n[interrupted]", err=True)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    if kw["verbose"]:
+        _report_speed(engine)
+
+
+CHAT_HELP = """Commands:
+  /set temperature X | /set top_k N | /set top_p X | /set min_p X | /set repeat_penalty X | /set seed N
+  /set system TEXT   set the system prompt (clears the conversation)
+  /clear             forget the conversation
+  /bye               leave (Ctrl-D too); Ctrl-C stops a reply but not the session"""
+
+
+@main.command()
+@_common_options
+@_sampling_options
+@click.option("--system", default=None, help="System prompt.")
+def chat(system, **kw):
+    """Talk with the model in the terminal (multi-turn; earlier turns stay in the KV cache)."""
+    import dataclasses
+
+    params = _sampler_params(kw)
+    engine = _load(kw)
+    messages = [{"role": "system", "content": system}] if system else []
+    click.echo(f"lutllm chat with {engine.path.name} ({engine.n_threads} threads). /? for help, /bye to leave.", err=True)
+    setters = {"temperature": float, "top_k": int, "top_p": float, "min_p": float, "typical_p": float,
+               "repeat_penalty": float, "seed": int, "frequency_penalty": float, "presence_penalty": float}
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            click.echo()
+            return
+        except KeyboardInterrupt:
+            click.echo()
+            continue
+        cmd = line.strip()
+        if not cmd:
+            continue
+        if cmd.startswith("/"):
+            parts = cmd.split(maxsplit=2)
+            if parts[0] in ("/bye", "/exit", "/quit"):
+                return
+            if parts[0] in ("/?", "/help"):
+                click.echo(CHAT_HELP)
+            elif parts[0] == "/clear":
+                messages = [m for m in messages if m["role"] == "system"]
+                engine.reset()
+                click.echo("Cleared the conversation.")
+            elif parts[0] == "/set" and len(parts) == 3 and parts[1] == "system":
+                messages = [{"role": "system", "content": parts[2]}]
+                engine.reset()
+                click.echo("Set the system prompt.")
+            elif parts[0] == "/set" and len(parts) == 3 and parts[1] in setters:
+                try:
+                    params = dataclasses.replace(params, **{parts[1]: setters[parts[1]](parts[2])})
+                    params.validate()
+                    click.echo(f"Set {parts[1]} to {parts[2]}.")
+                except ValueError as e:
+                    click.echo(f"error: {e}")
+            else:
+                click.echo(f"unknown command '{cmd}'. /? for help.")
+            continue
+        messages.append({"role": "user", "content": line})
+        try:
+            tokens = engine.tokenizer.encode(_render_chat(engine, messages), add_special=True, parse_special=True)
+            out_ids = []
+            dec = engine.tokenizer.incremental_decoder()
+            for tok in engine.generate(tokens, params, max_tokens=kw["n_predict"]):
+                out_ids.append(tok)
+                sys.stdout.write(dec.feed(tok))
+                sys.stdout.flush()
+            sys.stdout.write(dec.flush() + "\n")
+        except KeyboardInterrupt:
+            click.echo("\n[stopped]")
+        except ValueError as e:
+            click.echo(f"error: {e}")
+            messages.pop()
+            continue
+        messages.append({"role": "assistant", "content": engine.tokenizer.decode(out_ids)})
+        if kw["verbose"]:
+            _report_speed(engine)
+
+
+@main.command()
+@_model_option
+def info(model):
+    """Show a model's metadata and tensor types."""
+    from .gguf_file import GGUFFile, describe
+    from .models import resolve_model
+
+    try:
+        path = resolve_model(model)
+        click.echo(describe(GGUFFile(path)))
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command()
+@_common_options
+@click.option("-f", "--file", "text_file", type=click.Path(exists=True, dir_okay=False), required=True, help="Text to score.")
+def perplexity(text_file, **kw):
+    """Perplexity of a text, computed exactly as llama.cpp's llama-perplexity does."""
+    with open(text_file, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    n = kw["ctx_size"] or 512
+    kw = dict(kw, ctx_size=n)
+    engine = _load(kw)
+    t0 = time.perf_counter()
+
+    def progress(i, total, ppl):
+        click.echo(f"[{i}/{total}] {ppl:.4f}", err=True)
+
+    try:
+        ppl, n_chunks, _ = engine.perplexity(text, n, progress=progress)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"chunks = {n_chunks}, ctx = {n}")
+    click.echo(f"PPL = {ppl:.4f}")
+    if kw["verbose"]:
+        click.echo(f"[{time.perf_counter() - t0:.1f} s, {engine.n_threads} threads]", err=True)
+
+
+@main.command()
+@click.argument("name")
+def pull(name):
+    """Download a registry model into the cache (like `ollama pull`)."""
+    from .models import pull as do_pull
+
+    try:
+        path = do_pull(name)
+    except (ValueError, OSError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(str(path))
+
+
+@main.command(name="list")
+def list_cmd():
+    """Known registry models and which are pulled."""
+    from .models import is_pulled, list_models
+
+    for e in list_models():
+        size = f"{e.size / 1e6:8.1f} MB" if getattr(e, "size", None) else "        ?"
+        click.echo(f"{e.name:32s} {size}  {'pulled' if is_pulled(e.name) else '-'}")
+
+
+if __name__ == "__main__":
+    main()

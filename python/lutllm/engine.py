@@ -1,0 +1,217 @@
+"""The high-level engine: one loaded model + one KV-cache context, with prefix reuse, token
+generation and perplexity. The CLI and the Python API build on it; it holds no UI code.
+
+Every forward pass is one call into the C++ runtime (GIL released); Python only samples.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .arch import model_config
+from .gguf_file import GGUFFile
+from .models import resolve_model
+from .sampler import Sampler, SamplerParams
+from .tokenizer import Tokenizer
+
+DEFAULT_N_CTX = 4096
+
+
+class ContextOverflowError(ValueError):
+    """A prompt (plus what must be generated) does not fit in the context window."""
+
+
+@dataclass
+class Timings:
+    """Token counts and wall time of the last prompt evaluation and generation."""
+
+    prompt_tokens: int = 0
+    prompt_seconds: float = 0.0
+    generated_tokens: int = 0
+    generate_seconds: float = 0.0
+    reused_tokens: int = 0
+
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    def generate_tps(self) -> float:
+        return self.generated_tokens / self.generate_seconds if self.generate_seconds > 0 else 0.0
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str = "length"  # "stop" (end-of-generation token) or "length"
+
+
+def default_threads() -> int:
+    from . import _core
+
+    return int(_core.physical_cores())
+
+
+class Engine:
+    """A model file mapped once, a tokenizer, and one sequence's KV cache."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        verbose: bool = False,
+    ):
+        from . import _core
+
+        path = resolve_model(str(model))
+        self.path = Path(path)
+        self.gguf = GGUFFile(path)
+        meta = self.gguf.metadata
+        self.config = model_config(meta, self.gguf.tensors, str(path))
+        self.tokenizer = Tokenizer.from_metadata(meta)
+        if self.tokenizer.n_vocab != self.config.n_vocab:
+            raise ValueError(
+                f"{path}: tokenizer has {self.tokenizer.n_vocab} tokens but the model has {self.config.n_vocab}"
+            )
+        if n_threads is not None and n_threads < 1:
+            raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+        if n_ctx is None or n_ctx == 0:
+            n_ctx = min(self.config.n_ctx_train, DEFAULT_N_CTX)
+        if n_ctx < 1:
+            raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+        if n_batch < 1:
+            raise ValueError(f"n_batch must be >= 1, got {n_batch}")
+        descs = [(t.name, t.ggml_type, list(t.shape), t.offset, t.nbytes) for t in self.gguf.tensors.values()]
+        self._model = _core.Model(str(path), self.config.as_dict(), descs, n_threads or 0)
+        self._ctx = _core.Context(self._model, n_ctx, n_batch)
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.verbose = verbose
+        self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
+        self.timings = Timings()
+
+    # ---- basic facts -------------------------------------------------------------------------
+    @property
+    def n_vocab(self) -> int:
+        return self.config.n_vocab
+
+    @property
+    def n_threads(self) -> int:
+        return int(self._model.n_threads)
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.gguf.metadata.get("tokenizer.chat_template")
+
+    def reset(self) -> None:
+        """Forget the cached sequence (the next eval starts from position 0)."""
+        self._cached = []
+
+    # ---- evaluation --------------------------------------------------------------------------
+    def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Make the cache hold exactly `tokens` and return logits of the last (or every new) token.
+
+        Reuses the longest cached prefix: only the tokens after it are computed. With all_logits
+        the result has one row per newly evaluated token (the reused prefix has none).
+        """
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise ValueError("eval needs at least one token")
+        if len(tokens) > self.n_ctx:
+            raise ContextOverflowError(
+                f"{len(tokens)} tokens do not fit in the context of {self.n_ctx} tokens (raise --ctx-size / n_ctx)"
+            )
+        keep = 0
+        limit = min(len(self._cached), len(tokens) - 1)  # always compute at least the last token
+        while keep < limit and self._cached[keep] == tokens[keep]:
+            keep += 1
+        new = np.asarray(tokens[keep:], dtype=np.int32)
+        self._cached = self._cached[:keep]
+        logits = self._ctx.eval(new, keep, all_logits)
+        self._cached = tokens
+        self.timings.reused_tokens = keep
+        return logits
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        params: SamplerParams | None = None,
+        max_tokens: int | None = 128,
+        stop_at_eog: bool = True,
+        result: GenerationResult | None = None,
+        logits_hook: Callable[[list[int], np.ndarray], np.ndarray] | None = None,
+    ) -> Iterator[int]:
+        """Yield sampled tokens after `prompt` until an end-of-generation token, max_tokens, or a full
+        context. `result` (if given) receives the tokens and the finish reason."""
+        params = params or SamplerParams()
+        sampler = Sampler(params)
+        result = result if result is not None else GenerationResult()
+        history = list(prompt)
+        t0 = time.perf_counter()
+        logits = self.eval(history)[-1]
+        t1 = time.perf_counter()
+        self.timings = Timings(len(history) - self.timings.reused_tokens, t1 - t0, 0, 0.0, self.timings.reused_tokens)
+        limit = self.n_ctx - len(history) if max_tokens is None or max_tokens < 0 else max_tokens
+        eog = self.tokenizer.eog_ids
+        gen_start = time.perf_counter()
+        try:
+            while len(result.tokens) < limit:
+                if logits_hook is not None:
+                    logits = logits_hook(history, logits)
+                tok = sampler.sample(logits, history)
+                if stop_at_eog and tok in eog:
+                    result.finish_reason = "stop"
+                    return
+                result.tokens.append(tok)
+                history.append(tok)
+                yield tok
+                if len(history) >= self.n_ctx or len(result.tokens) >= limit:
+                    break
+                logits = self.eval(history)[-1]
+            result.finish_reason = "length"
+        finally:
+            self.timings.generated_tokens = len(result.tokens)
+            self.timings.generate_seconds = time.perf_counter() - gen_start
+
+    # ---- perplexity (llama.cpp's llama-perplexity method) ------------------------------------
+    def perplexity(self, text: str, n_ctx: int, progress: Callable[[int, int, float], None] | None = None):
+        """Return (ppl, n_chunks, nll_per_chunk) over non-overlapping chunks of n_ctx tokens.
+
+        As llama-perplexity: tokenize once (with BOS when the model adds one), drop a partial last
+        chunk, replace each chunk's first token with BOS when the model adds BOS, evaluate each chunk
+        from an empty cache, and score tokens n/2+1 .. n-1 from the logits at n/2 .. n-2.
+        """
+        if n_ctx < 4:
+            raise ValueError(f"perplexity needs a context of at least 4 tokens, got {n_ctx}")
+        if n_ctx > self.n_ctx:
+            raise ContextOverflowError(f"perplexity context {n_ctx} exceeds the engine context {self.n_ctx}")
+        tok = self.tokenizer
+        tokens = tok.encode(text, add_special=True, parse_special=False)
+        n_chunks = len(tokens) // n_ctx
+        if n_chunks == 0:
+            raise ValueError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}")
+        first = n_ctx // 2
+        total_nll, total_count, per_chunk = 0.0, 0, []
+        for i in range(n_chunks):
+            chunk = list(tokens[i * n_ctx : (i + 1) * n_ctx])
+            if tok.add_bos:
+                chunk[0] = tok.bos_id
+            self.reset()
+            logits = self.eval(chunk, all_logits=True).astype(np.float64)
+            rows = logits[first : n_ctx - 1]
+            targets = np.asarray(chunk[first + 1 : n_ctx])
+            mx = rows.max(axis=1)
+            lse = mx + np.log(np.exp(rows - mx[:, None]).sum(axis=1))
+            nll = lse - rows[np.arange(len(targets)), targets]
+            total_nll += float(nll.sum())
+            total_count += len(targets)
+            per_chunk.append(float(nll.mean()))
+            if progress:
+                progress(i + 1, n_chunks, math.exp(total_nll / total_count))
+        self.reset()
+        return math.exp(total_nll / total_count), n_chunks, per_chunk

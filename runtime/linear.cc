@@ -1,0 +1,92 @@
+// Linear layer execution: row-chunked parallel calls into the selected registry kernel.
+#include "linear.h"
+
+#include <algorithm>
+#include <string>
+
+#include "error.h"
+
+namespace lutllm {
+
+const ActQ8* LinearInput::q8(ThreadPool& pool) {
+  if (q8_ready_) return q8_.data();
+  const int64_t blocks = k_ / QK32;
+  if (int64_t(q8_.size()) < n_ * blocks) q8_.resize(size_t(n_ * blocks));
+  QuantizeActFn quant = kernels().quantize_act;
+  const float* x = x_;
+  ActQ8* out = q8_.data();
+  const int64_t k = k_;
+  pool.parallel_for(n_, [&](int64_t t, int) { quant(x + t * k, out + t * blocks, k); });
+  q8_ready_ = true;
+  return q8_.data();
+}
+
+Linear::Linear(const WeightTensor* w) : w_(w) {
+  const KernelTable& kt = kernels();
+  const int t = int(w->type);
+  if (kt.matmul_q8[t] && w->cols() % QK32 == 0) path_ = Path::Q8;
+  else if (kt.matmul_f32[t]) path_ = Path::F32;
+  else if (kt.dequant[t]) path_ = Path::DEQUANT;
+  else throw Error("tensor '" + w->name + "': type " + type_traits(w->type).name + " is not supported by this runtime");
+}
+
+namespace {
+// Rows per task: enough tasks to balance threads, chunks a multiple of 16 rows.
+int64_t row_chunk(int64_t rows, int threads) {
+  if (threads <= 1) return rows;
+  int64_t c = (rows + threads * 8 - 1) / (threads * 8);
+  c = (c + 15) / 16 * 16;
+  return std::max<int64_t>(c, 16);
+}
+}  // namespace
+
+void Linear::forward(LinearInput& in, float* y, ThreadPool& pool) const {
+  const WeightTensor& w = *w_;
+  const int64_t rows = w.rows(), k = w.cols(), n = in.n();
+  if (in.k() != k) throw Error("tensor '" + w.name + "': input has " + std::to_string(in.k()) + " features, weight expects " + std::to_string(k));
+  const int64_t chunk = row_chunk(rows, pool.size());
+  const int64_t n_chunks = (rows + chunk - 1) / chunk;
+  const KernelTable& kt = kernels();
+  switch (path_) {
+    case Path::Q8: {
+      const ActQ8* xq = in.q8(pool);
+      MatmulQ8Fn fn = kt.matmul_q8[int(w.type)];
+      pool.parallel_for(n_chunks, [&](int64_t c, int) {
+        const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
+        fn(w.data + size_t(r0) * w.row_bytes, w.row_bytes, r1 - r0, k, xq, k / QK32, n, y + r0, rows);
+      });
+      break;
+    }
+    case Path::F32: {
+      MatmulF32Fn fn = kt.matmul_f32[int(w.type)];
+      const float* x = in.x();
+      pool.parallel_for(n_chunks, [&](int64_t c, int) {
+        const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
+        fn(w.data + size_t(r0) * w.row_bytes, w.row_bytes, r1 - r0, k, x, k, n, y + r0, rows);
+      });
+      break;
+    }
+    case Path::DEQUANT: {
+      DequantRowFn dq = kt.dequant[int(w.type)];
+      const float* x = in.x();
+      pool.parallel_for(n_chunks, [&](int64_t c, int) {
+        std::vector<float> row(static_cast<size_t>(k));
+        const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
+        for (int64_t r = r0; r < r1; ++r) {
+          dq(w.data + size_t(r) * w.row_bytes, row.data(), k);
+          for (int64_t t = 0; t < n; ++t) {
+            const float* xt = x + t * k;
+            double acc = 0;
+            for (int64_t j = 0; j < k; ++j) acc += double(row[size_t(j)]) * xt[j];
+            y[t * rows + r] = float(acc);
+          }
+        }
+      });
+      break;
+    }
+    case Path::NONE:
+      throw Error("linear layer used before it was bound to a weight");
+  }
+}
+
+}  // namespace lutllm

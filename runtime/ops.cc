@@ -1,0 +1,95 @@
+// Implementations of the shared transformer building blocks (see ops.h).
+#include "ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace lutllm {
+
+namespace {
+// 8 independent partial sums let the compiler vectorise without reassociation flags.
+inline float dot(const float* a, const float* b, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+}  // namespace
+
+void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* out) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float* xt = x + t * d;
+    float* ot = out + t * d;
+    double ss = 0;
+    for (int64_t i = 0; i < d; ++i) ss += double(xt[i]) * xt[i];
+    const float scale = float(1.0 / std::sqrt(ss / double(d) + double(eps)));
+    for (int64_t i = 0; i < d; ++i) ot[i] = xt[i] * scale * w[i];
+  }
+}
+
+void rope(float* x, int64_t n, int n_heads, int head_dim, int rope_dim, int64_t pos0, float base, float freq_scale,
+          RopeMode mode) {
+  const int half = rope_dim / 2;
+  std::vector<float> cs(size_t(half) * 2);
+  for (int64_t t = 0; t < n; ++t) {
+    const double p = double(pos0 + t) * freq_scale;
+    for (int i = 0; i < half; ++i) {
+      const double theta = p * std::pow(double(base), -2.0 * i / rope_dim);
+      cs[2 * i] = float(std::cos(theta));
+      cs[2 * i + 1] = float(std::sin(theta));
+    }
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = x + (t * n_heads + h) * int64_t(head_dim);
+      for (int i = 0; i < half; ++i) {
+        const int i0 = mode == RopeMode::NORM ? 2 * i : i;
+        const int i1 = mode == RopeMode::NORM ? 2 * i + 1 : i + half;
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        const float a = v[i0], b = v[i1];
+        v[i0] = a * c - b * s;
+        v[i1] = a * s + b * c;
+      }
+    }
+  }
+}
+
+void silu_mul(float* a, const float* b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) a[i] = a[i] / (1.f + std::exp(-a[i])) * b[i];
+}
+
+void attention(const float* q, const float* kc, const float* vc, int64_t n, int64_t pos0, int n_head, int n_kv,
+               int hd, int n_ctx, float* out, float* scores, ThreadPool& pool) {
+  const int group = n_head / n_kv;
+  const int64_t kv_stride = int64_t(n_kv) * hd;
+  const float scale = 1.f / std::sqrt(float(hd));
+  pool.parallel_for(n * n_head, [&](int64_t task, int thread) {
+    const int64_t t = task / n_head;
+    const int h = int(task % n_head), kvh = h / group;
+    const int64_t len = pos0 + t + 1;  // causal: keys 0..pos0+t
+    const float* qh = q + (t * n_head + h) * int64_t(hd);
+    float* s = scores + int64_t(thread) * n_ctx;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < len; ++j) {
+      s[j] = dot(qh, kc + j * kv_stride + int64_t(kvh) * hd, hd) * scale;
+      mx = std::max(mx, s[j]);
+    }
+    double sum = 0;
+    for (int64_t j = 0; j < len; ++j) {
+      s[j] = std::exp(s[j] - mx);
+      sum += s[j];
+    }
+    const float inv = float(1.0 / sum);
+    float* o = out + (t * n_head + h) * int64_t(hd);
+    std::fill(o, o + hd, 0.f);
+    for (int64_t j = 0; j < len; ++j) {
+      const float p = s[j] * inv;
+      const float* vj = vc + j * kv_stride + int64_t(kvh) * hd;
+      for (int i = 0; i < hd; ++i) o[i] += p * vj[i];
+    }
+  });
+}
+
+}  // namespace lutllm

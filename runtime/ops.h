@@ -1,0 +1,24 @@
+// Building blocks shared by every architecture: normalisation, rotary embedding, activations and
+// causal attention over the KV cache. Plain float loops on the baseline ISA; matmuls live in linear.h.
+#pragma once
+#include <cstdint>
+
+#include "model.h"
+#include "thread_pool.h"
+
+namespace lutllm {
+
+// out[t] = x[t] / rms(x[t]) * w  for t < n rows of d (out may alias x)
+void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* out);
+// In-place rotary embedding of n rows, each n_heads heads of head_dim, row t at position pos0 + t.
+void rope(float* x, int64_t n, int n_heads, int head_dim, int rope_dim, int64_t pos0, float base,
+          float freq_scale, RopeMode mode);
+// a[i] = silu(a[i]) * b[i]
+void silu_mul(float* a, const float* b, int64_t n);
+// Causal grouped-query attention for n queries at positions pos0.. against cache rows [0, pos0+n).
+//   q: (n, n_head*hd); kc, vc: (n_ctx, n_kv*hd) of this layer; out: (n, n_head*hd)
+//   scores: per-thread scratch of n_ctx floats, pool.size() of them, contiguous
+void attention(const float* q, const float* kc, const float* vc, int64_t n, int64_t pos0, int n_head, int n_kv,
+               int hd, int n_ctx, float* out, float* scores, ThreadPool& pool);
+
+}  // namespace lutllm
