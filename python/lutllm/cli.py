@@ -77,9 +77,7 @@ def _load(kw):
 
 
 def _render_chat(engine, messages):
-    from .chat_template import render_chat
-
-    return render_chat(engine.gguf.metadata, messages, add_generation_prompt=True)
+    return engine.chat_template().render(messages, add_generation_prompt=True)
 
 
 def _stream(engine, prompt_tokens, params, n_predict, out=None):
@@ -130,7 +128,7 @@ def run(prompt, raw, **kw):
     params = _sampler_params(kw)
     engine = _load(kw)
     try:
-        if raw or not engine.chat_template:
+        if raw or not engine.has_chat_template:
             tokens = engine.tokenizer.encode(prompt, add_special=True, parse_special=False)
         else:
             text = _render_chat(engine, [{"role": "user", "content": prompt}])
@@ -195,7 +193,6 @@ def chat(system, **kw):
             elif parts[0] == "/set" and len(parts) == 3 and parts[1] in setters:
                 try:
                     params = dataclasses.replace(params, **{parts[1]: setters[parts[1]](parts[2])})
-                    params.validate()
                     click.echo(f"Set {parts[1]} to {parts[2]}.")
                 except ValueError as e:
                     click.echo(f"error: {e}")

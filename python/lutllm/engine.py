@@ -94,6 +94,8 @@ class Engine:
         self.verbose = verbose
         self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
         self.timings = Timings()
+        self._chat_template = None
+        self.last_reused = 0  # tokens the last eval() took from the cache
 
     # ---- basic facts -------------------------------------------------------------------------
     @property
@@ -105,8 +107,16 @@ class Engine:
         return int(self._model.n_threads)
 
     @property
-    def chat_template(self) -> str | None:
-        return self.gguf.metadata.get("tokenizer.chat_template")
+    def has_chat_template(self) -> bool:
+        return "tokenizer.chat_template" in self.gguf.metadata
+
+    def chat_template(self):
+        """The model's chat template (ChatML when the GGUF has none), compiled once."""
+        if self._chat_template is None:
+            from .chat_template import ChatTemplate
+
+            self._chat_template = ChatTemplate.from_metadata(self.gguf.metadata)
+        return self._chat_template
 
     def reset(self) -> None:
         """Forget the cached sequence (the next eval starts from position 0)."""
@@ -134,7 +144,7 @@ class Engine:
         self._cached = self._cached[:keep]
         logits = self._ctx.eval(new, keep, all_logits)
         self._cached = tokens
-        self.timings.reused_tokens = keep
+        self.last_reused = keep
         return logits
 
     def generate(
@@ -155,7 +165,7 @@ class Engine:
         t0 = time.perf_counter()
         logits = self.eval(history)[-1]
         t1 = time.perf_counter()
-        self.timings = Timings(len(history) - self.timings.reused_tokens, t1 - t0, 0, 0.0, self.timings.reused_tokens)
+        self.timings = Timings(len(history) - self.last_reused, t1 - t0, 0, 0.0, self.last_reused)
         limit = self.n_ctx - len(history) if max_tokens is None or max_tokens < 0 else max_tokens
         eog = self.tokenizer.eog_ids
         gen_start = time.perf_counter()
