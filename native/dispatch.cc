@@ -179,6 +179,9 @@ const char* op_name(KernelOp op) {
     case KernelOp::QUANT_ACT: return "quant_act";
     case KernelOp::MATMUL_Q8: return "matmul_q8";
     case KernelOp::MATMUL_F32: return "matmul_f32";
+    case KernelOp::LUT_BUILD: return "lut_build";
+    case KernelOp::LUT_GEMV: return "lut_gemv";
+    case KernelOp::LUT_GEMM: return "lut_gemm";
   }
   return "?";
 }
@@ -197,6 +200,12 @@ const std::vector<KernelInfo>& kernel_registry() {
   v.push_back({KernelOp::MATMUL_Q8, int(GgmlType::type), #fn, Isa::isa, reinterpret_cast<void*>(&fn)});
 #define LUTLLM_MATMUL_F32(type, fn, isa) \
   v.push_back({KernelOp::MATMUL_F32, int(GgmlType::type), #fn, Isa::isa, reinterpret_cast<void*>(&fn)});
+#define LUTLLM_LUT_BUILD(fn, isa) \
+  v.push_back({KernelOp::LUT_BUILD, -1, #fn, Isa::isa, reinterpret_cast<void*>(&fn)});
+#define LUTLLM_LUT_GEMV(kind, fn, isa) \
+  v.push_back({KernelOp::LUT_GEMV, int(LutKind::kind), #fn, Isa::isa, reinterpret_cast<void*>(&fn)});
+#define LUTLLM_LUT_GEMM(kind, fn, isa) \
+  v.push_back({KernelOp::LUT_GEMM, int(LutKind::kind), #fn, Isa::isa, reinterpret_cast<void*>(&fn)});
 #include "kernels.inc"
     return v;
   }();
@@ -226,6 +235,8 @@ void fill_table(Isa cap) {
   t.isa_cap = cap;
   int best_q8[kGgmlTypeCount], best_f32[kGgmlTypeCount], best_dq[kGgmlTypeCount], best_qa = -1;
   for (int i = 0; i < kGgmlTypeCount; ++i) best_q8[i] = best_f32[i] = best_dq[i] = -1;
+  int best_lb = -1, best_lv[kLutKindCount], best_lm[kLutKindCount];
+  for (int i = 0; i < kLutKindCount; ++i) best_lv[i] = best_lm[i] = -1;
   for (const auto& k : kernel_registry()) {
     if (!isa_supported(k.isa) || !isa_allowed(k.isa, cap)) continue;
     const int r = isa_rank(k.isa);
@@ -241,6 +252,15 @@ void fill_table(Isa cap) {
         break;
       case KernelOp::MATMUL_F32:
         if (r > best_f32[k.wtype]) { best_f32[k.wtype] = r; t.matmul_f32[k.wtype] = reinterpret_cast<MatmulF32Fn>(k.fn); }
+        break;
+      case KernelOp::LUT_BUILD:
+        if (r > best_lb) { best_lb = r; t.lut_build = reinterpret_cast<LutBuildFn>(k.fn); }
+        break;
+      case KernelOp::LUT_GEMV:
+        if (r > best_lv[k.wtype]) { best_lv[k.wtype] = r; t.lut_gemv[k.wtype] = reinterpret_cast<LutGemvFn>(k.fn); }
+        break;
+      case KernelOp::LUT_GEMM:
+        if (r > best_lm[k.wtype]) { best_lm[k.wtype] = r; t.lut_gemm[k.wtype] = reinterpret_cast<LutGemmFn>(k.fn); }
         break;
     }
   }

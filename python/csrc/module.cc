@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -228,6 +229,196 @@ PYBIND11_MODULE(_core, m) {
   m.def("run_matmul_f32", &run_matmul_f32, py::arg("name"), py::arg("w"), py::arg("rows"), py::arg("k"), py::arg("x"));
 
   // ---- LUT kernels (T-MAC style) ----
+  // Formats travel as (kind, group, scale_bytes, has_offset) tuples; packed weights as uint8 arrays.
+  {
+    auto to_fmt = [](const py::tuple& t) {
+      if (t.size() != 4) throw py::value_error("LUT format must be (kind, group, scale_bytes, has_offset)");
+      return LutFormat{t[0].cast<int32_t>(), t[1].cast<int32_t>(), t[2].cast<int32_t>(), t[3].cast<int32_t>()};
+    };
+    auto from_fmt = [](const LutFormat& f) { return py::make_tuple(f.kind, f.group, f.scale_bytes, f.has_offset); };
+    auto check_fmt = [](const LutFormat& f, int64_t rows, int64_t k) {
+      const std::string bad = lut_check_format(f, rows, k);
+      if (!bad.empty()) throw py::value_error(bad);
+    };
+    auto weights_view = [check_fmt](const U8Array& packed, const LutFormat& f, int64_t rows, int64_t k) {
+      check_fmt(f, rows, k);
+      const size_t need = lut_packed_bytes(f, rows, k);
+      if (size_t(packed.size()) < need)
+        throw py::value_error("packed holds " + std::to_string(packed.size()) + " bytes, " + std::to_string(need) + " needed");
+      return LutWeights{packed.data(), rows, k, f};
+    };
+    m.def("lut_packed_bytes", [to_fmt, check_fmt](const py::tuple& fmt, int64_t rows, int64_t k) {
+      const LutFormat f = to_fmt(fmt);
+      check_fmt(f, rows, k);
+      return lut_packed_bytes(f, rows, k);
+    }, py::arg("fmt"), py::arg("rows"), py::arg("k"), "Bytes of a packed LUT tensor.");
+    m.def("lut_quantize", [from_fmt](const py::handle& w_obj, int kind, int group) {
+      auto w = exact_array<float>(w_obj, "w");
+      if (w.ndim() != 2) throw py::value_error("w must be 2-D (rows, k)");
+      const int64_t rows = w.shape(0), k = w.shape(1);
+      const std::string bad = lut_check_format(LutFormat{kind, group, 2, kind == 5 ? 0 : 1}, rows, k);
+      if (!bad.empty()) throw py::value_error(bad);
+      LutFormat f{kind, group, 2, kind == 5 ? 0 : 1};
+      py::array_t<uint8_t> out(py::ssize_t(lut_packed_bytes(f, rows, k)));
+      const float* wp = w.data();
+      uint8_t* op = out.mutable_data();
+      {
+        py::gil_scoped_release nogil;
+        lut_quantize(kind, group, rows, k, wp, op, &f);
+      }
+      return py::make_tuple(out, from_fmt(f));
+    }, py::arg("w"), py::arg("kind"), py::arg("group"),
+       "Round-to-nearest quantize float weights (rows, k) -> (packed, fmt). kind 1..4 bits or 5 = ternary.");
+    m.def("lut_format_for_ggml", [from_fmt](int type_id, int ternary_group) {
+      LutFormat f;
+      std::string err;
+      if (!lut_format_for_ggml(GgmlType(type_id), ternary_group, &f, &err)) throw py::value_error(err);
+      return from_fmt(f);
+    }, py::arg("type_id"), py::arg("ternary_group") = 128, "LUT format a GGUF type repacks to exactly.");
+    m.def("lut_repack_ggml", [from_fmt](int type_id, const py::handle& blocks_obj, int64_t rows, int64_t k,
+                                        int ternary_group) {
+      auto blocks = exact_array<uint8_t>(blocks_obj, "blocks");
+      LutFormat f;
+      std::string err;
+      if (!lut_format_for_ggml(GgmlType(type_id), ternary_group, &f, &err)) throw py::value_error(err);
+      const size_t need = row_bytes_for(type_id, k) * size_t(rows);
+      if (rows <= 0 || size_t(blocks.size()) < need)
+        throw py::value_error("blocks holds " + std::to_string(blocks.size()) + " bytes, " + std::to_string(need) + " needed");
+      const std::string bad = lut_check_format(f, rows, k);
+      if (!bad.empty()) throw py::value_error(bad);
+      py::array_t<uint8_t> out(py::ssize_t(lut_packed_bytes(f, rows, k)));
+      const uint8_t* bp = blocks.data();
+      uint8_t* op = out.mutable_data();
+      bool ok;
+      {
+        py::gil_scoped_release nogil;
+        ok = lut_repack_ggml(GgmlType(type_id), bp, rows, k, f, op, &err);
+      }
+      if (!ok) throw py::value_error(err);
+      return py::make_tuple(out, from_fmt(f));
+    }, py::arg("type_id"), py::arg("blocks"), py::arg("rows"), py::arg("k"), py::arg("ternary_group") = 128,
+       "Repack GGUF blocks (rows x k) into the LUT layout -> (packed, fmt).");
+    m.def("lut_unpack", [to_fmt, weights_view](const py::handle& packed_obj, const py::tuple& fmt, int64_t rows, int64_t k) {
+      auto packed = exact_array<uint8_t>(packed_obj, "packed");
+      const LutWeights w = weights_view(packed, to_fmt(fmt), rows, k);
+      py::array_t<float> out({rows, k});
+      float* op = out.mutable_data();
+      {
+        py::gil_scoped_release nogil;
+        lut_unpack(w, 0, rows, op);
+      }
+      return out;
+    }, py::arg("packed"), py::arg("fmt"), py::arg("rows"), py::arg("k"), "Decode a packed LUT tensor to floats.");
+    m.def("run_lut_build", [](const std::string& name, const py::handle& x_obj, int ag) {
+      const KernelInfo& kn = kernel_by_name(name, KernelOp::LUT_BUILD);
+      auto x = exact_array<float>(x_obj, "x");
+      if (x.ndim() != 2) throw py::value_error("x must be 2-D (n_tok, k)");
+      const int64_t n = x.shape(0), k = x.shape(1);
+      if (ag <= 0 || ag % 16 || k <= 0 || k % ag) throw py::value_error("ag must be a multiple of 16 dividing k");
+      py::array_t<int8_t> tab({n, k * 4});
+      py::array_t<float> sc({n, k / ag}), s16({n, k / 16});
+      const float* xp = x.data();
+      int8_t* tp = tab.mutable_data();
+      float *sp = sc.mutable_data(), *s16p = s16.mutable_data();
+      {
+        py::gil_scoped_release nogil;
+        for (int64_t t = 0; t < n; ++t)
+          reinterpret_cast<LutBuildFn>(kn.fn)(xp + t * k, k, ag, 0, k / ag, tp + t * k * 4, sp + t * (k / ag),
+                                              s16p + t * (k / 16));
+      }
+      return py::make_tuple(tab, sc, s16);
+    }, py::arg("name"), py::arg("x"), py::arg("ag"),
+       "Build activation tables with one registry kernel -> (tab int8 (n,k*4), scale (n,k/ag), sum16 (n,k/16)).");
+    m.def("run_lut_matmul", [to_fmt, weights_view](const std::string& name, const py::handle& packed_obj,
+                                                   const py::tuple& fmt, int64_t rows, int64_t k,
+                                                   const py::handle& tab_obj, const py::handle& sc_obj,
+                                                   const py::handle& s16_obj, int ag, int64_t row_begin,
+                                                   int64_t row_end) {
+      const KernelInfo* kp = find_kernel(name);
+      if (!kp || (kp->op != KernelOp::LUT_GEMV && kp->op != KernelOp::LUT_GEMM))
+        throw py::value_error("'" + name + "' is not a LUT GEMV/GEMM kernel");
+      const KernelInfo& kn = kernel_by_name(name, kp->op);
+      auto packed = exact_array<uint8_t>(packed_obj, "packed");
+      auto tab = exact_array<int8_t>(tab_obj, "tab");
+      auto sc = exact_array<float>(sc_obj, "scale");
+      auto s16 = exact_array<float>(s16_obj, "sum16");
+      const LutWeights w = weights_view(packed, to_fmt(fmt), rows, k);
+      if (kn.wtype != w.fmt.kind) throw py::value_error("kernel '" + name + "' is for another LUT kind than fmt");
+      if (ag <= 0 || ag % w.fmt.group || k % ag) throw py::value_error("ag must be a multiple of the group and divide k");
+      if (tab.ndim() != 2 || tab.shape(1) != k * 4) throw py::value_error("tab must be (n_tok, k*4)");
+      const int64_t n = tab.shape(0);
+      if (sc.ndim() != 2 || sc.shape(0) != n || sc.shape(1) != k / ag) throw py::value_error("scale must be (n_tok, k/ag)");
+      if (s16.ndim() != 2 || s16.shape(0) != n || s16.shape(1) != k / 16) throw py::value_error("sum16 must be (n_tok, k/16)");
+      if (kn.op == KernelOp::LUT_GEMV && n != 1) throw py::value_error("a GEMV kernel takes one token");
+      if (reinterpret_cast<uintptr_t>(sc.data()) % 4 || reinterpret_cast<uintptr_t>(s16.data()) % 4)
+        throw py::value_error("scale and sum16 must be 4-byte aligned");
+      if (row_end < 0) row_end = rows;
+      if (row_begin < 0 || row_end > rows || row_begin > row_end)
+        throw py::value_error("row range must satisfy 0 <= row_begin <= row_end <= rows");
+      std::vector<LutAct> acts(static_cast<size_t>(n));
+      for (int64_t t = 0; t < n; ++t)
+        acts[size_t(t)] = LutAct{tab.data() + t * k * 4, sc.data() + t * (k / ag), s16.data() + t * (k / 16), k, ag, 0};
+      py::array_t<float> y({n, rows});
+      float* yp = y.mutable_data();
+      std::fill(yp, yp + n * rows, 0.0f);
+      {
+        py::gil_scoped_release nogil;
+        if (kn.op == KernelOp::LUT_GEMV)
+          reinterpret_cast<LutGemvFn>(kn.fn)(&w, acts.data(), row_begin, row_end, yp);
+        else
+          reinterpret_cast<LutGemmFn>(kn.fn)(&w, acts.data(), n, row_begin, row_end, yp, rows);
+      }
+      return y;
+    }, py::arg("name"), py::arg("packed"), py::arg("fmt"), py::arg("rows"), py::arg("k"), py::arg("tab"),
+       py::arg("scale"), py::arg("sum16"), py::arg("ag"), py::arg("row_begin") = 0, py::arg("row_end") = -1,
+       "Run one registry LUT GEMV (n_tok = 1) or GEMM kernel -> y (n_tok, rows); rows outside the range stay 0.");
+    // Benchmark plumbing: time `iters` calls of one LUT kernel in C++, rotating through weight
+    // copies (so each call streams cold weights); returns seconds per call.
+    m.def("lut_time_calls", [to_fmt, weights_view](const std::string& name, const py::list& copies, const py::tuple& fmt,
+                                                   int64_t rows, int64_t k, const py::handle& tab_obj,
+                                                   const py::handle& sc_obj, const py::handle& s16_obj, int ag,
+                                                   int iters) {
+      const KernelInfo* kp = find_kernel(name);
+      if (!kp || (kp->op != KernelOp::LUT_GEMV && kp->op != KernelOp::LUT_GEMM))
+        throw py::value_error("'" + name + "' is not a LUT GEMV/GEMM kernel");
+      const KernelInfo& kn = kernel_by_name(name, kp->op);
+      const LutFormat f = to_fmt(fmt);
+      std::vector<LutWeights> ws;
+      std::vector<U8Array> keep;
+      for (const auto& c : copies) {
+        keep.push_back(exact_array<uint8_t>(c, "copy"));
+        ws.push_back(weights_view(keep.back(), f, rows, k));
+      }
+      if (ws.empty()) throw py::value_error("no weight copies");
+      auto tab = exact_array<int8_t>(tab_obj, "tab");
+      auto sc = exact_array<float>(sc_obj, "scale");
+      auto s16 = exact_array<float>(s16_obj, "sum16");
+      const int64_t n = tab.ndim() == 2 ? tab.shape(0) : 0;
+      if (n <= 0 || tab.shape(1) != k * 4 || sc.size() != n * (k / ag) || s16.size() != n * (k / 16) ||
+          ag % f.group || k % ag)
+        throw py::value_error("tables do not match k / ag");
+      if (kn.op == KernelOp::LUT_GEMV && n != 1) throw py::value_error("a GEMV kernel takes one token");
+      std::vector<LutAct> acts(static_cast<size_t>(n));
+      for (int64_t t = 0; t < n; ++t)
+        acts[size_t(t)] = LutAct{tab.data() + t * k * 4, sc.data() + t * (k / ag), s16.data() + t * (k / 16), k, ag, 0};
+      std::vector<float> y(static_cast<size_t>(n * rows));
+      std::vector<double> out(static_cast<size_t>(iters));
+      {
+        py::gil_scoped_release nogil;
+        for (int i = 0; i < iters; ++i) {
+          const LutWeights& w = ws[size_t(i) % ws.size()];
+          const auto t0 = std::chrono::steady_clock::now();
+          if (kn.op == KernelOp::LUT_GEMV)
+            reinterpret_cast<LutGemvFn>(kn.fn)(&w, acts.data(), 0, rows, y.data());
+          else
+            reinterpret_cast<LutGemmFn>(kn.fn)(&w, acts.data(), n, 0, rows, y.data(), rows);
+          out[size_t(i)] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        }
+      }
+      return out;
+    }, py::arg("name"), py::arg("copies"), py::arg("fmt"), py::arg("rows"), py::arg("k"), py::arg("tab"),
+       py::arg("scale"), py::arg("sum16"), py::arg("ag"), py::arg("iters"));
+  }
   // (end LUT kernels)
 
   // ---- runtime: model, context ----
@@ -299,6 +490,26 @@ PYBIND11_MODULE(_core, m) {
         return logits;
       }, py::arg("tokens"), py::arg("pos"), py::arg("all_logits") = false,
          "Evaluate int32 tokens at positions pos..; returns float32 logits (n or 1, n_vocab).")
-      .def("request_cancel", &Context::request_cancel, "Ask a running eval (other thread) to stop.");
+      .def("request_cancel", &Context::request_cancel, "Ask a running eval (other thread) to stop.")
+      .def("save_kv", [](const Context& ctx, int64_t n_past) {
+        const int64_t n = ctx.kv_state_floats(n_past);
+        py::array_t<float> out({py::ssize_t(n)});
+        float* p = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          ctx.save_kv(n_past, p);
+        }
+        return out;
+      }, py::arg("n_past"), "Copy of the first n_past cached K/V rows of every layer (flat float32).")
+      .def("load_kv", [](Context& ctx, int64_t n_past, const py::handle& state_obj) {
+        auto state = exact_array<float>(state_obj, "state");
+        if (state.ndim() != 1 || state.shape(0) != ctx.kv_state_floats(n_past))
+          throw py::value_error("state has " + std::to_string(state.size()) + " floats, expected " +
+                                std::to_string(ctx.kv_state_floats(n_past)) + " for " + std::to_string(n_past) +
+                                " positions of this model");
+        const float* p = state.data();
+        py::gil_scoped_release nogil;
+        ctx.load_kv(n_past, p);
+      }, py::arg("n_past"), py::arg("state"), "Restore K/V rows written by save_kv.");
   // (end runtime)
 }

@@ -12,5 +12,13 @@ namespace lutllm {
 #define LUTLLM_MATMUL_F32(type, fn, isa)                                                      \
   void fn(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const float* x,        \
           int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride);
+#define LUTLLM_LUT_BUILD(fn, isa)                                                             \
+  void fn(const float* x, int64_t k, int32_t ag, int64_t ag_begin, int64_t ag_end, int8_t* tab, \
+          float* scale, float* sum16);
+#define LUTLLM_LUT_GEMV(kind, fn, isa) \
+  void fn(const LutWeights* w, const LutAct* a, int64_t row_begin, int64_t row_end, float* y);
+#define LUTLLM_LUT_GEMM(kind, fn, isa)                                                        \
+  void fn(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin, int64_t row_end, \
+          float* y, int64_t y_stride);
 #include "../../kernels.inc"
 }  // namespace lutllm

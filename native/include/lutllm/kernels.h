@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "lutllm/ggml_types.h"
+#include "lutllm/lut.h"
 
 namespace lutllm {
 
@@ -39,13 +40,13 @@ using MatmulQ8Fn = void (*)(const uint8_t* w, size_t row_bytes, int64_t rows, in
 using MatmulF32Fn = void (*)(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k,
                              const float* x, int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride);
 
-enum class KernelOp : int { DEQUANT = 0, QUANT_ACT = 1, MATMUL_Q8 = 2, MATMUL_F32 = 3 };
+enum class KernelOp : int { DEQUANT = 0, QUANT_ACT = 1, MATMUL_Q8 = 2, MATMUL_F32 = 3, LUT_BUILD = 4, LUT_GEMV = 5, LUT_GEMM = 6 };
 const char* op_name(KernelOp op);
 
 // One row of the registry (kernels.inc), as seen by tests and benchmarks.
 struct KernelInfo {
   KernelOp op;
-  int wtype;          // GgmlType id, or -1 where the op has no weight type
+  int wtype;          // GgmlType id (LUT_GEMV/LUT_GEMM: LutKind), or -1 where the op has no weight type
   const char* name;   // e.g. "matmul_q4_1_q8__avx2"
   Isa isa;
   void* fn;
@@ -60,6 +61,9 @@ struct KernelTable {
   QuantizeActFn quantize_act;
   MatmulQ8Fn matmul_q8[kGgmlTypeCount];
   MatmulF32Fn matmul_f32[kGgmlTypeCount];
+  LutBuildFn lut_build;                 // LUT kernels (lut.h), indexed by LutKind
+  LutGemvFn lut_gemv[kLutKindCount];
+  LutGemmFn lut_gemm[kLutKindCount];
 };
 // Filled once on first use from kernels.inc: best supported ISA not above LUTLLM_ISA (if set).
 const KernelTable& kernels();

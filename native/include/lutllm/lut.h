@@ -109,9 +109,11 @@ std::string lut_check_format(const LutFormat& f, int64_t rows, int64_t k);
 //
 //   tab[q*16 + idx] (k/4 x 16 int8): round(e / ts), e = sum_{j<4} (bit j of idx ? +x[4q+j] : -x[4q+j]),
 //       e summed in the order j = 0,1,2,3 in fp32; round half to even; tab[15-idx] == -tab[idx].
-//   scale[a] (k/ag fp32): ts of activation group a (ag activations) = max over its quads of
-//       (|x0|+|x1|+|x2|+|x3|) / 127, so |tab| <= 127. All-zero group: ts = 0, tab = 0.
-//   sum16[i] (k/16 fp32): x[16i] + x[16i+1] + ... + x[16i+15], added left to right in fp32.
+//   scale[a] (k/ag fp32): ts of activation group a (ag activations) = mx / 127, mx = max over its
+//       quads of (|x0|+|x1|) + (|x2|+|x3|); entries are round(e * (127 / mx)), so |tab| <= 127.
+//       All-zero group: ts = 0, tab = 0.
+//   sum16[i] (k/16 fp32): sum of x[16i .. 16i+15] as a pairwise tree: v[j] += v[j+8] (j < 8), then
+//       v[j] += v[j+4], v[j] += v[j+2], v[0] + v[1] (fp32; the order an 8-lane vector reduces in).
 // A weight group must not straddle two table scales: ag % G == 0 (ag = G is the most accurate).
 // =============================================================================================
 struct LutAct {
@@ -132,9 +134,9 @@ static inline size_t lut_act_tab_bytes(int64_t k) { return size_t(k) * 4; }  // 
 // Groups are independent: split the range across threads.
 using LutBuildFn = void (*)(const float* x, int64_t k, int32_t ag, int64_t ag_begin, int64_t ag_end,
                             int8_t* tab, float* scale, float* sum16);
-// y[r] = sum_k W[r,k] x[k] for r in [row_begin, row_end); row_begin % 16 == 0 (row blocks are
-// indivisible), row_end % 16 == 0 or row_end == rows. Float buffers must be 4-byte aligned;
-// weights and tables may sit at any address.
+// y[r] = sum_k W[r,k] x[k] for r in [row_begin, row_end); only those y are written. Row blocks are
+// computed whole, so split threads at multiples of 16 to avoid repeated work. Float buffers must be
+// 4-byte aligned; weights and tables may sit at any address.
 using LutGemvFn = void (*)(const LutWeights* w, const LutAct* a, int64_t row_begin, int64_t row_end, float* y);
 // The same for n_tok activation vectors a[0..n_tok): y[t*y_stride + r]. Bit-exact with n_tok GEMVs.
 using LutGemmFn = void (*)(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin,
@@ -186,7 +188,8 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
                      std::string* err);
 
 // Round-to-nearest quantizer for float weights (rows x k, k % G == 0), fp16 scales:
-//   W1..W4: per group s = (max - min) / (2^n - 1), o = min (both rounded to fp16 first),
+//   W1..W4: per group s = (max - min) / (2^n - 1), o = min (both rounded to fp16 first; for W1
+//           min/max are the means of the values below / above the group mean instead of the tails),
 //           q = clamp(round_half_even((w - o) / s), 0, 2^n - 1); has_offset = 1.
 //   TERNARY: s = mean |w| over the group (BitNet b1.58 absmean), t = clamp(round(w / s), -1, 1).
 void lut_quantize(int kind, int group, int64_t rows, int64_t k, const float* w, uint8_t* out, LutFormat* fmt);

@@ -1,0 +1,272 @@
+// NEON LUT kernels (table build, GEMV, GEMM) over the packed layout of lut.h: one tile per vector,
+// vqtbl1q_s8 lookups. Bit-exact twins of native/ref/lut_ref.cc. Baseline aarch64; no STL here.
+#include <arm_neon.h>
+
+#include <cstring>
+
+#include "lutllm/kernel_decls.h"
+#include "lutllm/lut.h"
+
+namespace lutllm {
+namespace {
+
+constexpr int64_t kSxBuf = 4096;  // floats of precomputed group sums per K block
+
+// ---- table build ----------------------------------------------------------------------------
+
+void build_neon(const float* x, int64_t k, int32_t ag, int64_t ag_begin, int64_t ag_end, int8_t* tab, float* scale,
+                float* sum16) {
+  // sign masks for entries idx = 4h .. 4h+3: negate x_j where bit j of idx is 0
+  uint32x4_t neg[4][4];
+  for (int h = 0; h < 4; ++h)
+    for (int j = 0; j < 4; ++j) {
+      uint32_t m[4];
+      for (int l = 0; l < 4; ++l) m[l] = (((4 * h + l) >> j) & 1) ? 0u : 0x80000000u;
+      neg[h][j] = vld1q_u32(m);
+    }
+  for (int64_t a = ag_begin; a < ag_end; ++a) {
+    const float* xa = x + a * ag;
+    float32x4_t vmax = vdupq_n_f32(0.0f);
+    for (int q = 0; q < ag / 4; q += 2) {
+      const float32x4_t p = vpaddq_f32(vabsq_f32(vld1q_f32(xa + 4 * q)), vabsq_f32(vld1q_f32(xa + 4 * q + 4)));
+      vmax = vmaxq_f32(vmax, vpaddq_f32(p, p));  // (|x0|+|x1|) + (|x2|+|x3|) per quad
+    }
+    const float mx = vmaxvq_f32(vmax);
+    const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+    scale[a] = mx / 127.0f;
+    const float32x4_t vinv = vdupq_n_f32(inv);
+    for (int q = 0; q < ag / 4; ++q) {
+      const float* v = xa + 4 * q;
+      const uint32x4_t x0 = vreinterpretq_u32_f32(vdupq_n_f32(v[0])), x1 = vreinterpretq_u32_f32(vdupq_n_f32(v[1])),
+                       x2 = vreinterpretq_u32_f32(vdupq_n_f32(v[2])), x3 = vreinterpretq_u32_f32(vdupq_n_f32(v[3]));
+      int16x4_t h16[4];
+      for (int h = 0; h < 4; ++h) {
+        float32x4_t e = vreinterpretq_f32_u32(veorq_u32(x0, neg[h][0]));
+        e = vaddq_f32(e, vreinterpretq_f32_u32(veorq_u32(x1, neg[h][1])));
+        e = vaddq_f32(e, vreinterpretq_f32_u32(veorq_u32(x2, neg[h][2])));
+        e = vaddq_f32(e, vreinterpretq_f32_u32(veorq_u32(x3, neg[h][3])));
+        h16[h] = vqmovn_s32(vcvtq_s32_f32(vrndnq_f32(vmulq_f32(e, vinv))));
+      }
+      const int8x16_t t = vcombine_s8(vqmovn_s16(vcombine_s16(h16[0], h16[1])), vqmovn_s16(vcombine_s16(h16[2], h16[3])));
+      vst1q_s8(tab + (a * ag / 4 + q) * 16, t);
+    }
+    for (int i = 0; i < ag / 16; ++i) {
+      const float* v = xa + 16 * i;
+      const float32x4_t c = vaddq_f32(vaddq_f32(vld1q_f32(v), vld1q_f32(v + 8)), vaddq_f32(vld1q_f32(v + 4), vld1q_f32(v + 12)));
+      const float32x2_t d = vadd_f32(vget_low_f32(c), vget_high_f32(c));
+      sum16[a * ag / 16 + i] = vget_lane_f32(d, 0) + vget_lane_f32(d, 1);
+    }
+  }
+}
+
+// ---- GEMV / GEMM ----------------------------------------------------------------------------
+//
+// PT tile: L = tbl(T_q, nibbles); byte pair (2i, 2i+1) = row i, planes (2pp, 2pp+1).
+//   padal: P += L[2i] + L[2i+1];  sra: S += L[2i+1] (high byte of the int16 view, shifted down)
+//   so the row's pair value L0 + 2 L1 = P + S (ternary: L0 + L1 = P alone).
+// ST tile: rows j in bytes j of two lookups (quads i and i + 4): X += widen(La) + widen(Lb).
+// int16 bounds over one group (G <= 128, 32 quads): |P| <= 254 * 32 = 8128, |S| <= 4064,
+// |X| <= 254 * 16 = 4064; P + S <= 12192. Weighting by 4^pp and 2^(n-1) happens in int32.
+
+inline float32x4_t load_scales4(const uint8_t* p, int scale_bytes) {
+  if (scale_bytes == 2) return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p)));
+  return vreinterpretq_f32_u8(vld1q_u8(p));
+}
+
+inline float group_sum(const float* sum16, int64_t g, int group) {
+  const int64_t i0 = g * (group / 16);
+  float s = sum16[i0];
+  for (int i = 1; i < group / 16; ++i) s = s + sum16[i0 + i];
+  return s;
+}
+
+template <int SH>
+inline int32x4_t widen_shift_lo(int16x8_t v) {
+  if constexpr (SH == 0) return vmovl_s16(vget_low_s16(v));
+  else return vshll_n_s16(vget_low_s16(v), SH);
+}
+template <int SH>
+inline int32x4_t widen_shift_hi(int16x8_t v) {
+  if constexpr (SH == 0) return vmovl_high_s16(v);
+  else return vshll_high_n_s16(v, SH);
+}
+
+template <int KIND, int NT>
+void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0, int64_t g1,
+               float32x4_t yv[NT][4]) {
+  constexpr bool kTern = KIND == int(LutKind::TERNARY);
+  constexpr int n = kTern ? 2 : KIND;
+  constexpr int npp = n / 2;
+  const int G = f.group, sb = f.scale_bytes;
+  const size_t gbb = lut_group_block_bytes(f), tb = lut_tile_bytes_per_group(f);
+  const uint8x16_t m4 = vdupq_n_u8(0x0F);
+  const float32x4_t vcn = vdupq_n_f32(float((1 << n) - 1) * 0.5f), vmhalf = vdupq_n_f32(-0.5f);
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* p = blk + size_t(g) * gbb;
+    const int8_t* tq[NT];
+    // [token][pp][half]: P and S accumulators; X for the single plane
+    int16x8_t P[NT][2][2], S[NT][2][2], X[NT][2];
+    for (int t = 0; t < NT; ++t) {
+      tq[t] = act[t].tab + g * G / 4 * 16;
+      for (int h = 0; h < 2; ++h) {
+        P[t][0][h] = P[t][1][h] = S[t][0][h] = S[t][1][h] = X[t][h] = vdupq_n_s16(0);
+      }
+    }
+    for (int pp = 0; pp < npp; ++pp)
+      for (int qd = 0; qd < G / 4; ++qd, p += 16) {
+        const uint8x16_t wv = vld1q_u8(p);
+        const uint8x16_t lo = vandq_u8(wv, m4), hi = vshrq_n_u8(wv, 4);
+        for (int t = 0; t < NT; ++t) {
+          const int8x16_t T = vld1q_s8(tq[t] + qd * 16);
+          const int8x16_t La = vqtbl1q_s8(T, lo), Lb = vqtbl1q_s8(T, hi);
+          P[t][pp][0] = vpadalq_s8(P[t][pp][0], La);
+          P[t][pp][1] = vpadalq_s8(P[t][pp][1], Lb);
+          if (!kTern) {
+            S[t][pp][0] = vsraq_n_s16(S[t][pp][0], vreinterpretq_s16_s8(La), 8);
+            S[t][pp][1] = vsraq_n_s16(S[t][pp][1], vreinterpretq_s16_s8(Lb), 8);
+          }
+        }
+      }
+    if (n & 1)
+      for (int c = 0; c < G / 32; ++c)
+        for (int i = 0; i < 4; ++i, p += 16) {
+          const uint8x16_t wv = vld1q_u8(p);
+          const uint8x16_t lo = vandq_u8(wv, m4), hi = vshrq_n_u8(wv, 4);
+          for (int t = 0; t < NT; ++t) {
+            const int8x16_t La = vqtbl1q_s8(vld1q_s8(tq[t] + (8 * c + i) * 16), lo);
+            const int8x16_t Lb = vqtbl1q_s8(vld1q_s8(tq[t] + (8 * c + i + 4) * 16), hi);
+            X[t][0] = vaddq_s16(X[t][0], vaddl_s8(vget_low_s8(La), vget_low_s8(Lb)));
+            X[t][1] = vaddq_s16(X[t][1], vaddl_high_s8(La, Lb));
+          }
+        }
+    const uint8_t* sp = blk + size_t(g) * gbb + tb;
+    float32x4_t s[4], cc[4];
+    for (int q = 0; q < 4; ++q) {
+      s[q] = load_scales4(sp + 4 * q * sb, sb);
+      cc[q] = s[q];
+      if (!kTern)
+        cc[q] = f.has_offset ? vfmaq_f32(load_scales4(sp + (16 + 4 * q) * sb, sb), s[q], vcn) : vmulq_f32(s[q], vmhalf);
+    }
+    for (int t = 0; t < NT; ++t) {
+      int32x4_t I[4];
+      for (int h = 0; h < 2; ++h) {
+        const int16x8_t v0 = kTern ? P[t][0][h] : vaddq_s16(P[t][0][h], S[t][0][h]);
+        I[2 * h] = vmovl_s16(vget_low_s16(v0));
+        I[2 * h + 1] = vmovl_high_s16(v0);
+        if (npp == 2) {
+          const int16x8_t v1 = vaddq_s16(P[t][1][h], S[t][1][h]);
+          I[2 * h] = vaddq_s32(I[2 * h], widen_shift_lo<2>(v1));
+          I[2 * h + 1] = vaddq_s32(I[2 * h + 1], widen_shift_hi<2>(v1));
+        }
+        if (n & 1) {
+          I[2 * h] = vaddq_s32(I[2 * h], widen_shift_lo<(n & 1) ? n - 1 : 0>(X[t][h]));
+          I[2 * h + 1] = vaddq_s32(I[2 * h + 1], widen_shift_hi<(n & 1) ? n - 1 : 0>(X[t][h]));
+        }
+      }
+      const float32x4_t tsh = vdupq_n_f32(0.5f * act[t].scale[g * G / act[t].ag]);
+      const float32x4_t sx = vdupq_n_f32(kTern ? 0.0f : sxg[t][g - g0]);
+      for (int q = 0; q < 4; ++q) {
+        yv[t][q] = vfmaq_f32(yv[t][q], vmulq_f32(s[q], tsh), vcvtq_f32_s32(I[q]));
+        if (!kTern) yv[t][q] = vfmaq_f32(yv[t][q], cc[q], sx);
+      }
+    }
+  }
+}
+
+// I[] order is rows 0..3, 4..7 (h = 0), 8..11, 12..15 (h = 1): matches s[] and yv[].
+inline void store_rows(float* y, const float32x4_t v[4], int lo, int hi) {
+  float tmp[kLutRows];
+  for (int q = 0; q < 4; ++q) vst1q_f32(tmp + 4 * q, v[q]);
+  for (int r = lo; r < hi; ++r) y[r] = tmp[r];
+}
+inline void load_rows(const float* y, float32x4_t v[4], int lo, int hi) {
+  float tmp[kLutRows] = {0};
+  for (int r = lo; r < hi; ++r) tmp[r] = y[r];
+  for (int q = 0; q < 4; ++q) v[q] = vld1q_f32(tmp + 4 * q);
+}
+
+template <int KIND, int NT>
+void gemm_tile(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin, int64_t row_end, float* y,
+               int64_t y_stride, int64_t kb_groups) {
+  const LutFormat& f = w->fmt;
+  const int64_t ngroups = w->k / f.group;
+  const size_t rbb = lut_row_block_bytes(f, w->k);
+  const int64_t end = row_end < w->rows ? row_end : w->rows;
+  for (int64_t g0 = 0; g0 < ngroups; g0 += kb_groups) {
+    const int64_t g1 = g0 + kb_groups < ngroups ? g0 + kb_groups : ngroups;
+    // Sx per (token, group) once per K block, not once per row block (callers bound n_tok * kb)
+    float sxbuf[kSxBuf];
+    for (int64_t t = 0; t < n_tok; ++t)
+      for (int64_t g = g0; g < g1; ++g) sxbuf[t * (g1 - g0) + (g - g0)] = group_sum(a[t].sum16, g, f.group);
+    for (int64_t rb = row_begin / kLutRows; rb * kLutRows < end; ++rb) {
+      const int64_t r0 = rb * kLutRows;
+      const int lo = int((row_begin > r0 ? row_begin : r0) - r0);
+      const int hi = int((end < r0 + kLutRows ? end : r0 + kLutRows) - r0);
+      const uint8_t* blk = w->data + size_t(rb) * rbb;
+      int64_t t = 0;
+      for (; t + NT <= n_tok; t += NT) {
+        float32x4_t yv[NT][4];
+        for (int u = 0; u < NT; ++u) {
+          if (g0 == 0) yv[u][0] = yv[u][1] = yv[u][2] = yv[u][3] = vdupq_n_f32(0.0f);
+          else load_rows(y + (t + u) * y_stride + r0, yv[u], lo, hi);
+        }
+        const float* sxp[NT];
+        for (int u = 0; u < NT; ++u) sxp[u] = sxbuf + (t + u) * (g1 - g0);
+        row_block<KIND, NT>(blk, f, a + t, sxp, g0, g1, yv);
+        for (int u = 0; u < NT; ++u) store_rows(y + (t + u) * y_stride + r0, yv[u], lo, hi);
+      }
+      for (; t < n_tok; ++t) {
+        float32x4_t yv[1][4];
+        if (g0 == 0) yv[0][0] = yv[0][1] = yv[0][2] = yv[0][3] = vdupq_n_f32(0.0f);
+        else load_rows(y + t * y_stride + r0, yv[0], lo, hi);
+        const float* sxp[1] = {sxbuf + t * (g1 - g0)};
+        row_block<KIND, 1>(blk, f, a + t, sxp, g0, g1, yv);
+        store_rows(y + t * y_stride + r0, yv[0], lo, hi);
+      }
+    }
+  }
+}
+
+// Bounds the per-K-block Sx buffer (n_tok * groups in the block <= kSxBuf): a few tokens walk K in
+// one pass (up to kSxBuf / NT groups); more tokens walk it in 512-activation blocks so that block's
+// tables (2 KB per token) stay in cache, in chunks of tokens.
+template <int KIND, int NT>
+void gemm_driver(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin, int64_t row_end, float* y,
+                 int64_t y_stride) {
+  const int64_t ng = w->k / w->fmt.group;
+  if (n_tok <= NT) {
+    const int64_t kb = ng < kSxBuf / NT ? ng : kSxBuf / NT;
+    gemm_tile<KIND, NT>(w, a, n_tok, row_begin, row_end, y, y_stride, kb);
+    return;
+  }
+  const int64_t kb = ng < 512 / w->fmt.group ? ng : 512 / w->fmt.group;
+  const int64_t chunk = kSxBuf / kb;
+  for (int64_t t0 = 0; t0 < n_tok; t0 += chunk)
+    gemm_tile<KIND, NT>(w, a + t0, n_tok - t0 < chunk ? n_tok - t0 : chunk, row_begin, row_end, y + t0 * y_stride,
+                        y_stride, kb);
+}
+
+}  // namespace
+
+void lut_build_g4__neon(const float* x, int64_t k, int32_t ag, int64_t ag_begin, int64_t ag_end, int8_t* tab,
+                        float* scale, float* sum16) {
+  build_neon(x, k, ag, ag_begin, ag_end, tab, scale, sum16);
+}
+
+#define LUTLLM_LUT_NEON(KIND, SUFFIX)                                                                          \
+  void lut_gemv_##SUFFIX##_g4__neon(const LutWeights* w, const LutAct* a, int64_t row_begin, int64_t row_end,  \
+                                    float* y) {                                                                \
+    gemm_driver<KIND, 1>(w, a, 1, row_begin, row_end, y, 0);                                \
+  }                                                                                                            \
+  void lut_gemm_##SUFFIX##_g4__neon(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin,    \
+                                    int64_t row_end, float* y, int64_t y_stride) {                             \
+    gemm_driver<KIND, 2>(w, a, n_tok, row_begin, row_end, y, y_stride);                                 \
+  }
+LUTLLM_LUT_NEON(1, w1)
+LUTLLM_LUT_NEON(2, w2)
+LUTLLM_LUT_NEON(3, w3)
+LUTLLM_LUT_NEON(4, w4)
+LUTLLM_LUT_NEON(5, wt)
+#undef LUTLLM_LUT_NEON
+
+}  // namespace lutllm

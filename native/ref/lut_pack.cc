@@ -1,0 +1,376 @@
+// Packing into the LUT weight layout (lut.h): from integer codes, from GGUF blocks (exact repack),
+// from floats (round-to-nearest quantizer), and back to floats. Plain scalar C++; no kernels here.
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "lutllm/lut.h"
+
+namespace lutllm {
+
+const char* lut_kind_name(int kind) {
+  switch (kind) {
+    case 1: return "w1";
+    case 2: return "w2";
+    case 3: return "w3";
+    case 4: return "w4";
+    case 5: return "wt";
+  }
+  return "?";
+}
+
+std::string lut_check_format(const LutFormat& f, int64_t rows, int64_t k) {
+  if (f.kind < 1 || f.kind > 5) return "LUT kind " + std::to_string(f.kind) + " is not 1..4 bits or 5 (ternary)";
+  if (f.group != 16 && f.group != 32 && f.group != 64 && f.group != 128)
+    return "LUT group " + std::to_string(f.group) + " is not 16, 32, 64 or 128";
+  if ((lut_planes(f.kind) & 1) && f.group < 32) return "odd plane counts (1 or 3 bits) need a group of at least 32";
+  if (f.scale_bytes != 2 && f.scale_bytes != 4) return "scale_bytes must be 2 (fp16) or 4 (fp32)";
+  if (f.has_offset != 0 && f.has_offset != 1) return "has_offset must be 0 or 1";
+  if (f.kind == int(LutKind::TERNARY) && f.has_offset) return "ternary weights have no offset";
+  if (rows <= 0) return "rows must be positive";
+  if (k <= 0 || k % f.group) return "k = " + std::to_string(k) + " is not a positive multiple of the group " + std::to_string(f.group);
+  return "";
+}
+
+namespace {
+
+// Plane bit b of one code (W*: q in [0, 2^n); TERNARY: t in {-1,0,1} -> a = t >= 0, b = t > 0).
+inline int code_bit(int kind, uint8_t code, int plane) {
+  if (kind == int(LutKind::TERNARY)) {
+    const int t = int(int8_t(code));
+    return plane == 0 ? (t >= 0) : (t > 0);
+  }
+  return (code >> plane) & 1;
+}
+
+void store_scale(uint8_t* dst, float v, int scale_bytes) {
+  if (scale_bytes == 2) {
+    const fp16_t h = f32_to_fp16(v);
+    std::memcpy(dst, &h, 2);
+  } else {
+    std::memcpy(dst, &v, 4);
+  }
+}
+
+float load_scale(const uint8_t* src, int scale_bytes) {
+  if (scale_bytes == 2) {
+    fp16_t h;
+    std::memcpy(&h, src, 2);
+    return fp16_to_f32(h);
+  }
+  float v;
+  std::memcpy(&v, src, 4);
+  return v;
+}
+
+}  // namespace
+
+void lut_pack(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q, const float* scale,
+              const float* offset, uint8_t* out) {
+  const int G = fmt.group, n = lut_planes(fmt.kind), sb = fmt.scale_bytes;
+  const int64_t ngroups = k / G, nrb = lut_row_blocks(rows);
+  uint8_t* p = out;
+  for (int64_t rb = 0; rb < nrb; ++rb) {
+    for (int64_t g = 0; g < ngroups; ++g) {
+      // nibble of (row-in-block r, plane b, quad qd of this group)
+      auto nib = [&](int r, int b, int qd) -> uint8_t {
+        const int64_t row = rb * kLutRows + r;
+        if (row >= rows) return 0;  // padding row: any code, its scale is 0
+        const uint8_t* c = q + row * k + g * G + 4 * qd;
+        uint8_t v = 0;
+        for (int i = 0; i < 4; ++i) v |= uint8_t(code_bit(fmt.kind, c[i], b) << i);
+        return v;
+      };
+      for (int pp = 0; pp < n / 2; ++pp)
+        for (int qd = 0; qd < G / 4; ++qd)
+          for (int j = 0; j < 16; ++j) {
+            const int b = 2 * pp + (j & 1);
+            *p++ = uint8_t(nib(j >> 1, b, qd) | nib(8 + (j >> 1), b, qd) << 4);
+          }
+      if (n & 1)
+        for (int c = 0; c < G / 32; ++c)
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 16; ++j) *p++ = uint8_t(nib(j, n - 1, 8 * c + i) | nib(j, n - 1, 8 * c + i + 4) << 4);
+      for (int r = 0; r < kLutRows; ++r, p += sb) {
+        const int64_t row = rb * kLutRows + r;
+        store_scale(p, row < rows ? scale[row * ngroups + g] : 0.0f, sb);
+      }
+      if (fmt.has_offset)
+        for (int r = 0; r < kLutRows; ++r, p += sb) {
+          const int64_t row = rb * kLutRows + r;
+          store_scale(p, row < rows ? offset[row * ngroups + g] : 0.0f, sb);
+        }
+    }
+  }
+}
+
+void lut_unpack(const LutWeights& w, int64_t row_begin, int64_t row_end, float* out) {
+  const LutFormat& f = w.fmt;
+  const int G = f.group, n = lut_planes(f.kind), sb = f.scale_bytes;
+  const int64_t ngroups = w.k / G;
+  const size_t gbb = lut_group_block_bytes(f), tb = lut_tile_bytes_per_group(f);
+  std::vector<int> code(size_t(kLutRows) * G);
+  for (int64_t rb = row_begin / kLutRows; rb * kLutRows < row_end; ++rb) {
+    for (int64_t g = 0; g < ngroups; ++g) {
+      const uint8_t* p = w.data + size_t(rb) * ngroups * gbb + size_t(g) * gbb;
+      std::fill(code.begin(), code.end(), 0);
+      auto put = [&](int r, int b, int qd, int nibble) {
+        for (int i = 0; i < 4; ++i) code[size_t(r) * G + 4 * qd + i] += ((nibble >> i) & 1) << (f.kind == 5 ? 0 : b);
+      };
+      for (int pp = 0; pp < n / 2; ++pp)
+        for (int qd = 0; qd < G / 4; ++qd, p += 16)
+          for (int j = 0; j < 16; ++j) {
+            put(j >> 1, 2 * pp + (j & 1), qd, p[j] & 15);
+            put(8 + (j >> 1), 2 * pp + (j & 1), qd, p[j] >> 4);
+          }
+      if (n & 1)
+        for (int c = 0; c < G / 32; ++c)
+          for (int i = 0; i < 4; ++i, p += 16)
+            for (int j = 0; j < 16; ++j) {
+              put(j, n - 1, 8 * c + i, p[j] & 15);
+              put(j, n - 1, 8 * c + i + 4, p[j] >> 4);
+            }
+      const uint8_t* sp = w.data + size_t(rb) * ngroups * gbb + size_t(g) * gbb + tb;
+      for (int r = 0; r < kLutRows; ++r) {
+        const int64_t row = rb * kLutRows + r;
+        if (row < row_begin || row >= row_end) continue;
+        const float s = load_scale(sp + r * sb, sb);
+        const float o = f.has_offset ? load_scale(sp + (kLutRows + r) * sb, sb) : 0.0f;
+        float* dst = out + (row - row_begin) * w.k + g * G;
+        for (int c = 0; c < G; ++c) {
+          const int cv = code[size_t(r) * G + c];
+          if (f.kind == int(LutKind::TERNARY)) dst[c] = s * float(cv - 1);
+          else if (f.has_offset) dst[c] = s * float(cv) + o;
+          else dst[c] = s * float(cv - (1 << (n - 1)));
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF repack. Each type's value formula maps onto s*q + o (or s*(q - 8), s*t) with the same fp32
+// operations gguf/ggml use to dequantize, so unpack(repack(blocks)) equals their dequantize exactly:
+//   Q4_0  (q-8)*d                 -> s = d (fp16 kept as is)
+//   Q4_1  q*d + m                 -> s = d, o = m (fp16 kept as is)
+//   Q4_K  (d*sc)*q - (dmin*m)     -> s = d*sc, o = -(dmin*m) in fp32: an fp16 mantissa (11 bits) times
+//                                    a 6-bit integer needs up to 17 bits, which fp16 cannot hold
+//   Q2_K  (d*sc)*q - (dmin*m)     -> per 16: fp32 for the same reason (4-bit sc, m)
+//   TQ1_0 / TQ2_0  (t-1)*d        -> TERNARY, s = d (fp16), the same d for every group of a block
+
+bool lut_format_for_ggml(GgmlType t, int ternary_group, LutFormat* fmt, std::string* err) {
+  switch (t) {
+    case GgmlType::Q4_0: *fmt = {4, 32, 2, 0}; return true;
+    case GgmlType::Q4_1: *fmt = {4, 32, 2, 1}; return true;
+    case GgmlType::Q4_K: *fmt = {4, 32, 4, 1}; return true;
+    case GgmlType::Q2_K: *fmt = {2, 16, 4, 1}; return true;
+    case GgmlType::TQ1_0:
+    case GgmlType::TQ2_0:
+      if (ternary_group != 32 && ternary_group != 64 && ternary_group != 128) {
+        *err = "ternary group must be 32, 64 or 128";
+        return false;
+      }
+      *fmt = {5, ternary_group, 2, 0};
+      return true;
+    default:
+      *err = "GGUF type id " + std::to_string(uint32_t(t)) + " has no LUT repack (supported: Q4_0, Q4_1, Q4_K, Q2_K, TQ1_0, TQ2_0)";
+      return false;
+  }
+}
+
+namespace {
+
+void q4k_scale_min(const uint8_t* s, int j, int* sc, int* m) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *m = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+}  // namespace
+
+bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, const LutFormat& fmt, uint8_t* out,
+                     std::string* err) {
+  LutFormat want;
+  if (!lut_format_for_ggml(t, fmt.group, &want, err)) return false;
+  if (std::memcmp(&want, &fmt, sizeof fmt) != 0) {
+    *err = "format does not match lut_format_for_ggml for this type";
+    return false;
+  }
+  // block facts of the repackable types (kept here so this file links without the registry)
+  struct { int block_elems, block_bytes; } tt{QK_K, 0};
+  switch (t) {
+    case GgmlType::Q4_0: tt = {QK32, int(sizeof(block_q4_0))}; break;
+    case GgmlType::Q4_1: tt = {QK32, int(sizeof(block_q4_1))}; break;
+    case GgmlType::Q4_K: tt = {QK_K, int(sizeof(block_q4_K))}; break;
+    case GgmlType::Q2_K: tt = {QK_K, int(sizeof(block_q2_K))}; break;
+    case GgmlType::TQ1_0: tt = {QK_K, int(sizeof(block_tq1_0))}; break;
+    default: tt = {QK_K, int(sizeof(block_tq2_0))}; break;
+  }
+  if (k % tt.block_elems) {
+    *err = "row length " + std::to_string(k) + " is not a multiple of the block size " + std::to_string(tt.block_elems);
+    return false;
+  }
+  const std::string bad = lut_check_format(fmt, rows, k);
+  if (!bad.empty()) {
+    *err = bad;
+    return false;
+  }
+  const int64_t nb = k / tt.block_elems, ngroups = k / fmt.group;
+  std::vector<uint8_t> q(size_t(rows) * k);
+  std::vector<float> sc(size_t(rows) * ngroups), of(size_t(rows) * ngroups, 0.0f);
+  const uint8_t* src = static_cast<const uint8_t*>(blocks);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* qr = q.data() + r * k;
+    float* sr = sc.data() + r * ngroups;
+    float* orow = of.data() + r * ngroups;
+    for (int64_t b = 0; b < nb; ++b, src += tt.block_bytes) {
+      uint8_t* qb = qr + b * tt.block_elems;
+      switch (t) {
+        case GgmlType::Q4_0: {
+          block_q4_0 blk;
+          std::memcpy(&blk, src, sizeof blk);
+          for (int j = 0; j < 16; ++j) {
+            qb[j] = blk.qs[j] & 15;
+            qb[j + 16] = blk.qs[j] >> 4;
+          }
+          sr[b] = fp16_to_f32(blk.d);
+          break;
+        }
+        case GgmlType::Q4_1: {
+          block_q4_1 blk;
+          std::memcpy(&blk, src, sizeof blk);
+          for (int j = 0; j < 16; ++j) {
+            qb[j] = blk.qs[j] & 15;
+            qb[j + 16] = blk.qs[j] >> 4;
+          }
+          sr[b] = fp16_to_f32(blk.d);
+          orow[b] = fp16_to_f32(blk.m);
+          break;
+        }
+        case GgmlType::Q4_K: {
+          block_q4_K blk;
+          std::memcpy(&blk, src, sizeof blk);
+          const float d = fp16_to_f32(blk.d), dmin = fp16_to_f32(blk.dmin);
+          for (int e = 0; e < QK_K; ++e) {
+            const uint8_t byte = blk.qs[(e / 64) * 32 + e % 32];
+            qb[e] = (e % 64) < 32 ? (byte & 15) : (byte >> 4);
+          }
+          for (int j = 0; j < 8; ++j) {
+            int s6, m6;
+            q4k_scale_min(blk.scales, j, &s6, &m6);
+            sr[b * 8 + j] = d * float(s6);
+            orow[b * 8 + j] = -(dmin * float(m6));
+          }
+          break;
+        }
+        case GgmlType::Q2_K: {
+          block_q2_K blk;
+          std::memcpy(&blk, src, sizeof blk);
+          const float d = fp16_to_f32(blk.d), dmin = fp16_to_f32(blk.dmin);
+          for (int e = 0; e < QK_K; ++e) qb[e] = (blk.qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+          for (int j = 0; j < 16; ++j) {
+            sr[b * 16 + j] = d * float(blk.scales[j] & 0xF);
+            orow[b * 16 + j] = -(dmin * float(blk.scales[j] >> 4));
+          }
+          break;
+        }
+        case GgmlType::TQ2_0: {
+          block_tq2_0 blk;
+          std::memcpy(&blk, src, sizeof blk);
+          for (int e = 0; e < QK_K; ++e) {
+            const int v = (blk.qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+            if (v == 3) {
+              *err = "TQ2_0 block " + std::to_string(b) + " of row " + std::to_string(r) + " holds code 3 (not ternary)";
+              return false;
+            }
+            qb[e] = uint8_t(int8_t(v - 1));
+          }
+          for (int g = 0; g < QK_K / fmt.group; ++g) sr[b * (QK_K / fmt.group) + g] = fp16_to_f32(blk.d);
+          break;
+        }
+        case GgmlType::TQ1_0: {
+          block_tq1_0 blk;
+          std::memcpy(&blk, src, sizeof blk);
+          static const uint8_t pow3[6] = {1, 3, 9, 27, 81, 243};
+          auto trit = [](uint8_t byte, uint8_t p) { return int((uint16_t(uint8_t(byte * p)) * 3) >> 8); };
+          int e = 0;
+          for (int nn = 0; nn < 5; ++nn)
+            for (int m = 0; m < 32; ++m) qb[e++] = uint8_t(int8_t(trit(blk.qs[m], pow3[nn]) - 1));
+          for (int nn = 0; nn < 5; ++nn)
+            for (int m = 0; m < 16; ++m) qb[e++] = uint8_t(int8_t(trit(blk.qs[32 + m], pow3[nn]) - 1));
+          for (int nn = 0; nn < 4; ++nn)
+            for (int m = 0; m < 4; ++m) qb[e++] = uint8_t(int8_t(trit(blk.qh[m], pow3[nn]) - 1));
+          for (int g = 0; g < QK_K / fmt.group; ++g) sr[b * (QK_K / fmt.group) + g] = fp16_to_f32(blk.d);
+          break;
+        }
+        default:
+          *err = "unreachable";
+          return false;
+      }
+    }
+  }
+  lut_pack(fmt, rows, k, q.data(), sc.data(), of.data(), out);
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float quantizer
+
+void lut_quantize(int kind, int group, int64_t rows, int64_t k, const float* w, uint8_t* out, LutFormat* fmt) {
+  const bool tern = kind == int(LutKind::TERNARY);
+  *fmt = {kind, group, 2, tern ? 0 : 1};
+  const int64_t ngroups = k / group;
+  std::vector<uint8_t> q(size_t(rows) * k);
+  std::vector<float> sc(size_t(rows) * ngroups), of(size_t(rows) * ngroups, 0.0f);
+  const int qmax = tern ? 1 : (1 << kind) - 1;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t g = 0; g < ngroups; ++g) {
+      const float* x = w + r * k + g * group;
+      uint8_t* qg = q.data() + r * k + g * group;
+      if (tern) {
+        double sum = 0;
+        for (int i = 0; i < group; ++i) sum += std::fabs(x[i]);
+        const float s = fp16_to_f32(f32_to_fp16(float(sum / group)));
+        sc[r * ngroups + g] = s;
+        for (int i = 0; i < group; ++i) {
+          float t = s > 0 ? std::nearbyint(x[i] / s) : 0.0f;
+          t = t < -1 ? -1 : (t > 1 ? 1 : t);
+          qg[i] = uint8_t(int8_t(t));
+        }
+        continue;
+      }
+      float mn = x[0], mx = x[0];
+      for (int i = 1; i < group; ++i) {
+        mn = x[i] < mn ? x[i] : mn;
+        mx = x[i] > mx ? x[i] : mx;
+      }
+      if (kind == 1) {  // 2 levels at min/max would sit in the tails: use the means of each half
+        double mean = 0, lo = 0, hi = 0;
+        int nlo = 0, nhi = 0;
+        for (int i = 0; i < group; ++i) mean += x[i];
+        mean /= group;
+        for (int i = 0; i < group; ++i) {
+          if (x[i] < mean) { lo += x[i]; ++nlo; } else { hi += x[i]; ++nhi; }
+        }
+        mn = nlo ? float(lo / nlo) : mn;
+        mx = nhi ? float(hi / nhi) : mx;
+      }
+      const float o = fp16_to_f32(f32_to_fp16(mn));
+      const float s = fp16_to_f32(f32_to_fp16((mx - mn) / float(qmax)));
+      sc[r * ngroups + g] = s;
+      of[r * ngroups + g] = o;
+      for (int i = 0; i < group; ++i) {
+        float v = s > 0 ? std::nearbyint((x[i] - o) / s) : 0.0f;
+        v = v < 0 ? 0 : (v > float(qmax) ? float(qmax) : v);
+        qg[i] = uint8_t(v);
+      }
+    }
+  lut_pack(*fmt, rows, k, q.data(), sc.data(), of.data(), out);
+}
+
+}  // namespace lutllm

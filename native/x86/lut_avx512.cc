@@ -1,0 +1,228 @@
+// AVX-512 (BW) LUT GEMV / GEMM over the packed layout of lut.h: one 64-byte load = four tiles with
+// four quads' tables in one register. Bit-exact twin of native/ref/lut_ref.cc; the table build is
+// the AVX2 one. No STL, no shared inline code (this file has -mavx512* flags).
+#if defined(LUTLLM_SIMDE_AVX512)  // tests/cpp only: the same code on SIMDe's portable AVX-512
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#else
+#include <immintrin.h>
+#endif
+// GCC 12 warns inside its own avx512 headers (_mm512_undefined_* in extract/convert helpers).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <cstring>
+
+#include "lutllm/kernel_decls.h"
+#include "lutllm/lut.h"
+
+namespace lutllm {
+namespace {
+
+constexpr int64_t kSxBuf = 4096;  // floats of precomputed group sums per K block
+
+inline __m512 load_scales16(const uint8_t* p, int scale_bytes) {
+#if defined(LUTLLM_SIMDE_AVX512)  // SIMDe 0.7 has no 512-bit cvtph: two exact 256-bit F16C conversions
+  if (scale_bytes == 2) {
+    const __m256 a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256 b = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1));
+  }
+#else
+  if (scale_bytes == 2) return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#endif
+  return _mm512_loadu_ps(reinterpret_cast<const float*>(p));
+}
+
+inline float group_sum(const float* sum16, int64_t g, int group) {
+  const int64_t i0 = g * (group / 16);
+  float s = sum16[i0];
+  for (int i = 1; i < group / 16; ++i) s = s + sum16[i0 + i];
+  return s;
+}
+
+inline __m512 cvt_i32_f32(__m512i v) {
+#if defined(LUTLLM_SIMDE_AVX512)
+  const __m256 a = _mm256_cvtepi32_ps(_mm512_castsi512_si256(v)), b = _mm256_cvtepi32_ps(_mm512_extracti64x4_epi64(v, 1));
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1));
+#else
+  return _mm512_cvtepi32_ps(v);
+#endif
+}
+
+inline __m512 load_rows16(const float* y, __mmask16 mk) {
+#if defined(LUTLLM_SIMDE_AVX512)
+  alignas(64) float tmp[16] = {0};
+  for (int r = 0; r < 16; ++r)
+    if (mk >> r & 1) tmp[r] = y[r];
+  return _mm512_load_ps(tmp);
+#else
+  return _mm512_maskz_loadu_ps(mk, y);
+#endif
+}
+
+inline void store_rows16(float* y, __mmask16 mk, __m512 v) {
+#if defined(LUTLLM_SIMDE_AVX512)
+  alignas(64) float tmp[16];
+  _mm512_store_ps(tmp, v);
+  for (int r = 0; r < 16; ++r)
+    if (mk >> r & 1) y[r] = tmp[r];
+#else
+  _mm512_mask_storeu_ps(y, mk, v);
+#endif
+}
+
+inline __m512i widen16(__m256i v) {
+#if defined(LUTLLM_SIMDE_AVX512)  // SIMDe 0.7 lacks the 512-bit form
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(v))),
+                            _mm256_cvtepi16_epi32(_mm256_extracti128_si256(v, 1)), 1);
+#else
+  return _mm512_cvtepi16_epi32(v);
+#endif
+}
+
+// int16 lanes of acc: 4 x (rows 0..7) -> int32 rows 0..7
+inline __m256i fold_lanes(__m512i acc) {
+  const __m512i a = widen16(_mm512_castsi512_si256(acc));        // lanes 0,1
+  const __m512i b = widen16(_mm512_extracti64x4_epi64(acc, 1));  // lanes 2,3
+  const __m512i s = _mm512_add_epi32(a, b);
+  return _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+}
+
+// int16 bound: each of the 4 lanes sees G/16 quads, at most 127 * 15 per quad and row (4-bit):
+// 127 * 15 * 8 = 15240 for G = 128.
+template <int KIND, int NT>
+void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0, int64_t g1, __m512 yv[NT]) {
+  constexpr bool kTern = KIND == int(LutKind::TERNARY);
+  constexpr int n = kTern ? 2 : KIND;
+  const int G = f.group, sb = f.scale_bytes;
+  const size_t gbb = lut_group_block_bytes(f), tb = lut_tile_bytes_per_group(f);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  const __m512i mul01 = _mm512_set1_epi16(kTern ? 0x0101 : 0x0201);
+  const __m512i mul23 = _mm512_set1_epi16(0x0804);
+  const __m512i mulS = _mm512_set1_epi8(char(1 << (n - 1)));
+  const __m512 vcn = _mm512_set1_ps(float((1 << n) - 1) * 0.5f), vmhalf = _mm512_set1_ps(-0.5f);
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* p = blk + size_t(g) * gbb;
+    const int8_t* tq[NT];
+    __m512i accA[NT], accB[NT];
+    for (int t = 0; t < NT; ++t) {
+      tq[t] = act[t].tab + g * G / 4 * 16;
+      accA[t] = accB[t] = _mm512_setzero_si512();
+    }
+    for (int pp = 0; pp < n / 2; ++pp) {
+      const __m512i mul = pp == 0 ? mul01 : mul23;
+      for (int qd = 0; qd < G / 4; qd += 4, p += 64) {
+        const __m512i wv = _mm512_loadu_si512(p);
+        const __m512i lo = _mm512_and_si512(wv, m4), hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), m4);
+        for (int t = 0; t < NT; ++t) {
+          const __m512i T = _mm512_loadu_si512(tq[t] + qd * 16);
+          accA[t] = _mm512_add_epi16(accA[t], _mm512_maddubs_epi16(mul, _mm512_shuffle_epi8(T, lo)));
+          accB[t] = _mm512_add_epi16(accB[t], _mm512_maddubs_epi16(mul, _mm512_shuffle_epi8(T, hi)));
+        }
+      }
+    }
+    if (n & 1) {
+      for (int c = 0; c < G / 32; ++c, p += 64) {
+        const __m512i wv = _mm512_loadu_si512(p);
+        const __m512i lo = _mm512_and_si512(wv, m4), hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), m4);
+        for (int t = 0; t < NT; ++t) {
+          const __m512i Tl = _mm512_loadu_si512(tq[t] + (8 * c) * 16);
+          const __m512i Th = _mm512_loadu_si512(tq[t] + (8 * c + 4) * 16);
+          const __m512i La = _mm512_shuffle_epi8(Tl, lo), Lb = _mm512_shuffle_epi8(Th, hi);
+          accA[t] = _mm512_add_epi16(accA[t], _mm512_maddubs_epi16(mulS, _mm512_unpacklo_epi8(La, Lb)));
+          accB[t] = _mm512_add_epi16(accB[t], _mm512_maddubs_epi16(mulS, _mm512_unpackhi_epi8(La, Lb)));
+        }
+      }
+    }
+    const uint8_t* sp = blk + size_t(g) * gbb + tb;
+    const __m512 s = load_scales16(sp, sb);
+    __m512 cc = s;
+    if (!kTern) cc = f.has_offset ? _mm512_fmadd_ps(s, vcn, load_scales16(sp + 16 * sb, sb)) : _mm512_mul_ps(s, vmhalf);
+    for (int t = 0; t < NT; ++t) {
+      const __m512i I = _mm512_inserti64x4(_mm512_castsi256_si512(fold_lanes(accA[t])), fold_lanes(accB[t]), 1);
+      const __m512 tsh = _mm512_set1_ps(0.5f * act[t].scale[g * G / act[t].ag]);
+      yv[t] = _mm512_fmadd_ps(_mm512_mul_ps(s, tsh), cvt_i32_f32(I), yv[t]);
+      if (!kTern) yv[t] = _mm512_fmadd_ps(cc, _mm512_set1_ps(sxg[t][g - g0]), yv[t]);
+    }
+  }
+}
+
+inline __mmask16 row_mask(int lo, int hi) { return __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1)); }
+
+template <int KIND, int NT>
+void gemm_tile(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin, int64_t row_end, float* y,
+               int64_t y_stride, int64_t kb_groups) {
+  const LutFormat& f = w->fmt;
+  const int64_t ngroups = w->k / f.group;
+  const size_t rbb = lut_row_block_bytes(f, w->k);
+  const int64_t end = row_end < w->rows ? row_end : w->rows;
+  for (int64_t g0 = 0; g0 < ngroups; g0 += kb_groups) {
+    const int64_t g1 = g0 + kb_groups < ngroups ? g0 + kb_groups : ngroups;
+    // Sx per (token, group) once per K block, not once per row block (callers bound n_tok * kb)
+    float sxbuf[kSxBuf];
+    for (int64_t t = 0; t < n_tok; ++t)
+      for (int64_t g = g0; g < g1; ++g) sxbuf[t * (g1 - g0) + (g - g0)] = group_sum(a[t].sum16, g, f.group);
+    for (int64_t rb = row_begin / kLutRows; rb * kLutRows < end; ++rb) {
+      const int64_t r0 = rb * kLutRows;
+      const int lo = int((row_begin > r0 ? row_begin : r0) - r0);
+      const int hi = int((end < r0 + kLutRows ? end : r0 + kLutRows) - r0);
+      const __mmask16 mk = row_mask(lo, hi);
+      const uint8_t* blk = w->data + size_t(rb) * rbb;
+      int64_t t = 0;
+      for (; t + NT <= n_tok; t += NT) {
+        __m512 yv[NT];
+        for (int u = 0; u < NT; ++u)
+          yv[u] = g0 == 0 ? _mm512_setzero_ps() : load_rows16(y + (t + u) * y_stride + r0, mk);
+        const float* sxp[NT];
+        for (int u = 0; u < NT; ++u) sxp[u] = sxbuf + (t + u) * (g1 - g0);
+        row_block<KIND, NT>(blk, f, a + t, sxp, g0, g1, yv);
+        for (int u = 0; u < NT; ++u) store_rows16(y + (t + u) * y_stride + r0, mk, yv[u]);
+      }
+      for (; t < n_tok; ++t) {
+        __m512 yv[1];
+        yv[0] = g0 == 0 ? _mm512_setzero_ps() : load_rows16(y + t * y_stride + r0, mk);
+        const float* sxp[1] = {sxbuf + t * (g1 - g0)};
+        row_block<KIND, 1>(blk, f, a + t, sxp, g0, g1, yv);
+        store_rows16(y + t * y_stride + r0, mk, yv[0]);
+      }
+    }
+  }
+}
+
+// Bounds the per-K-block Sx buffer (n_tok * groups in the block <= kSxBuf): a few tokens walk K in
+// one pass (up to kSxBuf / NT groups); more tokens walk it in 512-activation blocks so that block's
+// tables (2 KB per token) stay in cache, in chunks of tokens.
+template <int KIND, int NT>
+void gemm_driver(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin, int64_t row_end, float* y,
+                 int64_t y_stride) {
+  const int64_t ng = w->k / w->fmt.group;
+  if (n_tok <= NT) {
+    const int64_t kb = ng < kSxBuf / NT ? ng : kSxBuf / NT;
+    gemm_tile<KIND, NT>(w, a, n_tok, row_begin, row_end, y, y_stride, kb);
+    return;
+  }
+  const int64_t kb = ng < 512 / w->fmt.group ? ng : 512 / w->fmt.group;
+  const int64_t chunk = kSxBuf / kb;
+  for (int64_t t0 = 0; t0 < n_tok; t0 += chunk)
+    gemm_tile<KIND, NT>(w, a + t0, n_tok - t0 < chunk ? n_tok - t0 : chunk, row_begin, row_end, y + t0 * y_stride,
+                        y_stride, kb);
+}
+}  // namespace
+
+#define LUTLLM_LUT_AVX512(KIND, SUFFIX)                                                                         \
+  void lut_gemv_##SUFFIX##_g4__avx512(const LutWeights* w, const LutAct* a, int64_t row_begin, int64_t row_end, \
+                                      float* y) {                                                               \
+    gemm_driver<KIND, 1>(w, a, 1, row_begin, row_end, y, 0);                                                             \
+  }                                                                                                             \
+  void lut_gemm_##SUFFIX##_g4__avx512(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin,   \
+                                      int64_t row_end, float* y, int64_t y_stride) {                            \
+    gemm_driver<KIND, 4>(w, a, n_tok, row_begin, row_end, y, y_stride);                                            \
+  }
+LUTLLM_LUT_AVX512(1, w1)
+LUTLLM_LUT_AVX512(2, w2)
+LUTLLM_LUT_AVX512(3, w3)
+LUTLLM_LUT_AVX512(4, w4)
+LUTLLM_LUT_AVX512(5, wt)
+#undef LUTLLM_LUT_AVX512
+
+}  // namespace lutllm

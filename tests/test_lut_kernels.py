@@ -1,0 +1,257 @@
+"""LUT (table-lookup) kernels: SIMD == scalar twin bit for bit, twin vs float math within derived
+bounds, overflow-free accumulation, and exact GGUF repacks. Kernels run through lutllm._core."""
+import numpy as np
+import pytest
+
+_core = pytest.importorskip("lutllm._core")
+
+KINDS = {1: "w1", 2: "w2", 3: "w3", 4: "w4", 5: "wt"}
+KIND_IDS = [1, 2, 3, 4, 5]
+GGML = {"Q4_0": 2, "Q4_1": 3, "Q2_K": 10, "Q4_K": 12, "TQ1_0": 34, "TQ2_0": 35}
+
+
+def simd_isas():
+    return [i for i in ("avx2", "avx512", "neon", "dotprod") if i in _core.available_isas()]
+
+
+def kernel_isas(op):
+    names = {k["name"] for k in _core.kernel_list() if k["op"] == op}
+    return [i for i in simd_isas() if any(n.endswith("__" + i) for n in names)]
+
+
+def groups_for(kind):
+    return (16, 32, 64, 128) if kind in (2, 4, 5) else (32, 64, 128)
+
+
+def misaligned(a, off):
+    """Same contents at a byte offset `off` from an aligned start (read-only view)."""
+    raw = np.zeros(a.nbytes + 64 + off, dtype=np.uint8)
+    start = (-raw.ctypes.data) % 64 + off
+    raw[start:start + a.nbytes] = a.reshape(-1).view(np.uint8)
+    return np.frombuffer(raw, dtype=np.uint8, count=a.nbytes, offset=start).view(a.dtype).reshape(a.shape)
+
+
+def random_packed(rng, kind, group, rows, k, scale_bytes=2):
+    """Random float weights quantized with the library's own quantizer -> (packed, fmt, dequantized)."""
+    w = rng.standard_normal((rows, k)).astype(np.float32)
+    packed, fmt = _core.lut_quantize(w, kind, group)
+    return packed, fmt, _core.lut_unpack(packed, fmt, rows, k)
+
+
+def run(isa, op, kind, packed, fmt, rows, k, tables, ag, **kw):
+    return _core.run_lut_matmul(f"lut_{op}_{KINDS[kind]}_g4__{isa}", packed, fmt, rows, k, *tables, ag, **kw)
+
+
+def table_bound(kind, group, s, ts):
+    """Per (row, group) bound on |LUT result - exact float math| from table rounding (lut.h):
+    each lookup is off by at most ts/2 in +-1 units and the +-1 sum is halved, so per quad a plane
+    of weight m_b contributes m_b * ts/4; over G/4 quads and all planes that is
+    |s| * ts * sum(m_b) * G/16 with sum(m_b) = 2^n - 1 (ternary: 2 planes of weight 1 -> G/8)."""
+    m = 2.0 if kind == 5 else float((1 << kind) - 1)
+    return np.abs(s) * ts * m * group / 16.0
+
+
+def group_scales(fmt, packed, rows, k):
+    """Per (row, group) scale s, read back through unpack of unit codes is not possible; derive
+    from the packed bytes: the scale block follows the tiles of each group block (lut.h)."""
+    kind, group, sb, off = fmt
+    planes = 2 if kind == 5 else kind
+    tile = 2 * group * planes
+    gbb = tile + 16 * sb * (1 + off)
+    nrb = (rows + 15) // 16
+    ng = k // group
+    blocks = packed[: nrb * ng * gbb].reshape(nrb, ng, gbb)
+    raw = np.ascontiguousarray(blocks[:, :, tile:tile + 16 * sb])
+    s = raw.view(np.float16 if sb == 2 else np.float32).astype(np.float64)  # (nrb, ng, 16)
+    return s.transpose(0, 2, 1).reshape(nrb * 16, ng)[:rows]
+
+
+# ---- SIMD == scalar twin ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512", "neon", "dotprod"])
+def test_build_bit_exact(isa, rng):
+    if isa not in kernel_isas("lut_build"):
+        pytest.skip(f"no {isa} table build on this CPU/registry")
+    for ag in (16, 32, 64, 128):
+        for k in (ag, 3 * ag, 5 * ag):
+            x = (rng.standard_normal((3, k)) * rng.choice([1e-3, 1.0, 50.0])).astype(np.float32)
+            x[1, : min(k, 16)] = 0.0
+            ref = _core.run_lut_build("lut_build_g4__ref", x, ag)
+            got = _core.run_lut_build(f"lut_build_g4__{isa}", x, ag)
+            for a, b in zip(ref, got):
+                assert np.array_equal(a.view(np.uint8), b.view(np.uint8)), (isa, ag, k)
+
+
+@pytest.mark.parametrize("kind", KIND_IDS)
+@pytest.mark.parametrize("isa", ["avx2", "avx512", "neon", "dotprod"])
+def test_matmul_bit_exact(isa, kind, rng):
+    if isa not in kernel_isas("lut_gemv"):
+        pytest.skip(f"no {isa} LUT kernels on this CPU/registry")
+    cases = [(rows, g) for g in groups_for(kind) for rows in list(range(1, 18)) + [40, 100]]
+    for i, (rows, g) in enumerate(cases):
+        # K = 3 or 5 groups: never a multiple of the 64-activation AVX-512 step for g = 16 / 32.
+        k = g * (3 if i % 2 else 5)
+        w = rng.standard_normal((rows, k)).astype(np.float32)
+        packed, fmt = _core.lut_quantize(w, kind, g)
+        n_tok = 1 + i % 8
+        x = rng.standard_normal((n_tok, k)).astype(np.float32)
+        tab, sc, s16 = _core.run_lut_build("lut_build_g4__ref", x, g)
+        off = i % 4
+        p2, tab2 = misaligned(packed, off), misaligned(tab, (off + 1) % 4)
+        ref = run("ref", "gemm", kind, packed, fmt, rows, k, (tab, sc, s16), g)
+        got = run(isa, "gemm", kind, p2, fmt, rows, k, (tab2, sc, s16), g)
+        assert np.array_equal(ref.view(np.uint32), got.view(np.uint32)), (isa, kind, g, rows, n_tok)
+        one = run(isa, "gemv", kind, p2, fmt, rows, k, (tab2[:1], sc[:1], s16[:1]), g)
+        assert np.array_equal(ref[:1].view(np.uint32), one.view(np.uint32)), (isa, kind, g, rows)
+        if rows > 16:  # a thread's slice: starts at row block 1, ends mid-block
+            sl = run(isa, "gemv", kind, p2, fmt, rows, k, (tab2[:1], sc[:1], s16[:1]), g, row_begin=16, row_end=rows - 1)
+            assert np.array_equal(sl[0, 16:rows - 1].view(np.uint32), ref[0, 16:rows - 1].view(np.uint32))
+            assert not sl[0, :16].any() and sl[0, rows - 1] == 0
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512", "neon", "dotprod"])
+def test_matmul_bit_exact_k_blocked(isa, rng):
+    """n_tok > 4 walks K in blocks (tables stay in cache); large K makes several blocks."""
+    if isa not in kernel_isas("lut_gemm"):
+        pytest.skip(f"no {isa} LUT kernels on this CPU/registry")
+    for kind, g, n_tok in ((2, 32, 7), (3, 64, 7), (4, 128, 7), (5, 16, 7), (2, 16, 130)):
+        rows, k = 35, 2048  # n_tok = 130 at g = 16 also splits the tokens into chunks
+        packed, fmt, _ = random_packed(rng, kind, g, rows, k)
+        tabs = _core.run_lut_build("lut_build_g4__ref", rng.standard_normal((n_tok, k)).astype(np.float32), 128)
+        ref = run("ref", "gemm", kind, packed, fmt, rows, k, tabs, 128)
+        got = run(isa, "gemm", kind, packed, fmt, rows, k, tabs, 128)
+        assert np.array_equal(ref.view(np.uint32), got.view(np.uint32)), (isa, kind, g)
+
+
+# ---- scalar twin vs float math ----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KIND_IDS)
+def test_ref_vs_float_bound_and_nmse(kind, rng):
+    """Error of the LUT result against float64 math on the same (dequantized) weights comes only
+    from rounding the tables to int8; it must stay inside the derived per-group bound, and its
+    NMSE on random data must stay small: the bound is 5e-4 (stated for 4-bit) for every kind,
+    since the per-lookup error is ts/4 whatever n and the signal grows with 2^n as fast."""
+    for g in groups_for(kind):
+        rows, k, n_tok = 64, 512, 3
+        packed, fmt, wd = random_packed(rng, kind, g, rows, k)
+        x = rng.standard_normal((n_tok, k)).astype(np.float32)
+        tab, sc, s16 = _core.run_lut_build("lut_build_g4__ref", x, g)
+        y = run("ref", "gemm", kind, packed, fmt, rows, k, (tab, sc, s16), g)
+        exact = x.astype(np.float64) @ wd.astype(np.float64).T
+        s = group_scales(fmt, packed, rows, k)  # (rows, ng)
+        for t in range(n_tok):
+            bound = table_bound(kind, g, s, sc[t]).sum(axis=1)  # ag = g: one table scale per group
+            # fp32 accumulation over K/G groups: a few ulps of the magnitude of the terms
+            slack = 1e-5 * (np.abs(wd).astype(np.float64) @ np.abs(x[t]).astype(np.float64)) + 1e-6
+            assert np.all(np.abs(y[t] - exact[t]) <= bound + slack), (kind, g, t)
+        nmse = np.sum((y - exact) ** 2) / np.sum(exact ** 2)
+        assert nmse <= 5e-4, (kind, g, nmse)
+
+
+@pytest.mark.parametrize("isa", ["ref", "avx2", "avx512", "neon", "dotprod"])
+@pytest.mark.parametrize("kind", KIND_IDS)
+def test_no_overflow_at_max_magnitude(isa, kind):
+    """Codes with bit 0 set in every plane and activations (c, 0, 0, 0) per quad make every table
+    entry exactly +-127 and every lookup +127 (or -127): the largest |I| = 127 * (2^n - 1) * G/4
+    (60960 for 4-bit G = 128). int16 partial sums must not wrap; since the tables are exact, the
+    result equals float math to fp32 rounding."""
+    if isa != "ref" and isa not in kernel_isas("lut_gemv"):
+        pytest.skip(f"no {isa} LUT kernels on this CPU/registry")
+    for g in groups_for(kind):
+        rows, k = 20, 4 * g
+        w = np.full((rows, k), 1.0, dtype=np.float32)
+        w[:, 1] = 0.0  # min 0, max 1 -> q = 2^n - 1 except column 1 (x = 0 there); ternary: t = +1
+        packed, fmt = _core.lut_quantize(w, kind, g)
+        wd = _core.lut_unpack(packed, fmt, rows, k)
+        for sign in (1.0, -1.0):
+            x = np.zeros((2, k), dtype=np.float32)
+            x[:, 0::4] = 3.0 * sign
+            tabs = _core.run_lut_build("lut_build_g4__ref", x, g)
+            y = run(isa, "gemm", kind, packed, fmt, rows, k, tabs, g)
+            exact = x.astype(np.float64) @ wd.astype(np.float64).T
+            np.testing.assert_allclose(y, exact, rtol=1e-5, atol=1e-4)
+
+
+# ---- GGUF repack ------------------------------------------------------------------------------
+
+def random_blocks(rng, type_name, rows, k):
+    """Raw GGUF blocks with random but valid content (finite scales, ternary codes 0..2)."""
+    from gguf import quants, GGMLQuantizationType
+
+    qt = GGMLQuantizationType[type_name]
+    if type_name in ("Q4_0", "Q4_1", "TQ1_0"):
+        w = rng.standard_normal((rows, k)).astype(np.float32)
+        return quants.quantize(w, qt).reshape(rows, -1)
+    bs, ts = quants.GGML_QUANT_SIZES[qt]
+    nb = rows * k // bs
+    blocks = rng.integers(0, 256, size=(nb, ts), dtype=np.uint8)
+
+    def f16(lo, hi):
+        return rng.uniform(lo, hi, size=(nb, 1)).astype(np.float16).view(np.uint8)
+
+    if type_name == "Q4_K":  # d, dmin, scales[12], qs[128]
+        blocks[:, 0:2], blocks[:, 2:4] = f16(1e-4, 1e-2), f16(1e-4, 1e-2)
+    elif type_name == "Q2_K":  # scales[16], qs[64], d, dmin
+        blocks[:, 80:82], blocks[:, 82:84] = f16(1e-4, 1e-2), f16(1e-4, 1e-2)
+    elif type_name == "TQ2_0":  # qs[64], d: codes 0..2 only
+        codes = rng.integers(0, 3, size=(nb, 64, 4), dtype=np.uint8)
+        blocks[:, :64] = codes[..., 0] | codes[..., 1] << 2 | codes[..., 2] << 4 | codes[..., 3] << 6
+        blocks[:, 64:66] = f16(1e-3, 1e-1)
+    return blocks.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q4_K", "Q2_K", "TQ2_0", "TQ1_0"])
+def test_repack_exact(type_name, rng):
+    from gguf import quants, GGMLQuantizationType
+
+    rows, k = 21, 512
+    blocks = random_blocks(rng, type_name, rows, k)
+    ref = quants.dequantize(blocks, GGMLQuantizationType[type_name]).reshape(rows, k)
+    packed, fmt = _core.lut_repack_ggml(GGML[type_name], np.ascontiguousarray(blocks).reshape(-1), rows, k)
+    assert fmt == _core.lut_format_for_ggml(GGML[type_name])
+    back = _core.lut_unpack(packed, fmt, rows, k)
+    assert np.array_equal(back.view(np.uint32), ref.astype(np.float32).view(np.uint32)), type_name  # lossless
+    # the LUT path on the repacked tensor vs float math on gguf's dequantize, within the bound
+    kind, g = fmt[0], fmt[1]
+    x = rng.standard_normal((2, k)).astype(np.float32)
+    ag = 128 if g <= 128 else g
+    tab, sc, s16 = _core.run_lut_build("lut_build_g4__ref", x, ag)
+    for isa in ["ref"] + kernel_isas("lut_gemm"):
+        y = run(isa, "gemm", kind, packed, fmt, rows, k, (tab, sc, s16), ag)
+        exact = x.astype(np.float64) @ ref.astype(np.float64).T
+        s = group_scales(fmt, packed, rows, k)
+        for t in range(2):
+            ts = sc[t][(np.arange(k // g) * g) // ag]
+            bound = table_bound(kind, g, s, ts).sum(axis=1)
+            slack = 1e-5 * (np.abs(ref) @ np.abs(x[t])) + 1e-6
+            assert np.all(np.abs(y[t] - exact[t]) <= bound + slack), (type_name, isa, t)
+
+
+def test_q4k_scales_need_fp32(rng):
+    """Why Q4_K/Q2_K repack keeps fp32 scales: d*sc of real-range blocks often has more mantissa
+    bits than fp16 holds, so fp16 storage would not be lossless."""
+    d = rng.uniform(1e-4, 1e-2, size=4096).astype(np.float16).astype(np.float32)
+    sc = rng.integers(0, 64, size=4096).astype(np.float32)
+    prod = d * sc
+    lossy = np.mean(prod.astype(np.float16).astype(np.float32) != prod)
+    assert lossy > 0.3  # measured ~0.5 for uniform d and 6-bit sc
+
+
+def test_repack_rejects_bad_input(rng):
+    with pytest.raises(ValueError, match="no LUT repack"):
+        _core.lut_format_for_ggml(8)  # Q8_0
+    blocks = np.zeros(66 * 2, dtype=np.uint8)
+    blocks[:64] = 0xFF  # code 3 is not ternary
+    with pytest.raises(ValueError, match="code 3"):
+        _core.lut_repack_ggml(GGML["TQ2_0"], blocks, 1, 512)
+    with pytest.raises(ValueError, match="multiple of the group"):
+        _core.lut_packed_bytes((2, 32, 2, 1), 4, 48)
+    with pytest.raises(ValueError, match="at least 32"):
+        _core.lut_quantize(np.zeros((2, 64), np.float32), 3, 16)
+
+
+def test_registry_has_lut_kernels():
+    names = {k["name"] for k in _core.kernel_list()}
+    for kind in KINDS.values():
+        assert f"lut_gemv_{kind}_g4__ref" in names and f"lut_gemm_{kind}_g4__ref" in names
+    assert "lut_build_g4__ref" in names
