@@ -63,6 +63,11 @@ class Context {
   // Writes logits (n_vocab floats per row) for all n tokens when all_logits, else for the last.
   void eval(const int32_t* tokens, int64_t n, int64_t pos, bool all_logits, float* logits);
   void request_cancel() { cancel_.store(true); }
+  // KV-cache state (runtime/context_state.cc): the first n_past positions of every layer's keys
+  // and values, laid out (n_layer, 2 [K, V], n_past, n_head_kv * head_dim) as float32.
+  int64_t kv_state_floats(int64_t n_past) const;
+  void save_kv(int64_t n_past, float* out) const;
+  void load_kv(int64_t n_past, const float* in);
 
  private:
   void forward_batch(const int32_t* tokens, int64_t n, int64_t pos, bool all_logits, float* logits);

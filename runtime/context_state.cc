@@ -1,0 +1,50 @@
+// Context state save/load: copies the first n_past cached key/value rows of every layer out of or
+// into a flat float32 buffer. It does not serialise tokens or files; callers own that framing.
+#include <cstring>
+#include <string>
+
+#include "error.h"
+#include "model.h"
+
+namespace lutllm {
+
+namespace {
+void check_n_past(int64_t n_past, int n_ctx) {
+  if (n_past < 0 || n_past > n_ctx)
+    throw Error("state length " + std::to_string(n_past) + " is outside the context (0.." + std::to_string(n_ctx) + ")");
+}
+}  // namespace
+
+int64_t Context::kv_state_floats(int64_t n_past) const {
+  check_n_past(n_past, n_ctx_);
+  const ModelConfig& c = model_->config();
+  return int64_t(c.n_layer) * 2 * n_past * int64_t(c.n_head_kv) * int64_t(c.head_dim);
+}
+
+void Context::save_kv(int64_t n_past, float* out) const {
+  check_n_past(n_past, n_ctx_);
+  const ModelConfig& c = model_->config();
+  const size_t kv_dim = size_t(c.n_head_kv) * size_t(c.head_dim), rows = size_t(n_past) * kv_dim;
+  for (int l = 0; l < c.n_layer; ++l) {
+    const size_t base = size_t(l) * size_t(n_ctx_) * kv_dim;
+    std::memcpy(out, k_cache_.data() + base, rows * sizeof(float));
+    out += rows;
+    std::memcpy(out, v_cache_.data() + base, rows * sizeof(float));
+    out += rows;
+  }
+}
+
+void Context::load_kv(int64_t n_past, const float* in) {
+  check_n_past(n_past, n_ctx_);
+  const ModelConfig& c = model_->config();
+  const size_t kv_dim = size_t(c.n_head_kv) * size_t(c.head_dim), rows = size_t(n_past) * kv_dim;
+  for (int l = 0; l < c.n_layer; ++l) {
+    const size_t base = size_t(l) * size_t(n_ctx_) * kv_dim;
+    std::memcpy(k_cache_.data() + base, in, rows * sizeof(float));
+    in += rows;
+    std::memcpy(v_cache_.data() + base, in, rows * sizeof(float));
+    in += rows;
+  }
+}
+
+}  // namespace lutllm
