@@ -1,5 +1,6 @@
 // Scalar reference for activation quantization to ActQ8 blocks (the form every Q8 matmul consumes).
 // Not a weight quantizer. The SIMD twins (native/x86/quant_act_q8_*.cc) are bit-exact with it.
+#include <cfloat>
 #include <cmath>
 
 #include "lutllm/kernel_decls.h"
@@ -14,7 +15,7 @@ void quantize_act_q8__ref(const float* x, ActQ8* y, int64_t k) {
     float amax = 0.0f;
     for (int j = 0; j < QK32; ++j) amax = std::fmax(amax, std::fabs(x[j]));
     const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float id = d >= FLT_MIN ? 1.0f / d : 0.0f;  // subnormal d: 1/d overflows, block rounds to 0
     int sum = 0;
     for (int j = 0; j < QK32; ++j) {
       const int q = int(std::round(x[j] * id));

@@ -1,5 +1,6 @@
 // AVX2 activation quantization to ActQ8, bit-exact with quantize_act_q8__ref (native/ref/quant_act.cc):
 // same IEEE division for d and 1/d, same product, rounding half away from zero. Not a weight quantizer.
+#include <cfloat>
 #include <immintrin.h>
 
 #include "lutllm/kernel_decls.h"
@@ -19,7 +20,7 @@ void quantize_act_q8__avx2(const float* x, ActQ8* y, int64_t k) {
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
     const float amax = _mm_cvtss_f32(m4);  // max is exact: any order gives the ref's value
     const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float id = d >= FLT_MIN ? 1.0f / d : 0.0f;  // subnormal d: 1/d overflows, block rounds to 0
     const __m256 vid = _mm256_set1_ps(id);
     __m256i q[4];
     __m256i sum = _mm256_setzero_si256();

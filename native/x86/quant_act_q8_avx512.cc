@@ -2,6 +2,7 @@
 // same IEEE division for d and 1/d, same product, rounding half away from zero. Not a weight quantizer.
 // GCC 12 flags its own AVX-512 intrinsic headers (_mm512_undefined_*) with -Wmaybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <cfloat>
 #include <immintrin.h>
 
 #include "lutllm/kernel_decls.h"
@@ -14,7 +15,7 @@ void quantize_act_q8__avx512(const float* x, ActQ8* y, int64_t k) {
     const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
     const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float id = d >= FLT_MIN ? 1.0f / d : 0.0f;  // subnormal d: 1/d overflows, block rounds to 0
     const __m512 vid = _mm512_set1_ps(id);
     __m512i q[2];
     const __m512 v[2] = {v0, v1};
