@@ -21,10 +21,40 @@ const ActQ8* LinearInput::q8(ThreadPool& pool) {
   return q8_.data();
 }
 
-Linear::Linear(const WeightTensor* w) : w_(w) {
+const LutAct* LinearInput::lut(ThreadPool& pool, int32_t ag) {
+  if (lut_ag_ == ag) return lut_act_.data();
+  const KernelTable& kt = kernels();
+  const int64_t n = n_, k = k_, groups = k / ag;
+  lut_tab_.resize(size_t(n) * lut_act_tab_bytes(k));
+  lut_scale_.resize(size_t(n * groups));
+  lut_sum16_.resize(size_t(n * (k / 16)));
+  lut_act_.resize(size_t(n));
+  LutBuildFn build = kt.lut_build;
+  const float* x = x_;
+  pool.parallel_for(n, [&](int64_t t, int) {
+    int8_t* tab = lut_tab_.data() + size_t(t) * lut_act_tab_bytes(k);
+    float* scale = lut_scale_.data() + t * groups;
+    float* sum16 = lut_sum16_.data() + t * (k / 16);
+    build(x + t * k, k, ag, 0, groups, tab, scale, sum16);
+    lut_act_[size_t(t)] = LutAct{tab, scale, sum16, k, ag, 0};
+  });
+  lut_ag_ = ag;
+  return lut_act_.data();
+}
+
+Linear::Linear(const WeightTensor* w, bool allow_lut) : w_(w) {
   const KernelTable& kt = kernels();
   const int t = int(w->type);
-  if (kt.matmul_q8[t] && w->cols() % QK32 == 0) path_ = Path::Q8;
+  LutFormat fmt{};
+  std::string why;
+  if (allow_lut && kt.lut_build && lut_format_for_ggml(w->type, 64, &fmt, &why) && kt.lut_gemv[fmt.kind] &&
+      kt.lut_gemm[fmt.kind] && lut_check_format(fmt, w->rows(), w->cols()).empty()) {
+    lut_packed_ = std::make_shared<std::vector<uint8_t>>(lut_packed_bytes(fmt, w->rows(), w->cols()));
+    if (!lut_repack_ggml(w->type, w->data, w->rows(), w->cols(), fmt, lut_packed_->data(), &why))
+      throw Error("tensor '" + w->name + "': cannot repack for table lookup: " + why);
+    lut_ = LutWeights{lut_packed_->data(), w->rows(), w->cols(), fmt};
+    path_ = Path::LUT;
+  } else if (kt.matmul_q8[t] && w->cols() % QK32 == 0) path_ = Path::Q8;
   else if (kt.matmul_f32[t]) path_ = Path::F32;
   else if (kt.dequant[t]) path_ = Path::DEQUANT;
   else throw Error("tensor '" + w->name + "': type " + type_traits(w->type).name + " is not supported by this runtime");
@@ -48,6 +78,27 @@ void Linear::forward(LinearInput& in, float* y, ThreadPool& pool) const {
   const int64_t n_chunks = (rows + chunk - 1) / chunk;
   const KernelTable& kt = kernels();
   switch (path_) {
+    case Path::LUT: {
+      const LutAct* acts = in.lut(pool, lut_.fmt.group);
+      const int64_t blocks = lut_row_blocks(rows);
+      // whole 16-row blocks per task (kernels compute blocks whole)
+      const int64_t per = std::max<int64_t>(1, (blocks + pool.size() * 4 - 1) / (pool.size() * 4));
+      const int64_t tasks = (blocks + per - 1) / per;
+      if (n == 1) {
+        LutGemvFn fn = kt.lut_gemv[lut_.fmt.kind];
+        pool.parallel_for(tasks, [&](int64_t c, int) {
+          const int64_t r0 = c * per * kLutRows, r1 = std::min(rows, (c + 1) * per * kLutRows);
+          fn(&lut_, acts, r0, r1, y);
+        });
+      } else {
+        LutGemmFn fn = kt.lut_gemm[lut_.fmt.kind];
+        pool.parallel_for(tasks, [&](int64_t c, int) {
+          const int64_t r0 = c * per * kLutRows, r1 = std::min(rows, (c + 1) * per * kLutRows);
+          fn(&lut_, acts, n, r0, r1, y, rows);
+        });
+      }
+      break;
+    }
     case Path::Q8: {
       const ActQ8* xq = in.q8(pool);
       MatmulQ8Fn fn = kt.matmul_q8[int(w.type)];

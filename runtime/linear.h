@@ -1,7 +1,9 @@
-// Linear layers y = W x: picks the kernel for a weight once (int8-activation, float, or dequantize
-// fallback) and splits rows across the thread pool. Holds no weights of its own (views into the store).
+// Linear layers y = W x: picks the kernel family for a weight once (T-MAC table lookup for <= 4-bit
+// types, int8-activation dot products, float, or a dequantize fallback) and splits rows across the
+// thread pool. Mapped weights are used in place; only the LUT path owns a repacked copy.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "lutllm/kernels.h"
@@ -10,28 +12,36 @@
 
 namespace lutllm {
 
-// One input matrix (n rows of k floats) plus its int8 quantized form, built at most once so that
-// several layers reading the same input (q/k/v, gate/up) share the quantization.
+// One input matrix (n rows of k floats) plus its int8-quantized form and its LUT activation tables,
+// each built at most once so that layers reading the same input (q/k/v, gate/up) share them.
 class LinearInput {
  public:
-  void set(const float* x, int64_t n, int64_t k) { x_ = x; n_ = n; k_ = k; q8_ready_ = false; }
+  void set(const float* x, int64_t n, int64_t k) { x_ = x; n_ = n; k_ = k; q8_ready_ = false; lut_ag_ = 0; }
   const float* x() const { return x_; }
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }
   const ActQ8* q8(ThreadPool& pool);  // quantizes on first use
+  // n LutAct descriptors (one per row) with tables for activation groups of `ag`; built on first use.
+  const LutAct* lut(ThreadPool& pool, int32_t ag);
 
  private:
   const float* x_ = nullptr;
   int64_t n_ = 0, k_ = 0;
   bool q8_ready_ = false;
+  int32_t lut_ag_ = 0;  // 0: tables not built for the current input
   std::vector<ActQ8> q8_;
+  std::vector<int8_t> lut_tab_;
+  std::vector<float> lut_scale_, lut_sum16_;
+  std::vector<LutAct> lut_act_;
 };
 
 class Linear {
  public:
-  enum class Path { NONE, Q8, F32, DEQUANT };
+  enum class Path { NONE, LUT, Q8, F32, DEQUANT };
   Linear() = default;
-  explicit Linear(const WeightTensor* w);  // throws Error when no kernel can run this type
+  // Binds a weight; with allow_lut, types that repack exactly to the LUT layout (Q4_0, Q4_1, Q4_K,
+  // Q2_K, TQ1_0, TQ2_0) are repacked once here. Throws Error when no kernel can run this type.
+  explicit Linear(const WeightTensor* w, bool allow_lut = false);
   bool empty() const { return w_ == nullptr; }
   int64_t in_features() const { return w_->cols(); }
   int64_t out_features() const { return w_->rows(); }
@@ -43,6 +53,8 @@ class Linear {
  private:
   const WeightTensor* w_ = nullptr;
   Path path_ = Path::NONE;
+  std::shared_ptr<std::vector<uint8_t>> lut_packed_;  // LUT path only: the repacked weights
+  LutWeights lut_{};
 };
 
 }  // namespace lutllm

@@ -28,10 +28,10 @@ const WeightTensor* norm_weight(const WeightStore& s, const std::string& name, i
   return &t;
 }
 
-Linear linear(const WeightStore& s, const std::string& name, int64_t in, int64_t out) {
+Linear linear(const WeightStore& s, const std::string& name, int64_t in, int64_t out, bool use_lut) {
   const WeightTensor& t = s.get(name);
   expect_shape(t, in, out);
-  return Linear(&t);
+  return Linear(&t, use_lut);
 }
 
 }  // namespace
@@ -53,7 +53,7 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
   if (!kernels().dequant[int(tok_embd->type)])
     throw Error("tensor 'token_embd.weight': type " + std::string(type_traits(tok_embd->type).name) + " is not supported");
   output_norm = norm_weight(store_, "output_norm.weight", d);
-  if (store_.find("output.weight")) output = linear(store_, "output.weight", d, cfg.n_vocab);
+  if (store_.find("output.weight")) output = linear(store_, "output.weight", d, cfg.n_vocab, cfg.use_lut);
   else output = Linear(tok_embd);  // tied embeddings
 
   layers.resize(size_t(cfg.n_layer));
@@ -61,14 +61,14 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
     const std::string p = "blk." + std::to_string(i) + ".";
     LayerWeights& L = layers[size_t(i)];
     L.attn_norm = norm_weight(store_, p + "attn_norm.weight", d);
-    L.wq = linear(store_, p + "attn_q.weight", d, q_dim);
-    L.wk = linear(store_, p + "attn_k.weight", d, kv_dim);
-    L.wv = linear(store_, p + "attn_v.weight", d, kv_dim);
-    L.wo = linear(store_, p + "attn_output.weight", q_dim, d);
+    L.wq = linear(store_, p + "attn_q.weight", d, q_dim, cfg.use_lut);
+    L.wk = linear(store_, p + "attn_k.weight", d, kv_dim, cfg.use_lut);
+    L.wv = linear(store_, p + "attn_v.weight", d, kv_dim, cfg.use_lut);
+    L.wo = linear(store_, p + "attn_output.weight", q_dim, d, cfg.use_lut);
     L.ffn_norm = norm_weight(store_, p + "ffn_norm.weight", d);
-    L.w_gate = linear(store_, p + "ffn_gate.weight", d, cfg.d_ff);
-    L.w_up = linear(store_, p + "ffn_up.weight", d, cfg.d_ff);
-    L.w_down = linear(store_, p + "ffn_down.weight", cfg.d_ff, d);
+    L.w_gate = linear(store_, p + "ffn_gate.weight", d, cfg.d_ff, cfg.use_lut);
+    L.w_up = linear(store_, p + "ffn_up.weight", d, cfg.d_ff, cfg.use_lut);
+    L.w_down = linear(store_, p + "ffn_down.weight", cfg.d_ff, d, cfg.use_lut);
   }
   pool_ = std::make_unique<ThreadPool>(n_threads > 0 ? n_threads : physical_core_count());
 }

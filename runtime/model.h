@@ -25,6 +25,7 @@ struct ModelConfig {
   float rope_base = 10000.f, rope_freq_scale = 1.f;
   int rope_dim = 0;
   RopeMode rope_mode = RopeMode::NORM;
+  bool use_lut = true;  // run <= 4-bit weights through the table-lookup kernels (repacked at load)
 };
 
 struct LayerWeights {

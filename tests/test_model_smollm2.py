@@ -41,10 +41,21 @@ def _tokens(engine, text):
     return engine.tokenizer.encode(text, add_special=True, parse_special=True)
 
 
-def test_every_linear_layer_has_a_kernel(engine):
+@pytest.fixture(scope="module")
+def engine_q8(smollm2_path):
+    """The same model with every weight left mapped and run by the int8-activation kernels."""
+    from lutllm.engine import Engine
+
+    return Engine(smollm2_path, n_ctx=512, n_threads=2, lut=False)
+
+
+def test_every_linear_layer_has_a_kernel(engine, engine_q8):
     paths = engine._model.linear_paths()
     assert len(paths) == 30 * 7 + 1
-    assert set(paths.values()) == {"q8"}  # Q4_1 layers and the Q8_0 tied head: int8-activation kernels
+    # Q4_1 layers repack exactly to 4-bit LUT weights; the Q8_0 tied head keeps the int8 path
+    assert list(paths.values()).count("lut") == 210
+    assert paths["token_embd.weight"] == "q8"
+    assert set(engine_q8._model.linear_paths().values()) == {"q8"}
 
 
 def _logp(z):
@@ -125,15 +136,25 @@ def test_perplexity_matches_llama_cpp(engine):
     assert abs(ppl / ref["ppl"] - 1) < 0.01, (ppl, ref["ppl"])
 
 
-def test_weights_are_not_copied(engine, smollm2_path):
+def test_lut_path_perplexity_matches_int8_path(engine, engine_q8):
+    """Q4_1 repacks losslessly into the LUT layout, so the two kernel families differ only in how
+    activations are rounded (int8 tables of 4-sums vs int8 values): perplexities within 0.5%."""
+    text = (DATA / GOLDEN["perplexity"]["text"]).read_text(encoding="utf-8")
+    ppl_lut, n, _ = engine.perplexity(text, 512)
+    ppl_q8, n2, _ = engine_q8.perplexity(text, 512)
+    assert n == n2
+    assert abs(ppl_lut / ppl_q8 - 1) < 0.005, (ppl_lut, ppl_q8)
+
+
+def test_weights_are_not_copied(engine_q8, smollm2_path):
     """Tensor bytes are views into the one file mapping owned by the runtime (zero copy)."""
     from gguf import GGUFReader
 
-    m = engine._model
+    m = engine_q8._model
     view = m.tensor_view("blk.0.ffn_up.weight")
     assert not view.flags.writeable
     addr = view.__array_interface__["data"][0]
-    info = engine.gguf.tensors["blk.0.ffn_up.weight"]
+    info = engine_q8.gguf.tensors["blk.0.ffn_up.weight"]
     assert addr == m.mapping_address + info.offset
     # and the bytes are the file's bytes, as an independent reader sees them
     t = next(t for t in GGUFReader(smollm2_path).tensors if t.name == "blk.0.ffn_up.weight")
@@ -141,7 +162,7 @@ def test_weights_are_not_copied(engine, smollm2_path):
 
 
 def test_loading_does_not_copy_weights_into_anonymous_memory(smollm2_path):
-    """In a fresh process, binding the model (the runtime maps the file and resolves every tensor)
+    """With the int8 path (no repacking), binding the model (the runtime maps the file and resolves every tensor)
     and running one token through every layer grows anonymous memory by almost nothing: weights stay
     file-backed pages of the mapping. The KV cache is allocated before the measurement starts."""
     code = (
@@ -151,10 +172,10 @@ def test_loading_does_not_copy_weights_into_anonymous_memory(smollm2_path):
         "import numpy as np\n"
         "from lutllm import _core\n"
         "from lutllm.engine import Engine\n"
-        "e = Engine(sys.argv[1], n_ctx=64, n_threads=2)\n"
+        "e = Engine(sys.argv[1], n_ctx=64, n_threads=2, lut=False)\n"
         "descs = [(t.name, t.ggml_type, list(t.shape), t.offset, t.nbytes) for t in e.gguf.tensors.values()]\n"
         "a = anon()\n"
-        "m = _core.Model(sys.argv[1], e.config.as_dict(), descs, 2)\n"
+        "m = _core.Model(sys.argv[1], dict(e.config.as_dict(), use_lut=False), descs, 2)\n"
         "c = _core.Context(m, 64, 64)\n"
         "b = anon()\n"
         "c.eval(np.array([1, 2, 3], dtype=np.int32), 0, False)\n"

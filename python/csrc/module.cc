@@ -153,6 +153,7 @@ ModelConfig config_from_dict(const py::dict& d) {
   if (d.contains("norm_eps")) c.norm_eps = d["norm_eps"].cast<float>();
   if (d.contains("rope_base")) c.rope_base = d["rope_base"].cast<float>();
   if (d.contains("rope_freq_scale")) c.rope_freq_scale = d["rope_freq_scale"].cast<float>();
+  if (d.contains("use_lut")) c.use_lut = d["use_lut"].cast<bool>();
   if (d.contains("rope_mode")) {
     const std::string m = d["rope_mode"].cast<std::string>();
     if (m == "norm") c.rope_mode = RopeMode::NORM;
@@ -180,6 +181,7 @@ std::vector<TensorDesc> tensors_from_list(const py::list& l) {
 
 const char* path_name(Linear::Path p) {
   switch (p) {
+    case Linear::Path::LUT: return "lut";
     case Linear::Path::Q8: return "q8";
     case Linear::Path::F32: return "f32";
     case Linear::Path::DEQUANT: return "dequant";

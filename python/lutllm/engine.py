@@ -65,7 +65,11 @@ class Engine:
         n_threads: int | None = None,
         n_batch: int = 512,
         verbose: bool = False,
+        lut: bool = True,
     ):
+        """lut: run <= 4-bit weights (Q4_0, Q4_1, Q4_K, Q2_K, TQ1_0, TQ2_0) through the table-lookup
+        kernels (repacked once at load, exactly); False keeps every weight mapped and uses the
+        int8-activation dot-product kernels."""
         from . import _core
 
         path = resolve_model(str(model))
@@ -87,7 +91,7 @@ class Engine:
         if n_batch < 1:
             raise ValueError(f"n_batch must be >= 1, got {n_batch}")
         descs = [(t.name, t.ggml_type, list(t.shape), t.offset, t.nbytes) for t in self.gguf.tensors.values()]
-        self._model = _core.Model(str(path), self.config.as_dict(), descs, n_threads or 0)
+        self._model = _core.Model(str(path), dict(self.config.as_dict(), use_lut=bool(lut)), descs, n_threads or 0)
         self._ctx = _core.Context(self._model, n_ctx, n_batch)
         self.n_ctx = n_ctx
         self.n_batch = n_batch
