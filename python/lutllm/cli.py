@@ -1,4 +1,4 @@
-"""The `lutllm` command line (click): run, chat, info, perplexity, pull, list.
+"""The `lutllm` command line (click): run, chat, serve, info, perplexity, pull, list.
 
 Presentation only: loading, generation and scoring live in engine.py; options are validated here
 and turned into clear messages (exit code 2 for bad usage, 1 for failures).
@@ -144,10 +144,76 @@ def run(prompt, raw, **kw):
 
 
 CHAT_HELP = """Commands:
-  /set temperature X | /set top_k N | /set top_p X | /set min_p X | /set repeat_penalty X | /set seed N
+  /set parameter NAME VALUE   temperature, top_k, top_p, min_p, typical_p, repeat_penalty, seed,
+                              frequency_penalty, presence_penalty, num_predict ("/set NAME VALUE" too)
   /set system TEXT   set the system prompt (clears the conversation)
+  /show              show the model, the parameters and the system prompt
   /clear             forget the conversation
+  /save FILE         save the conversation (JSON messages)
+  /load FILE         load a conversation saved with /save
+  \"\"\"                start or end a multi-line message
   /bye               leave (Ctrl-D too); Ctrl-C stops a reply but not the session"""
+
+
+def _enable_history() -> None:
+    """Arrow-key editing and a history file for `chat` when readline is available."""
+    try:
+        import atexit
+        import os
+        import readline
+    except ImportError:
+        return
+    path = os.path.join(os.path.expanduser("~"), ".lutllm_history")
+    try:
+        readline.read_history_file(path)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+
+    def save():
+        try:
+            readline.write_history_file(path)
+        except OSError:
+            pass
+
+    atexit.register(save)
+
+
+def _read_message() -> str:
+    """One chat input: a line, or the lines between two \"\"\" markers."""
+    line = input(">>> ")
+    if not line.lstrip().startswith('"""'):
+        return line
+    first = line.lstrip()[3:]
+    if first.rstrip().endswith('"""') and first.strip():
+        return first.rstrip()[:-3]
+    lines = [first] if first else []
+    while True:
+        nxt = input("... ")
+        if nxt.rstrip().endswith('"""'):
+            lines.append(nxt.rstrip()[:-3])
+            return "\n".join(lines)
+        lines.append(nxt)
+
+
+def _save_conversation(path: str, messages: list) -> None:
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"messages": messages}, f, ensure_ascii=False, indent=1)
+
+
+def _load_conversation(path: str) -> list:
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    msgs = data.get("messages") if isinstance(data, dict) else None
+    if not isinstance(msgs, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs
+    ):
+        raise ValueError(f"{path} does not hold a saved conversation ({{'messages': [{{role, content}}, ...]}})")
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
 @main.command()
@@ -164,9 +230,10 @@ def chat(system, **kw):
     click.echo(f"lutllm chat with {engine.path.name} ({engine.n_threads} threads). /? for help, /bye to leave.", err=True)
     setters = {"temperature": float, "top_k": int, "top_p": float, "min_p": float, "typical_p": float,
                "repeat_penalty": float, "seed": int, "frequency_penalty": float, "presence_penalty": float}
+    _enable_history()
     while True:
         try:
-            line = input(">>> ")
+            line = _read_message()
         except EOFError:
             click.echo()
             return
@@ -178,10 +245,40 @@ def chat(system, **kw):
             continue
         if cmd.startswith("/"):
             parts = cmd.split(maxsplit=2)
+            if parts[0] == "/set" and len(parts) == 3 and parts[1] == "parameter":
+                parts = ["/set"] + parts[2].split(maxsplit=1)
             if parts[0] in ("/bye", "/exit", "/quit"):
                 return
+            if parts[0] == "/set" and len(parts) == 3 and parts[1] in ("num_predict", "n_predict"):
+                try:
+                    kw["n_predict"] = int(parts[2])
+                    click.echo(f"Set num_predict to {kw['n_predict']}.")
+                except ValueError:
+                    click.echo(f"error: num_predict must be an integer, got {parts[2]!r}")
+                continue
             if parts[0] in ("/?", "/help"):
                 click.echo(CHAT_HELP)
+            elif parts[0] == "/show":
+                system_msgs = [m["content"] for m in messages if m["role"] == "system"]
+                click.echo(f"model: {engine.path} (n_ctx {engine.n_ctx}, {engine.n_threads} threads)")
+                for f in dataclasses.fields(params):
+                    click.echo(f"  {f.name} {getattr(params, f.name)}")
+                click.echo(f"  num_predict {kw['n_predict']}")
+                click.echo(f"system: {system_msgs[0] if system_msgs else '(none)'}")
+                click.echo(f"messages: {len(messages)}")
+            elif parts[0] == "/save" and len(parts) >= 2:
+                try:
+                    _save_conversation(" ".join(parts[1:]), messages)
+                    click.echo(f"Saved {len(messages)} messages to {' '.join(parts[1:])}.")
+                except OSError as e:
+                    click.echo(f"error: cannot save: {e}")
+            elif parts[0] == "/load" and len(parts) >= 2:
+                try:
+                    messages = _load_conversation(" ".join(parts[1:]))
+                    engine.reset()
+                    click.echo(f"Loaded {len(messages)} messages.")
+                except (OSError, ValueError) as e:
+                    click.echo(f"error: cannot load: {e}")
             elif parts[0] == "/clear":
                 messages = [m for m in messages if m["role"] == "system"]
                 engine.reset()
@@ -218,6 +315,34 @@ def chat(system, **kw):
         messages.append({"role": "assistant", "content": engine.tokenizer.decode(out_ids)})
         if kw["verbose"]:
             _report_speed(engine)
+
+
+@main.command()
+@_common_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8080, show_default=True)
+@click.option("--api-key", default=None, envvar="LUTLLM_API_KEY", help="Require 'Authorization: Bearer KEY'.")
+def serve(host, port, api_key, **kw):
+    """Serve the model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
+    from .api import Llama
+    from .server import make_server
+
+    try:
+        llm = Llama(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"])
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        srv = make_server(llm, host, port, api_key=api_key, quiet=not kw["verbose"])
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e}") from None
+    click.echo(f"lutllm serving {srv.model_id} on http://{host}:{srv.server_address[1]}/v1 "
+               f"(n_ctx {llm.n_ctx()}, {llm.n_threads} threads); Ctrl-C stops.", err=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.server_close()
 
 
 @main.command()
