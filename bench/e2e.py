@@ -19,10 +19,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 LLAMA_PY = os.environ.get("LUTLLM_LLAMA_VENV", str(pathlib.Path.home() / ".cache/lutllm-bench/llama-venv")) + "/bin/python"
 
 
-def run_lutllm(model, threads, prompt, decode, reps, n_ctx):
+def run_lutllm(model, threads, prompt, decode, reps, n_ctx, lut=True):
     from lutllm.engine import Engine
 
-    eng = Engine(model, n_ctx=n_ctx, n_threads=threads, n_batch=n_ctx)
+    eng = Engine(model, n_ctx=n_ctx, n_threads=threads, n_batch=n_ctx, lut=lut)
     out = []
     for _ in range(reps):
         eng.reset()
@@ -56,6 +56,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="alternations lutllm/llama.cpp")
     ap.add_argument("--no-llama", action="store_true")
+    ap.add_argument("--int8", action="store_true", help="also time lutllm's int8 path (Engine(lut=False))")
     a = ap.parse_args()
     from lutllm.models import resolve_model
     from lutllm.gguf_file import GGUFFile
@@ -67,6 +68,8 @@ def main():
     decode = [int(x) for x in rng.integers(100, n_vocab, a.n_gen)]
     n_ctx = a.n_prompt + a.n_gen + 8
     runners = {"lutllm": run_lutllm}
+    if a.int8:
+        runners["lutllm-int8"] = lambda *args: run_lutllm(*args, lut=False)
     if not a.no_llama:
         if not os.path.exists(LLAMA_PY):
             raise SystemExit(f"{LLAMA_PY} missing: run bench/setup_llama_venv.sh (or pass --no-llama)")

@@ -16,7 +16,8 @@ inline void cpu_relax() {
   asm volatile("yield");
 #endif
 }
-constexpr int kSpinIters = 20000;  // ~ tens of microseconds before a worker sleeps
+constexpr int kSpinIters = 20000;     // ~ tens of microseconds before an idle worker sleeps
+constexpr int kWaitSpinIters = 2000;  // the caller's spin before it starts yielding
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) {
@@ -58,7 +59,12 @@ void ThreadPool::parallel_for(int64_t n_tasks, const std::function<void(int64_t,
   }
   cv_.notify_all();
   run_tasks(0);
-  while (busy_workers_.load(std::memory_order_acquire) != 0) cpu_relax();
+  // A worker still holding a task may have been descheduled (more runnable threads than cores):
+  // spin briefly, then yield so it can run on this core instead of burning our time slice.
+  for (int spins = 0; busy_workers_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < kWaitSpinIters) cpu_relax();
+    else std::this_thread::yield();
+  }
   fn_ = nullptr;
 }
 
