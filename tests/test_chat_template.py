@@ -159,3 +159,38 @@ def test_sandbox_is_immutable():
 def test_bad_messages_are_named(msgs, match):
     with pytest.raises(ChatTemplateError, match=match):
         ChatTemplate(CHATML_TEMPLATE).render(msgs)
+
+
+class _SpecialTokenizer:
+    """Tokenizer stand-in: one id per character, '<s>' parsed as the special BOS id 1."""
+
+    bos_id = 1
+
+    def __init__(self, add_bos):
+        self.add_bos = add_bos
+
+    def encode(self, text, add_special=True, parse_special=False):
+        assert add_special is False and parse_special is True
+        out, i = [], 0
+        while i < len(text):
+            if text.startswith("<s>", i):
+                out.append(1)
+                i += 3
+            else:
+                out.append(1000 + ord(text[i]))
+                i += 1
+        return out
+
+
+@pytest.mark.parametrize("source,add_bos,first_two", [
+    ("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}", True, [1, 1000 + ord("h")]),
+    ("{% for m in messages %}{{ m['content'] }}{% endfor %}", True, [1, 1000 + ord("h")]),
+    ("{% for m in messages %}{{ m['content'] }}{% endfor %}", False, [1000 + ord("h"), 1000 + ord("i")]),
+])
+def test_chat_prompt_tokens_puts_bos_exactly_once(source, add_bos, first_two):
+    from lutllm.chat_template import ChatTemplate, chat_prompt_tokens
+
+    toks = chat_prompt_tokens(ChatTemplate(source, bos_token="<s>"), _SpecialTokenizer(add_bos),
+                              [{"role": "user", "content": "hi"}])
+    assert toks[:2] == first_two
+    assert toks.count(1) == (1 if add_bos or "bos_token" in source else 0)

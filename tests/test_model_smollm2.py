@@ -121,6 +121,7 @@ def test_greedy_generation_matches_llama_cpp(engine):
     assert prompt == g["prompt"]
     toks = engine.tokenizer.encode(prompt, add_special=True, parse_special=True)
     assert toks == g["prompt_tokens"]
+    assert engine.chat_tokens([{"role": "user", "content": g["user"]}]) == g["prompt_tokens"]
     from lutllm.sampler import SamplerParams
 
     out = list(engine.generate(toks, SamplerParams(temperature=0.0), max_tokens=32, stop_at_eog=False))

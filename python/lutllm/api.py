@@ -558,12 +558,9 @@ class Llama:
 
     def chat_prompt_tokens(self, messages, tools=None) -> list[int]:
         """The token ids a chat request is answered from (template rendered, BOS once)."""
-        text = self._chat_template().render(messages, add_generation_prompt=True, tools=tools)
-        toks = self._tokenizer.encode(text, add_special=False, parse_special=True)
-        bos = self._tokenizer.bos_id
-        if self._tokenizer.add_bos and bos is not None and (not toks or toks[0] != bos):
-            toks.insert(0, bos)
-        return toks
+        from .chat_template import chat_prompt_tokens
+
+        return chat_prompt_tokens(self._chat_template(), self._tokenizer, messages, tools=tools)
 
     def create_chat_completion(
         self, messages: list[dict], functions=None, function_call=None, tools=None, tool_choice=None,

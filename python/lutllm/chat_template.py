@@ -179,3 +179,16 @@ class ChatTemplate:
         except Exception as e:  # errors raised by Python code the template called
             raise ChatTemplateError(
                 f"{self.name}: rendering failed ({type(e).__name__}): {e}") from None
+
+
+def chat_prompt_tokens(template: ChatTemplate, tokenizer, messages, tools=None) -> list[int]:
+    """Token ids a chat turn is answered from: the template rendered with the generation prompt,
+    special tokens parsed, and BOS exactly once (templates that write bos_token themselves must not
+    get a second one from the tokenizer's add_bos rule). The one place CLI, API and server build
+    chat prompts."""
+    text = template.render(messages, add_generation_prompt=True, tools=tools)
+    toks = tokenizer.encode(text, add_special=False, parse_special=True)
+    bos = tokenizer.bos_id
+    if tokenizer.add_bos and bos is not None and (not toks or toks[0] != bos):
+        toks.insert(0, bos)
+    return toks

@@ -76,10 +76,6 @@ def _load(kw):
         raise click.ClickException(str(e)) from None
 
 
-def _render_chat(engine, messages):
-    return engine.chat_template().render(messages, add_generation_prompt=True)
-
-
 def _stream(engine, prompt_tokens, params, n_predict, out=None):
     """Generate and print tokens as they come; returns the GenerationResult."""
     from .engine import GenerationResult
@@ -131,8 +127,7 @@ def run(prompt, raw, **kw):
         if raw or not engine.has_chat_template:
             tokens = engine.tokenizer.encode(prompt, add_special=True, parse_special=False)
         else:
-            text = _render_chat(engine, [{"role": "user", "content": prompt}])
-            tokens = engine.tokenizer.encode(text, add_special=True, parse_special=True)
+            tokens = engine.chat_tokens([{"role": "user", "content": prompt}])
         _stream(engine, tokens, params, kw["n_predict"])
         click.echo()
     except KeyboardInterrupt:
@@ -298,7 +293,7 @@ def chat(system, **kw):
             continue
         messages.append({"role": "user", "content": line})
         try:
-            tokens = engine.tokenizer.encode(_render_chat(engine, messages), add_special=True, parse_special=True)
+            tokens = engine.chat_tokens(messages)
             out_ids = []
             dec = engine.tokenizer.incremental_decoder()
             for tok in engine.generate(tokens, params, max_tokens=kw["n_predict"]):

@@ -122,6 +122,12 @@ class Engine:
             self._chat_template = ChatTemplate.from_metadata(self.gguf.metadata)
         return self._chat_template
 
+    def chat_tokens(self, messages) -> list[int]:
+        """Prompt token ids for a chat conversation (see chat_template.chat_prompt_tokens)."""
+        from .chat_template import chat_prompt_tokens
+
+        return chat_prompt_tokens(self.chat_template(), self.tokenizer, messages)
+
     def reset(self) -> None:
         """Forget the cached sequence (the next eval starts from position 0)."""
         self._cached = []
