@@ -36,7 +36,8 @@ Linear linear(const WeightStore& s, const std::string& name, int64_t in, int64_t
 
 }  // namespace
 
-Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors, int n_threads)
+Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors, int n_threads,
+             const Progress& progress)
     : cfg_(cfg), store_(path, tensors) {
   if (cfg.arch != "llama") throw Error(path + ": architecture '" + cfg.arch + "' is not supported (supported: llama)");
   if (cfg.n_layer <= 0 || cfg.d_model <= 0 || cfg.n_head <= 0 || cfg.n_head_kv <= 0 || cfg.head_dim <= 0 ||
@@ -69,6 +70,7 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
     L.w_gate = linear(store_, p + "ffn_gate.weight", d, cfg.d_ff, cfg.use_lut);
     L.w_up = linear(store_, p + "ffn_up.weight", d, cfg.d_ff, cfg.use_lut);
     L.w_down = linear(store_, p + "ffn_down.weight", cfg.d_ff, d, cfg.use_lut);
+    if (progress) progress(i + 1, cfg.n_layer);
   }
   pool_ = std::make_unique<ThreadPool>(n_threads > 0 ? n_threads : physical_core_count());
 }

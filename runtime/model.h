@@ -4,6 +4,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,7 +38,10 @@ struct LayerWeights {
 
 class Model {
  public:
-  Model(const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors, int n_threads);
+  // progress(done, total) is called after each layer is bound (and repacked, on the LUT path).
+  using Progress = std::function<void(int done, int total)>;
+  Model(const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors, int n_threads,
+        const Progress& progress = {});
   const ModelConfig& config() const { return cfg_; }
   const WeightStore& store() const { return store_; }
   ThreadPool& pool() const { return *pool_; }

@@ -437,13 +437,22 @@ PYBIND11_MODULE(_core, m) {
   m.def("physical_cores", &physical_core_count);
 
   py::class_<Model, std::shared_ptr<Model>>(m, "Model")
-      .def(py::init([](const std::string& path, const py::dict& cfg, const py::list& tensors, int n_threads) {
+      .def(py::init([](const std::string& path, const py::dict& cfg, const py::list& tensors, int n_threads,
+                       const py::object& progress) {
              ModelConfig c = config_from_dict(cfg);
              std::vector<TensorDesc> t = tensors_from_list(tensors);
+             Model::Progress report;
+             if (!progress.is_none())
+               report = [progress](int done, int total) {
+                 py::gil_scoped_acquire gil;
+                 progress(done, total);
+               };
              py::gil_scoped_release nogil;
-             return std::make_shared<Model>(path, c, t, n_threads);
+             return std::make_shared<Model>(path, c, t, n_threads, report);
            }),
-           py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads") = 0)
+           py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads") = 0,
+           py::arg("progress") = py::none(),
+           "progress(done, total), if given, is called after each layer is bound (with the GIL).")
       .def_property_readonly("n_threads", [](const Model& mdl) { return mdl.pool().size(); })
       .def_property_readonly("n_vocab", [](const Model& mdl) { return mdl.config().n_vocab; })
       .def_property_readonly("mapping_address", [](const Model& mdl) {
