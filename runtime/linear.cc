@@ -47,7 +47,15 @@ Linear::Linear(const WeightTensor* w, bool allow_lut) : w_(w) {
   const int t = int(w->type);
   LutFormat fmt{};
   std::string why;
-  if (allow_lut && kt.lut_build && lut_format_for_ggml(w->type, 64, &fmt, &why) && kt.lut_gemv[fmt.kind] &&
+  if (w->packed()) {  // already in the LUT layout (lutllm quantize): run it from the mapping as is
+    fmt = w->lut;
+    if (!kt.lut_build || !kt.lut_gemv[fmt.kind] || !kt.lut_gemm[fmt.kind])
+      throw Error("tensor '" + w->name + "': no table-lookup kernel for packed LUT " + lut_kind_name(fmt.kind));
+    why = lut_check_format(fmt, w->rows(), w->cols());
+    if (!why.empty()) throw Error("tensor '" + w->name + "': " + why);
+    lut_ = LutWeights{w->data, w->rows(), w->cols(), fmt};
+    path_ = Path::LUT;
+  } else if (allow_lut && kt.lut_build && lut_format_for_ggml(w->type, 64, &fmt, &why) && kt.lut_gemv[fmt.kind] &&
       kt.lut_gemm[fmt.kind] && lut_check_format(fmt, w->rows(), w->cols()).empty()) {
     lut_packed_ = std::make_shared<std::vector<uint8_t>>(lut_packed_bytes(fmt, w->rows(), w->cols()));
     if (!lut_repack_ggml(w->type, w->data, w->rows(), w->cols(), fmt, lut_packed_->data(), &why))

@@ -1,6 +1,6 @@
 // Linear layers y = W x: picks the kernel family for a weight once (T-MAC table lookup for <= 4-bit
 // types, int8-activation dot products, float, or a dequantize fallback) and splits rows across the
-// thread pool. Mapped weights are used in place; only the LUT path owns a repacked copy.
+// thread pool. Mapped weights are used in place; only a LUT path repacked at load owns a copy.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -40,7 +40,8 @@ class Linear {
   enum class Path { NONE, LUT, Q8, F32, DEQUANT };
   Linear() = default;
   // Binds a weight; with allow_lut, types that repack exactly to the LUT layout (Q4_0, Q4_1, Q4_K,
-  // Q2_K, TQ1_0, TQ2_0) are repacked once here. Throws Error when no kernel can run this type.
+  // Q2_K, TQ1_0, TQ2_0) are repacked once here. A weight already packed in the file (w->packed())
+  // always takes the LUT path, zero copy. Throws Error when no kernel can run this type.
   explicit Linear(const WeightTensor* w, bool allow_lut = false);
   bool empty() const { return w_ == nullptr; }
   int64_t in_features() const { return w_->cols(); }

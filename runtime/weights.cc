@@ -42,6 +42,10 @@ WeightStore::WeightStore(const std::string& path, const std::vector<TensorDesc>&
     : file_(std::make_shared<MappedFile>(path)) {
   for (const TensorDesc& d : tensors) {
     const std::string where = path + ": tensor '" + d.name + "'";
+    if (d.lut.kind != 0) {
+      add_packed(d, where);
+      continue;
+    }
     if (!type_known(d.type)) throw Error(where + " has unknown type id " + std::to_string(d.type));
     const TypeTraits& tt = type_traits(d.type);
     if (d.shape.empty() || d.shape.size() > 4) throw Error(where + " has " + std::to_string(d.shape.size()) + " dims");
@@ -71,6 +75,37 @@ WeightStore::WeightStore(const std::string& path, const std::vector<TensorDesc>&
     t.nbytes = size_t(expect);
     if (!tensors_.emplace(d.name, t).second) throw Error(where + " appears twice");
   }
+}
+
+// A packed LUT tensor: the layout must match its logical shape exactly and lie inside the file.
+void WeightStore::add_packed(const TensorDesc& d, const std::string& where) {
+  if (d.type != uint32_t(GgmlType(24)))  // I8: packed bytes are stored as a byte tensor
+    throw Error(where + ": packed LUT data must be stored as I8 bytes, the file says type id " + std::to_string(d.type));
+  if (d.shape.size() != 2) throw Error(where + ": a packed LUT tensor must be 2-D (k, rows)");
+  const int64_t k = d.shape[0], rows = d.shape[1];
+  const std::string bad = lut_check_format(d.lut, rows, k);
+  if (!bad.empty()) throw Error(where + ": invalid packed LUT layout for shape [" + std::to_string(k) + ", " +
+                                std::to_string(rows) + "]: " + bad);
+  if (k > (int64_t(1) << 32) || rows > (int64_t(1) << 32)) throw Error(where + " is implausibly large");
+  const uint64_t expect = lut_packed_bytes(d.lut, rows, k);
+  if (d.nbytes != expect)
+    throw Error(where + ": " + std::to_string(d.nbytes) + " bytes given, " + std::to_string(expect) +
+                " expected for LUT " + lut_kind_name(d.lut.kind) + " group " + std::to_string(d.lut.group) + " of " +
+                std::to_string(rows) + " x " + std::to_string(k));
+  if (d.offset > file_->size() || expect > file_->size() - d.offset)
+    throw Error(where + ": data [offset " + std::to_string(d.offset) + ", " + std::to_string(expect) +
+                " bytes] extends past end of file (size " + std::to_string(file_->size()) + ")");
+  WeightTensor t;
+  t.name = d.name;
+  t.type = GgmlType(d.type);
+  t.n_dims = 2;
+  t.ne[0] = k;
+  t.ne[1] = rows;
+  t.data = file_->data() + d.offset;
+  t.nbytes = size_t(expect);
+  t.row_bytes = 0;
+  t.lut = d.lut;
+  if (!tensors_.emplace(d.name, t).second) throw Error(where + " appears twice");
 }
 
 const WeightTensor* WeightStore::find(const std::string& name) const {

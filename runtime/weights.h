@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "lutllm/ggml_types.h"
+#include "lutllm/lut.h"
 
 namespace lutllm {
 
@@ -20,7 +21,11 @@ struct WeightTensor {
   int64_t ne[4] = {1, 1, 1, 1};
   const uint8_t* data = nullptr;  // inside the mapping
   size_t nbytes = 0;
-  size_t row_bytes = 0;           // bytes of one ne[0]-long row
+  size_t row_bytes = 0;           // bytes of one ne[0]-long row (0 for a packed LUT tensor)
+  // Packed LUT tensor (written by `lutllm quantize`): lut.kind != 0, data holds the lut.h layout,
+  // ne = the LOGICAL shape {k, rows} and type = the stored byte type (I8). Only Linear reads it.
+  LutFormat lut{0, 0, 0, 0};
+  bool packed() const { return lut.kind != 0; }
   int64_t rows() const { return ne[1] * ne[2] * ne[3]; }
   int64_t cols() const { return ne[0]; }
 };
@@ -32,6 +37,7 @@ struct TensorDesc {
   std::vector<int64_t> shape;  // ne0 first
   uint64_t offset;             // absolute byte offset in the file
   uint64_t nbytes;
+  LutFormat lut{0, 0, 0, 0};   // kind != 0: packed LUT tensor, shape = logical {k, rows}
 };
 
 class MappedFile {
@@ -59,6 +65,7 @@ class WeightStore {
   const std::map<std::string, WeightTensor>& all() const { return tensors_; }
 
  private:
+  void add_packed(const TensorDesc& d, const std::string& where);
   std::shared_ptr<MappedFile> file_;
   std::map<std::string, WeightTensor> tensors_;
 };

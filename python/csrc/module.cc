@@ -167,13 +167,19 @@ std::vector<TensorDesc> tensors_from_list(const py::list& l) {
   std::vector<TensorDesc> out;
   for (const auto& item : l) {
     auto t = item.cast<py::tuple>();
-    if (t.size() != 5) throw Error("tensor descriptions are (name, type, shape, offset, nbytes)");
+    if (t.size() != 5 && t.size() != 6)
+      throw Error("tensor descriptions are (name, type, shape, offset, nbytes[, lut_format])");
     TensorDesc d;
     d.name = t[0].cast<std::string>();
     d.type = t[1].cast<uint32_t>();
     d.shape = t[2].cast<std::vector<int64_t>>();
     d.offset = t[3].cast<uint64_t>();
     d.nbytes = t[4].cast<uint64_t>();
+    if (t.size() == 6 && !t[5].is_none()) {  // a packed LUT tensor: shape is its logical (k, rows)
+      auto f = t[5].cast<std::vector<int32_t>>();
+      if (f.size() != 4) throw Error("tensor '" + d.name + "': lut_format must be (kind, group, scale_bytes, has_offset)");
+      d.lut = LutFormat{f[0], f[1], f[2], f[3]};
+    }
     out.push_back(std::move(d));
   }
   return out;
@@ -254,23 +260,53 @@ PYBIND11_MODULE(_core, m) {
       check_fmt(f, rows, k);
       return lut_packed_bytes(f, rows, k);
     }, py::arg("fmt"), py::arg("rows"), py::arg("k"), "Bytes of a packed LUT tensor.");
-    m.def("lut_quantize", [from_fmt](const py::handle& w_obj, int kind, int group) {
+    m.def("lut_quantize", [from_fmt](const py::handle& w_obj, int kind, int group, int method, const py::object& out_obj) {
       auto w = exact_array<float>(w_obj, "w");
       if (w.ndim() != 2) throw py::value_error("w must be 2-D (rows, k)");
       const int64_t rows = w.shape(0), k = w.shape(1);
       const std::string bad = lut_check_format(LutFormat{kind, group, 2, kind == 5 ? 0 : 1}, rows, k);
       if (!bad.empty()) throw py::value_error(bad);
+      if (method != LUT_QUANT_RTN && method != LUT_QUANT_MSE) throw py::value_error("method must be 0 (rtn) or 1 (mse)");
       LutFormat f{kind, group, 2, kind == 5 ? 0 : 1};
-      py::array_t<uint8_t> out(py::ssize_t(lut_packed_bytes(f, rows, k)));
+      const size_t need = lut_packed_bytes(f, rows, k);
+      py::array_t<uint8_t> out;
+      if (out_obj.is_none()) {
+        out = py::array_t<uint8_t>(py::ssize_t(need));
+      } else {
+        out = exact_array<uint8_t>(out_obj, "out");
+        if (!out.writeable()) throw py::value_error("out is read-only");
+        if (size_t(out.size()) != need)
+          throw py::value_error("out holds " + std::to_string(out.size()) + " bytes, " + std::to_string(need) + " needed");
+      }
       const float* wp = w.data();
       uint8_t* op = out.mutable_data();
       {
         py::gil_scoped_release nogil;
-        lut_quantize(kind, group, rows, k, wp, op, &f);
+        lut_quantize(kind, group, rows, k, wp, op, &f, method);
       }
       return py::make_tuple(out, from_fmt(f));
-    }, py::arg("w"), py::arg("kind"), py::arg("group"),
-       "Round-to-nearest quantize float weights (rows, k) -> (packed, fmt). kind 1..4 bits or 5 = ternary.");
+    }, py::arg("w"), py::arg("kind"), py::arg("group"), py::arg("method") = 0, py::arg("out") = py::none(),
+       "Quantize float weights (rows, k) -> (packed, fmt). kind 1..4 bits or 5 = ternary; method 0 = "
+       "round to nearest, 1 = least squared error; out: optional uint8 array of exactly the packed size.");
+    m.def("dequant_rows", [](int type_id, const py::handle& src_obj, int64_t rows, int64_t k) {
+      // the active registry's decoder for a GGUF type: rows x k elements -> float32 (rows, k)
+      auto src = exact_array<uint8_t>(src_obj, "src");
+      const size_t rb = row_bytes_for(type_id, k);
+      DequantRowFn dq = type_id >= 0 && type_id < kGgmlTypeCount ? kernels().dequant[type_id] : nullptr;
+      if (!dq) throw py::value_error(std::string("no decoder for tensor type ") + type_traits(uint32_t(type_id)).name);
+      if (rows < 0 || size_t(src.size()) != rb * size_t(rows))
+        throw py::value_error("src holds " + std::to_string(src.size()) + " bytes, " + std::to_string(rb * size_t(rows)) +
+                              " expected for " + std::to_string(rows) + " rows");
+      py::array_t<float> out({rows, k});
+      const uint8_t* sp = src.data();
+      float* op = out.mutable_data();
+      {
+        py::gil_scoped_release nogil;
+        for (int64_t r = 0; r < rows; ++r) dq(sp + size_t(r) * rb, op + r * k, k);
+      }
+      return out;
+    }, py::arg("type_id"), py::arg("src"), py::arg("rows"), py::arg("k"),
+       "Decode rows x k elements of a GGUF tensor type to float32 with the active kernel table.");
     m.def("lut_format_for_ggml", [from_fmt](int type_id, int ternary_group) {
       LutFormat f;
       std::string err;

@@ -187,11 +187,22 @@ bool lut_format_for_ggml(GgmlType t, int ternary_group, LutFormat* fmt, std::str
 bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, const LutFormat& fmt, uint8_t* out,
                      std::string* err);
 
-// Round-to-nearest quantizer for float weights (rows x k, k % G == 0), fp16 scales:
-//   W1..W4: per group s = (max - min) / (2^n - 1), o = min (both rounded to fp16 first; for W1
-//           min/max are the means of the values below / above the group mean instead of the tails),
-//           q = clamp(round_half_even((w - o) / s), 0, 2^n - 1); has_offset = 1.
-//   TERNARY: s = mean |w| over the group (BitNet b1.58 absmean), t = clamp(round(w / s), -1, 1).
-void lut_quantize(int kind, int group, int64_t rows, int64_t k, const float* w, uint8_t* out, LutFormat* fmt);
+// Quantizer for float weights (rows x k, k % G == 0), fp16 scales. Codes always follow from the
+// stored (fp16-rounded) s and o by q = clamp(round_half_even((w - o) / s), 0, 2^n - 1)
+// (TERNARY: t = clamp(round_half_even(w / s), -1, 1); s = 0 gives code 0); methods differ in s, o:
+//   LUT_QUANT_RTN (round to nearest):
+//     W1..W4: per group s = (max - min) / (2^n - 1), o = min (fp16-rounded: o first, then s from the
+//             fp32 max - min; for W1 min/max are the means of the values below / at-or-above the
+//             group mean instead of the tails); has_offset = 1.
+//     TERNARY: s = mean |w| over the group (BitNet b1.58 absmean).
+//   LUT_QUANT_MSE (least squared error): starts from RTN and keeps, per group, whichever candidate
+//     has the smallest sum of squared errors of the decoded fp16 result (so never worse than RTN):
+//     W2..W4: (W2 only) clipped ranges [min + a R, max - b R], R = max - min, a, b in
+//             {0, 1, 2, 3, 5} / 32; then least-squares fits of (s, o) to the current codes,
+//             re-choosing the codes after each, while the error drops.
+//     W1 and TERNARY: alternating refits (codes <-> least-squares s, o), a 1-D Lloyd iteration.
+enum { LUT_QUANT_RTN = 0, LUT_QUANT_MSE = 1 };
+void lut_quantize(int kind, int group, int64_t rows, int64_t k, const float* w, uint8_t* out, LutFormat* fmt,
+                  int method = LUT_QUANT_RTN);
 
 }  // namespace lutllm
