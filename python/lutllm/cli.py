@@ -1,4 +1,4 @@
-"""The `lutllm` command line (click): run, chat, serve, info, perplexity, pull, list.
+"""The `lutllm` command line (click): run, chat, serve, info, perplexity, quantize, pull, list.
 
 Presentation only: loading, generation and scoring live in engine.py; options are validated here
 and turned into clear messages (exit code 2 for bad usage, 1 for failures).
@@ -377,6 +377,29 @@ def perplexity(text_file, **kw):
     click.echo(f"PPL = {ppl:.4f}")
     if kw["verbose"]:
         click.echo(f"[{time.perf_counter() - t0:.1f} s, {engine.n_threads} threads]", err=True)
+
+
+@main.command()
+@click.argument("src", metavar="IN")
+@click.argument("dst", metavar="OUT")
+@click.option("--bits", type=click.Choice(["1", "2", "3", "4", "ternary"]), required=True, help="Bits per weight.")
+@click.option("--group", type=click.Choice(["32", "64", "128"]), default="32", show_default=True, help="Weights per scale.")
+@click.option("--method", type=click.Choice(["rtn", "mse"]), default="mse", show_default=True,
+              help="rtn: round to nearest (min/max per group); mse: least squared error search.")
+@click.option("--output-head", is_flag=True, help="Also quantize a separate output.weight (kept as is by default).")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads (default: physical cores).")
+def quantize(src, dst, bits, group, method, output_head, threads):
+    """Requantize the linear layers of model IN (path or registry name) into OUT (packed LUT GGUF)."""
+    from .quantize import quantize_model
+
+    try:
+        report = quantize_model(src, dst, bits, int(group), method=method, output_head=output_head, threads=threads)
+    except KeyboardInterrupt:
+        click.echo("[interrupted; nothing written]", err=True)
+        sys.exit(130)
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(report.summary())
 
 
 @main.command()

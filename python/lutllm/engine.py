@@ -90,7 +90,7 @@ class Engine:
             raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
         if n_batch < 1:
             raise ValueError(f"n_batch must be >= 1, got {n_batch}")
-        descs = [(t.name, t.ggml_type, list(t.shape), t.offset, t.nbytes) for t in self.gguf.tensors.values()]
+        descs = self.gguf.runtime_descs()  # packed LUT tensors carry their layout
         self._model = _core.Model(str(path), dict(self.config.as_dict(), use_lut=bool(lut)), descs, n_threads or 0)
         self._ctx = _core.Context(self._model, n_ctx, n_batch)
         self.n_ctx = n_ctx

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import gguf
 
-__all__ = ["GGUFError", "GGUFFile", "TensorInfo", "describe"]
+__all__ = ["GGUFError", "GGUFFile", "LutLayout", "TensorInfo", "describe"]
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -80,10 +80,94 @@ class GGUFError(ValueError):
     """A GGUF file is unreadable or inconsistent; the message names the file and the culprit."""
 
 
+# ---------------------------------------------------------------- packed LUT tensors
+# `lutllm quantize` stores linear weights in the packed table-lookup layout of
+# native/include/lutllm/lut.h. Such a tensor is an I8 byte tensor of GGUF shape
+# [row_block_bytes, row_blocks] (one ne1 row per block of 16 weight rows), and these keys say how
+# to read it (plain GGUF readers see bytes; lutllm sees the logical [k, rows] weight):
+#   lutllm.quant.version  UINT32        layout version (LUT_LAYOUT_VERSION)
+#   lutllm.quant.method   STRING        how the values were chosen ("rtn", "mse"); informational
+#   lutllm.quant.tensors  ARRAY[STRING] names of the packed tensors
+#   lutllm.quant.layouts  ARRAY[INT64]  6 per packed tensor, in the same order:
+#                                       kind (1..4 bits, 5 ternary), group, scale_bytes (2 fp16,
+#                                       4 fp32), has_offset (0/1), k (columns), rows
+LUT_LAYOUT_VERSION = 1
+LUT_KEY_PREFIX = "lutllm.quant."
+LUT_KEY_VERSION = "lutllm.quant.version"
+LUT_KEY_METHOD = "lutllm.quant.method"
+LUT_KEY_TENSORS = "lutllm.quant.tensors"
+LUT_KEY_LAYOUTS = "lutllm.quant.layouts"
+LUT_ROWS = 16  # rows per row block (kLutRows)
+_I8 = int(gguf.GGMLQuantizationType.I8)
+
+
+@dataclass(frozen=True)
+class LutLayout:
+    """Format of one packed LUT tensor (LutFormat in lut.h)."""
+
+    kind: int          # 1..4 = bit planes, 5 = ternary
+    group: int         # weights per scale (16, 32, 64, 128)
+    scale_bytes: int   # 2 = fp16, 4 = fp32 scales / offsets
+    has_offset: int    # 0 or 1
+
+    @property
+    def fmt(self) -> tuple[int, int, int, int]:
+        """The (kind, group, scale_bytes, has_offset) tuple the _core functions take."""
+        return (self.kind, self.group, self.scale_bytes, self.has_offset)
+
+    @property
+    def label(self) -> str:
+        """Short name: w4g32, wtg64, ..."""
+        return f"w{'t' if self.kind == 5 else self.kind}g{self.group}"
+
+    @property
+    def planes(self) -> int:
+        return 2 if self.kind == 5 else self.kind
+
+    def check(self, rows: int, k: int) -> str:
+        """Empty if the format and shape are usable, else what is wrong (as lut_check_format)."""
+        if self.kind not in (1, 2, 3, 4, 5):
+            return f"kind {self.kind} is not 1..4 bits or 5 (ternary)"
+        if self.group not in (16, 32, 64, 128):
+            return f"group {self.group} is not 16, 32, 64 or 128"
+        if self.planes % 2 and self.group < 32:
+            return "odd plane counts (1 or 3 bits) need a group of at least 32"
+        if self.scale_bytes not in (2, 4):
+            return f"scale_bytes {self.scale_bytes} is not 2 (fp16) or 4 (fp32)"
+        if self.has_offset not in (0, 1):
+            return f"has_offset {self.has_offset} is not 0 or 1"
+        if self.kind == 5 and self.has_offset:
+            return "ternary weights have no offset"
+        if rows <= 0:
+            return f"rows = {rows} is not positive"
+        if k <= 0 or k % self.group:
+            return f"k = {k} is not a positive multiple of the group {self.group}"
+        return ""
+
+    def group_block_bytes(self) -> int:
+        return 2 * self.group * self.planes + LUT_ROWS * self.scale_bytes * (1 + self.has_offset)
+
+    def row_block_bytes(self, k: int) -> int:
+        """Bytes of one block of 16 rows (k // group group blocks)."""
+        return k // self.group * self.group_block_bytes()
+
+    def stored_shape(self, rows: int, k: int) -> tuple[int, int]:
+        """GGUF shape (ne0, ne1) of the I8 tensor holding rows x k packed weights."""
+        return (self.row_block_bytes(k), -(-rows // LUT_ROWS))
+
+    def packed_bytes(self, rows: int, k: int) -> int:
+        a, b = self.stored_shape(rows, k)
+        return a * b
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One tensor-table entry. `shape` is in GGUF order (ne0, the contiguous dim, first);
-    `offset` is the absolute byte offset of the data in the file."""
+    `offset` is the absolute byte offset of the data in the file.
+
+    A packed LUT tensor (`lut` set) reports its LOGICAL weight shape (k, rows) in `shape`, so that
+    shape checks and parameter counts see the weight; `stored_shape` is its GGUF byte shape,
+    `ggml_type` the stored type (I8) and `type_name` the layout (e.g. LUT_W4G32)."""
 
     name: str
     ggml_type: int
@@ -91,6 +175,8 @@ class TensorInfo:
     shape: tuple[int, ...]
     offset: int
     nbytes: int
+    lut: LutLayout | None = None
+    stored_shape: tuple[int, ...] | None = None
 
     @property
     def n_elements(self) -> int:
@@ -251,6 +337,55 @@ class GGUFFile:
                          f"(header ends at {header_end}, alignment {self.alignment}) past "
                          f"end of file (size {self.file_size})")
         self._place_tensors(p, infos)
+        self._apply_lut_layouts(p)
+
+    def _apply_lut_layouts(self, p: _Parser) -> None:
+        """Turn the packed tensors named by lutllm.quant.* into logical-shape TensorInfos, checking
+        that every layout is valid and agrees with the stored byte tensor."""
+        present = [k for k in (LUT_KEY_VERSION, LUT_KEY_TENSORS, LUT_KEY_LAYOUTS) if k in self.metadata]
+        if not present:
+            return
+        if len(present) != 3:
+            missing = sorted({LUT_KEY_VERSION, LUT_KEY_TENSORS, LUT_KEY_LAYOUTS} - set(present))
+            raise p.fail(f"packed LUT metadata is incomplete: {', '.join(missing)} missing")
+        version = self.metadata[LUT_KEY_VERSION]
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise p.fail(f"metadata {LUT_KEY_VERSION!r} must be an integer, got {_short(version)}")
+        if version != LUT_LAYOUT_VERSION:
+            raise p.fail(f"packed LUT layout version {version} is not supported (this lutllm reads "
+                         f"version {LUT_LAYOUT_VERSION}; the file was written by another lutllm)")
+        names = self.metadata[LUT_KEY_TENSORS]
+        layouts = self.metadata[LUT_KEY_LAYOUTS]
+        if not isinstance(names, list):
+            raise p.fail(f"metadata {LUT_KEY_TENSORS!r} must be an array of strings")
+        if not isinstance(layouts, np.ndarray) or layouts.dtype.kind not in "iu":
+            raise p.fail(f"metadata {LUT_KEY_LAYOUTS!r} must be an array of integers")
+        if layouts.size != 6 * len(names):
+            raise p.fail(f"metadata {LUT_KEY_LAYOUTS!r} has {layouts.size} values, expected 6 for each "
+                         f"of the {len(names)} tensors in {LUT_KEY_TENSORS!r}")
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            what = f"packed tensor {name!r}"
+            if name in seen:
+                raise p.fail(f"{what} is listed twice in {LUT_KEY_TENSORS!r}")
+            seen.add(name)
+            t = self.tensors.get(name)
+            if t is None:
+                raise p.fail(f"{what} (listed in {LUT_KEY_TENSORS!r}) is not in the tensor table")
+            kind, group, sb, off, k, rows = (int(v) for v in layouts[6 * i:6 * i + 6])
+            lay = LutLayout(kind, group, sb, off)
+            bad = lay.check(rows, k)
+            if bad:
+                raise p.fail(f"{what} has an invalid LUT layout for {rows} x {k}: {bad}")
+            if t.ggml_type != _I8:
+                raise p.fail(f"{what} is stored as {t.type_name}, but packed LUT data must be I8 bytes")
+            want = lay.stored_shape(rows, k)
+            if tuple(t.shape) != want:
+                raise p.fail(f"{what}: stored shape {tuple(t.shape)} does not match its layout "
+                             f"{lay.label} of {rows} x {k} (expected {want}: row-block bytes, "
+                             f"row blocks)")
+            self.tensors[name] = TensorInfo(name, t.ggml_type, "LUT_" + lay.label.upper(), (k, rows),
+                                            t.offset, t.nbytes, lay, t.shape)
 
     def _parse_kv(self, p: _Parser, i: int) -> None:
         start = p.pos
@@ -409,16 +544,32 @@ class GGUFFile:
         """Read-only zero-copy view of a tensor's bytes in the file mapping.
 
         F32/F16/F64/I8..I64 tensors come back with their dtype in numpy (row-major) shape
-        (`TensorInfo.numpy_shape`); every other type (quantized blocks, BF16) as a 1-D uint8
-        array of `nbytes`.
+        (`TensorInfo.numpy_shape`); every other type (quantized blocks, BF16, packed LUT
+        tensors) as a 1-D uint8 array of `nbytes`.
         """
         t = self.tensor(name)
         raw = self._mm[t.offset:t.offset + t.nbytes]
-        dt = _TYPED_VIEWS.get(t.ggml_type)
+        dt = None if t.lut is not None else _TYPED_VIEWS.get(t.ggml_type)
         view = raw.view(np.ndarray) if dt is None else \
             raw.view(dt).reshape(t.numpy_shape).view(np.ndarray)
         view.flags.writeable = False
         return view
+
+    @property
+    def lut_method(self) -> str | None:
+        """How the packed LUT tensors were quantized (None if the file has none)."""
+        if not any(t.lut for t in self.tensors.values()):
+            return None
+        m = self.metadata.get(LUT_KEY_METHOD)
+        return m if isinstance(m, str) else "unknown"
+
+    def runtime_descs(self) -> list[tuple]:
+        """Tensor descriptions for _core.Model: (name, type, shape, offset, nbytes[, lut format]);
+        packed LUT tensors carry their logical shape and their (kind, group, scale_bytes,
+        has_offset)."""
+        return [(t.name, t.ggml_type, list(t.shape), t.offset, t.nbytes) if t.lut is None else
+                (t.name, t.ggml_type, list(t.shape), t.offset, t.nbytes, t.lut.fmt)
+                for t in self.tensors.values()]
 
     def __repr__(self) -> str:
         return (f"GGUFFile({self.path!r}, v{self.version}, {len(self.metadata)} keys, "
@@ -482,6 +633,14 @@ def describe(g: GGUFFile) -> str:
         lines.append(f"name:          {name}")
     bpw = f", {8 * data_bytes / n_params:.2f} bits/weight" if n_params else ""
     lines.append(f"parameters:    {_human_count(n_params)} ({n_params}){bpw}")
+    packed = [t for t in g.tensors.values() if t.lut is not None]
+    if packed:
+        pe = sum(t.n_elements for t in packed)
+        pb = sum(t.nbytes for t in packed)
+        labels = ", ".join(sorted({t.lut.label for t in packed}))
+        lines.append(f"quantization:  lutllm LUT v{g.metadata.get(LUT_KEY_VERSION)} ({labels}, method "
+                     f"{g.lut_method}): {len(packed)} packed tensors, {_human_count(pe)} weights, "
+                     f"{8 * pb / pe:.2f} bits/weight")
     lines.append("tensor types:")
     for tn, (count, elems, nb) in sorted(hist.items(), key=lambda kv: -kv[1][2]):
         lines.append(f"  {tn:<8} {count:>5} tensors  {_human_count(elems):>8} params  "
