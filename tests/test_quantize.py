@@ -499,3 +499,40 @@ def test_smollm2_low_bit_models_load_and_generate(smollm2_path, tmp_path, bits):
     toks = list(e.generate(e.tokenizer.encode("Hello", add_special=True), SamplerParams(temperature=0),
                            max_tokens=8, stop_at_eog=False))
     assert len(toks) == 8
+
+
+@pytest.mark.slow  # ~60 s: float64 numpy forward pass and a numpy decode of 210 tensors
+def test_smollm2_3bit_logits_agree_with_numpy_forward_of_the_decoded_weights(smollm2_path, tmp_path):
+    """The runtime on a 3-bit packed file computes the model the file describes: a numpy float forward
+    pass (tests/reference_llama.py) over the weights decoded by numpy from the packed layout agrees
+    with it as closely as it agrees with int8-rounded activations (the runtime's LUT tables round
+    activations to int8 too). A wrong layout decode, group, scale or offset gives O(1) errors."""
+    from lutllm.engine import Engine
+    from reference_llama import ReferenceLlama, quantize_act_q8
+
+    out = tmp_path / "q3.gguf"
+    quantize_model(smollm2_path, out, "3", 32, progress=False)
+    ref = ReferenceLlama(smollm2_path)
+    r = GGUFReader(str(out))
+    lay = np.asarray(_field(r, "lutllm.quant.layouts")).reshape(-1, 6)
+    t = {x.name: x for x in r.tensors}
+    for name, (knd, g, sb, off, k, rows) in zip(_field(r, "lutllm.quant.tensors"), lay):
+        dec = decoded_values(*decode_packed(np.asarray(t[name].data).view(np.uint8), knd, g, sb, off, k, rows), knd, g)
+        assert ref.w[name].shape == dec.shape
+        ref.w[name] = dec.astype(ref.dtype)
+    e = Engine(out, n_ctx=64, n_threads=2)
+    toks = e.tokenizer.encode("The quick brown fox jumps over the lazy dog.", add_special=True)
+    ours = e.eval(toks, all_logits=True).astype(np.float64)
+    exact = ref.forward(toks)
+    rounded = ref.forward(toks, act_quant=quantize_act_q8)
+    rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))  # noqa: E731
+
+    def kl(p, q):
+        p = p - p.max(1, keepdims=True)
+        q = q - q.max(1, keepdims=True)
+        p -= np.log(np.exp(p).sum(1, keepdims=True))
+        q -= np.log(np.exp(q).sum(1, keepdims=True))
+        return float((np.exp(p) * (p - q)).sum(1).mean())
+
+    assert rel(ours, exact) < 2 * rel(rounded, exact) + 0.01, (rel(ours, exact), rel(rounded, exact))
+    assert kl(exact, ours) < 0.03, kl(exact, ours)
