@@ -45,6 +45,8 @@ struct MetaValue {
   double f = 0;
   std::string s;
   uint64_t n = 0;  // array length
+  std::vector<int64_t> ints;        // array items, kept only for lutllm.quant.* keys
+  std::vector<std::string> strs;
 };
 
 class Reader {
@@ -71,7 +73,7 @@ class Reader {
     const uint8_t* s = take(len, what);
     return std::string(reinterpret_cast<const char*>(s), size_t(len));
   }
-  MetaValue value(uint32_t type, int depth) {
+  MetaValue value(uint32_t type, int depth, bool keep_items = false) {
     MetaValue v;
     switch (type) {
       case 0: v.i = get<uint8_t>("u8"); break;
@@ -88,7 +90,11 @@ class Reader {
         const uint32_t et = get<uint32_t>("array type");
         const uint64_t n = get<uint64_t>("array length");
         if (n > kMaxCount) bad("array too long");
-        for (uint64_t k = 0; k < n; ++k) value(et, depth + 1);
+        for (uint64_t k = 0; k < n; ++k) {
+          MetaValue item = value(et, depth + 1);
+          if (keep_items && item.kind == MetaValue::INT) v.ints.push_back(item.i);
+          if (keep_items && item.kind == MetaValue::STRING) v.strs.push_back(std::move(item.s));
+        }
         v.kind = MetaValue::ARRAY;
         v.n = n;
         break;
@@ -118,6 +124,32 @@ struct Gguf {
   std::vector<TensorDesc> tensors;
 };
 
+// Packed LUT tensors written by `lutllm quantize`: give them their logical shape and format; the
+// weight store checks each layout against its bytes.
+void apply_lut_layouts(Gguf& g, const std::string& path) {
+  auto ver = g.meta.find("lutllm.quant.version");
+  auto names = g.meta.find("lutllm.quant.tensors");
+  auto lay = g.meta.find("lutllm.quant.layouts");
+  if (ver == g.meta.end() && names == g.meta.end() && lay == g.meta.end()) return;
+  if (ver == g.meta.end() || names == g.meta.end() || lay == g.meta.end())
+    throw Error(path + ": packed LUT metadata (lutllm.quant.*) is incomplete");
+  if (ver->second.kind != MetaValue::INT || ver->second.i != 1)
+    throw Error(path + ": packed LUT layout version is not supported (this runtime reads version 1)");
+  const auto& ns = names->second.strs;
+  const auto& v = lay->second.ints;
+  if (names->second.n != ns.size() || v.size() != 6 * ns.size())
+    throw Error(path + ": lutllm.quant.layouts must hold 6 integers for each name in lutllm.quant.tensors");
+  for (size_t i = 0; i < ns.size(); ++i) {
+    auto it = std::find_if(g.tensors.begin(), g.tensors.end(), [&](const TensorDesc& d) { return d.name == ns[i]; });
+    if (it == g.tensors.end()) throw Error(path + ": packed tensor '" + ns[i] + "' is not in the tensor table");
+    const int64_t* f = &v[6 * i];
+    for (int j = 0; j < 4; ++j)
+      if (f[j] < 0 || f[j] > 1024) throw Error(path + ": packed tensor '" + ns[i] + "' has an invalid LUT layout");
+    it->lut = LutFormat{int32_t(f[0]), int32_t(f[1]), int32_t(f[2]), int32_t(f[3])};
+    it->shape = {f[4], f[5]};
+  }
+}
+
 Gguf read_gguf(const std::string& path) {
   MappedFile f(path);
   Reader r(f.data(), f.size(), path);
@@ -131,7 +163,8 @@ Gguf read_gguf(const std::string& path) {
   for (uint64_t i = 0; i < n_kv; ++i) {
     std::string key = r.str("metadata key");
     const uint32_t type = r.get<uint32_t>("metadata type");
-    g.meta[key] = r.value(type, 0);
+    const bool keep = key.rfind("lutllm.quant.", 0) == 0;  // packed LUT layouts (python/lutllm/gguf_file.py)
+    g.meta[key] = r.value(type, 0, keep);
   }
   uint64_t alignment = 32;
   if (auto it = g.meta.find("general.alignment"); it != g.meta.end()) {
@@ -169,6 +202,7 @@ Gguf read_gguf(const std::string& path) {
       throw Error(path + ": tensor '" + t.name + "' lies past the end of the file");
     g.tensors.push_back(TensorDesc{t.name, t.type, t.shape, data + t.off, t.nbytes});
   }
+  apply_lut_layouts(g, path);
   return g;
 }
 

@@ -536,3 +536,31 @@ def test_smollm2_3bit_logits_agree_with_numpy_forward_of_the_decoded_weights(smo
 
     assert rel(ours, exact) < 2 * rel(rounded, exact) + 0.01, (rel(ours, exact), rel(rounded, exact))
     assert kl(exact, ours) < 0.03, kl(exact, ours)
+
+
+def test_c_api_loads_packed_files(smollm2_q4, tmp_path):
+    """liblutllm.so reads the lutllm.quant.* layouts itself: same logits as the Python API on the packed
+    file, and a clear error for a corrupt layout."""
+    cffi = pytest.importorskip("cffi")
+    from test_c_api import CDEF, OK, _library_path
+    from lutllm.engine import Engine
+
+    ffi = cffi.FFI()
+    ffi.cdef(CDEF)
+    lib = ffi.dlopen(_library_path())
+    err = ffi.new("const char**")
+    m = lib.lutllm_load(smollm2_q4.encode(), 64, 2, err)
+    assert m != ffi.NULL, ffi.string(err[0]).decode()
+    try:
+        toks = [1, 504, 3458, 282, 4649, 314]
+        logits = ffi.new("float[]", lib.lutllm_n_vocab(m))
+        assert lib.lutllm_eval(m, ffi.new("int32_t[]", toks), len(toks), 0, logits) == OK
+        ours = np.frombuffer(ffi.buffer(logits), dtype=np.float32)
+        e = Engine(smollm2_q4, n_ctx=64, n_threads=2)
+        np.testing.assert_allclose(ours, e.eval(toks)[-1], rtol=0, atol=1e-4)
+    finally:
+        lib.lutllm_free(m)
+    bad = tmp_path / "bad.gguf"
+    _corrupt(pathlib.Path(smollm2_q4), bad, "lutllm.quant.layouts", 1, 64)
+    assert lib.lutllm_load(str(bad).encode(), 64, 1, err) == ffi.NULL
+    assert "bytes given" in ffi.string(err[0]).decode()
