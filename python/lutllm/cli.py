@@ -390,8 +390,14 @@ def perplexity(text_file, **kw):
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads (default: physical cores).")
 def quantize(src, dst, bits, group, method, output_head, threads):
     """Requantize the linear layers of model IN (path or registry name) into OUT (packed LUT GGUF)."""
+    import signal
+
     from .quantize import quantize_model
 
+    def _terminated(signum, frame):  # SIGTERM cleans up like Ctrl-C (no OUT, no temporary file)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         report = quantize_model(src, dst, bits, int(group), method=method, output_head=output_head, threads=threads)
     except KeyboardInterrupt:

@@ -69,7 +69,8 @@ class Engine:
     ):
         """lut: run <= 4-bit weights (Q4_0, Q4_1, Q4_K, Q2_K, TQ1_0, TQ2_0) through the table-lookup
         kernels (repacked once at load, exactly); False keeps every weight mapped and uses the
-        int8-activation dot-product kernels."""
+        int8-activation dot-product kernels. Weights packed by `lutllm quantize` always run from the
+        mapping through the table-lookup kernels."""
         from . import _core
 
         path = resolve_model(str(model))

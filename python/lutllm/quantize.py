@@ -162,7 +162,7 @@ class _Writer(gguf.GGUFWriter):
 
 
 def _check_paths(src: Path, dst: Path) -> None:
-    parent = dst.parent if str(dst.parent) else Path(".")
+    parent = dst.parent
     if dst.is_dir():
         raise QuantizeError(f"output {str(dst)!r} is a directory; give a file name")
     if not parent.is_dir():
@@ -206,11 +206,11 @@ def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str], bit
         threads = int(_core.physical_cores())
 
     t_start = time.perf_counter()
-    fd, tmp = tempfile.mkstemp(dir=dst.parent if str(dst.parent) else ".", prefix=f".{dst.name}.", suffix=".part")
-    os.close(fd)
-    w = None
+    tmp, w = None, None
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lutllm-quantize")
     try:
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
+        os.close(fd)
         w = _Writer(tmp, arch)
         VT = gguf.GGUFValueType
         for key, val in g.metadata.items():
@@ -272,10 +272,11 @@ def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str], bit
         if w is not None and w.fout:
             for f in w.fout:
                 f.close()
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         raise
     pool.shutdown(wait=True)
     report.bytes_out = os.path.getsize(dst)
