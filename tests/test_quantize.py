@@ -433,11 +433,11 @@ def _ppl(path, text):
 def test_smollm2_4bit_perplexity_matches_the_source(smollm2_path, smollm2_q4):
     """Q4_1 holds 4-bit codes with an fp16 scale and min per 32 weights; requantizing to w4g32 keeps
     every group whose codes span 0..15 exactly, so perplexity must stay within 0.5% (measured:
-    identical). 4 chunks of 128 tokens."""
-    text = (DATA / "ppl_text.txt").read_text(encoding="utf-8")[:3000]
+    identical). 3 chunks of 128 tokens."""
+    text = (DATA / "ppl_text.txt").read_text(encoding="utf-8")[:2000]
     ppl_src, n, _ = _ppl(smollm2_path, text)
     ppl_q, n2, e = _ppl(smollm2_q4, text)
-    assert n == n2 >= 4
+    assert n == n2 >= 3
     assert abs(ppl_q / ppl_src - 1) < 0.005, (ppl_q, ppl_src)
     assert set(e._model.linear_paths().values()) == {"lut", "q8"}  # q8: the tied Q8_0 head
 
@@ -481,9 +481,9 @@ def test_packed_weights_are_used_from_the_mapping(smollm2_q4, smollm2_path):
     assert load_kb * 1024 < 0.1 * packed and eval_kb * 1024 < 0.05 * packed, (load_kb, eval_kb, packed)
 
 
-@pytest.mark.parametrize("bits", ["2", "ternary"])
+@pytest.mark.parametrize("bits", ["1", "2", "ternary"])
 def test_smollm2_low_bit_models_load_and_generate(smollm2_path, tmp_path, bits):
-    """2-bit and ternary SmolLM2 (135M parameters lose most of their quality at these widths, so no
+    """1-bit, 2-bit and ternary SmolLM2 (135M parameters lose most of their quality at these widths, so no
     quality bound): every linear layer runs from the packed file and greedy generation runs."""
     from lutllm.engine import Engine
     from lutllm.sampler import SamplerParams
