@@ -18,6 +18,30 @@ def smollm2_path():
     return str(resolve_model(DEFAULT_MODEL))
 
 
+def _registry_path(name):
+    from lutllm.models import resolve_model
+
+    return str(resolve_model(name))
+
+
+@pytest.fixture(scope="session")
+def gemma3_path():
+    """Gemma 3 270M (Q4_K_M mix, SPM tokenizer), pulled from the registry on first use."""
+    return _registry_path("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def qwen05_path():
+    """Qwen2.5-Coder-0.5B-Instruct (Q5_0/Q4_K/Q6_K), pulled on first use (slow tests only)."""
+    return _registry_path("qwen2.5-coder-0.5b-instruct")
+
+
+@pytest.fixture(scope="session")
+def qwen15_path():
+    """Qwen2.5-Coder-1.5B-Instruct Q4_K_M, pulled on first use (slow tests only)."""
+    return _registry_path("qwen2.5-coder-1.5b-instruct")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -206,12 +206,16 @@ class Engine:
         chunk, replace each chunk's first token with BOS when the model adds BOS, evaluate each chunk
         from an empty cache, and score tokens n/2+1 .. n-1 from the logits at n/2 .. n-2.
         """
+        tokens = self.tokenizer.encode(text, add_special=True, parse_special=False)
+        return self.perplexity_tokens(tokens, n_ctx, progress)
+
+    def perplexity_tokens(self, tokens, n_ctx: int, progress: Callable[[int, int, float], None] | None = None):
+        """perplexity() over already tokenized text."""
         if n_ctx < 4:
             raise ValueError(f"perplexity needs a context of at least 4 tokens, got {n_ctx}")
         if n_ctx > self.n_ctx:
             raise ContextOverflowError(f"perplexity context {n_ctx} exceeds the engine context {self.n_ctx}")
         tok = self.tokenizer
-        tokens = tok.encode(text, add_special=True, parse_special=False)
         n_chunks = len(tokens) // n_ctx
         if n_chunks == 0:
             raise ValueError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}")
