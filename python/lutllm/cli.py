@@ -342,16 +342,31 @@ def serve(host, port, api_key, **kw):
 
 @main.command()
 @_model_option
-def info(model):
-    """Show a model's metadata and tensor types."""
+@click.option("-c", "--ctx-size", type=click.IntRange(min=0), default=0, help="Context size for the memory estimate (0 = min(model, 4096)).")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=512, show_default=True, help="Batch size for the memory estimate.")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads for the memory estimate.")
+def info(model, ctx_size, batch_size, threads):
+    """Show a model's metadata, tensor types and the memory it will need."""
+    from .arch import model_config
+    from .engine import DEFAULT_N_CTX, default_threads
     from .gguf_file import GGUFFile, describe
+    from .memory import available_memory, describe_estimate, estimate_memory
     from .models import resolve_model
 
     try:
         path = resolve_model(model)
-        click.echo(describe(GGUFFile(path)))
+        g = GGUFFile(path)
+        click.echo(describe(g))
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
+    try:
+        cfg = model_config(g.metadata, g.tensors, str(path))
+    except ValueError as e:  # described above, but not a model this runtime can run
+        click.echo(f"memory estimate: not available ({e})")
+        return
+    n_ctx = ctx_size or min(cfg.n_ctx_train, DEFAULT_N_CTX)
+    est = estimate_memory(g, cfg, n_ctx, batch_size, lut=True, n_threads=threads or default_threads())
+    click.echo(describe_estimate(est, available_memory()))
 
 
 @main.command()
