@@ -88,6 +88,9 @@ class Llama:
       * use_mmap: weights are always memory-mapped; use_mmap=False is accepted and ignored.
       * n_threads_batch: stored; one thread pool of n_threads serves prompt and generation.
       * mem_budget: accepted and stored, reserved for streaming weights from flash; no effect yet.
+      * progress(done, total) (lutllm only): called after each layer is bound while loading.
+      * memory_warning(message) (lutllm only): called instead of a MemoryFitWarning when the estimated
+        memory need exceeds what is available (see lutllm.memory); loading goes on either way.
       * GPU offload (n_gpu_layers > 0), LoRA (lora_path), grammars and JSON response formats are
         not supported and raise ValueError naming the argument.
       * Chat prompts use the model's own template (`chat_format` may name another template in
@@ -118,6 +121,8 @@ class Llama:
         verbose: bool = False,
         mem_budget: int | None = None,
         lora_path: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        memory_warning: Callable[[str], None] | None = None,
         **kwargs: Any,
     ):
         if n_gpu_layers is not None and n_gpu_layers != 0:
@@ -156,7 +161,7 @@ class Llama:
             from .engine import Engine
 
             self._engine = Engine(self.model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
-                                  verbose=verbose)
+                                  verbose=verbose, progress=progress, memory_warning=memory_warning)
             self._gguf = self._engine.gguf
             self._tokenizer = self._engine.tokenizer
             self._n_ctx = self._engine.n_ctx

@@ -114,6 +114,7 @@ class Engine:
         self._ctx = _core.Context(self._model, n_ctx, n_batch)
         self.n_ctx = n_ctx
         self.n_batch = n_batch
+        self.lut = bool(lut)
         self.verbose = verbose
         self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
         self.timings = Timings()
