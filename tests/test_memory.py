@@ -207,3 +207,8 @@ def test_cli_info_shows_estimate(smollm2_path):
     assert "memory estimate (n_ctx 1024" in r.output
     assert "KV cache" in r.output and "90.0 MiB" not in r.output  # 1024 positions: 45 MiB
     assert "45.0 MiB" in r.output and "available" in r.output and "verdict" in r.output
+    r2 = CliRunner().invoke(main, ["info", smollm2_path, "-c", "1024"])  # MODEL as an argument
+    def stable(out):  # what is available changes between the two runs
+        return [line for line in out.splitlines() if "available" not in line and "verdict" not in line]
+
+    assert r2.exit_code == 0 and stable(r2.output) == stable(r.output)

@@ -356,18 +356,20 @@ def serve(host, port, api_key, **kw):
 
 
 @main.command()
+@click.argument("model_arg", metavar="[MODEL]", required=False)
 @_model_option
 @click.option("-c", "--ctx-size", type=click.IntRange(min=0), default=0, help="Context size for the memory estimate (0 = min(model, 4096)).")
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=512, show_default=True, help="Batch size for the memory estimate.")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads for the memory estimate.")
-def info(model, ctx_size, batch_size, threads):
-    """Show a model's metadata, tensor types and the memory it will need."""
+def info(model_arg, model, ctx_size, batch_size, threads):
+    """Show a model's metadata, tensor types and the memory it will need (MODEL or -m)."""
     from .arch import model_config
     from .engine import DEFAULT_N_CTX, default_threads
     from .gguf_file import GGUFFile, describe
     from .memory import available_memory, describe_estimate, estimate_memory
     from .models import resolve_model
 
+    model = model_arg or model
     try:
         path = resolve_model(model)
         g = GGUFFile(path)
