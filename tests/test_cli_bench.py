@@ -110,7 +110,8 @@ def test_missing_model(tmp_path):
 
 
 def test_e2e_script_uses_shared_core(smollm2_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+    # the subprocess imports the lutllm this test process uses (a source tree or an installed one)
+    env = dict(os.environ, PYTHONPATH=str(Path(lutllm.__file__).resolve().parent.parent))
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "e2e.py"), "-m", smollm2_path, "-t", "1", "-p", "8",
                         "-n", "2", "--reps", "1", "--rounds", "1", "--no-llama"],
                        capture_output=True, text=True, env=env, timeout=300)

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import lutllm
 from lutllm.arch import model_config
 from lutllm.cli import main
 from lutllm.gguf_file import GGUFFile
 from lutllm.memory import (MemoryAvailable, MemoryFitWarning, available_memory, cgroup_available, estimate_memory,
                            fit_advice, max_ctx_fitting, meminfo_available)
 
-PYTHON_DIR = str(Path(__file__).resolve().parent.parent / "python")
+PYTHON_DIR = str(Path(lutllm.__file__).resolve().parent.parent)  # where this lutllm (with _core) lives
 MiB = 1 << 20
 
 # Runs in a fresh interpreter so that no earlier allocation of the test process is reused:
