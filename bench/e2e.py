@@ -12,7 +12,6 @@ import os
 import pathlib
 import statistics
 import subprocess
-import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 LLAMA_PY = os.environ.get("LUTLLM_LLAMA_VENV", str(pathlib.Path.home() / ".cache/lutllm-bench/llama-venv")) + "/bin/python"

@@ -8,7 +8,6 @@ against the RSS the runtime really adds.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
