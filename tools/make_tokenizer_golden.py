@@ -12,6 +12,9 @@ interpreter that has llama-cpp-python installed; it only loads the vocabulary:
     $PY tools/make_tokenizer_golden.py --model .../qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \
         --same-vocab-as tests/data/tokenizer_golden_qwen25coder.json
 
+For Gemma vocabularies it also renders a few conversations with llama.cpp's built-in Gemma
+chat format (`llama_chat_apply_template`), the reference for lutllm's fallback Gemma template.
+
 For every line of tests/data/tokenizer_corpus.txt, the whole corpus as one string, a list of
 hand-written edge cases (spaces, newlines, emoji, bytes without a token, special-token texts,
 the empty string) and two seeded sets of generated stress strings, it records
@@ -282,6 +285,43 @@ def all_texts(seed: int, n_stress: int) -> list[tuple[str, str]]:
     return texts
 
 
+# Conversations rendered with llama.cpp's built-in Gemma chat format (for Gemma vocabularies):
+# the reference for lutllm's fallback Gemma template.
+GEMMA_CHATS = [
+    ([("user", "Hello")], True),
+    ([("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello! How can I help?"),
+      ("user", "What is 2+2?")], True),
+    ([("user", "  padded content \n\n")], False),
+    ([("system", " S1 "), ("system", "S2"), ("user", "x"), ("assistant", " y "),
+      ("user", "z")], True),
+    ([("assistant", "first"), ("user", "then")], True),
+    ([("user", "<start_of_turn> inside"), ("assistant", "ok")], False),
+]
+
+
+def gemma_chats(vocab: Vocab) -> list[dict]:
+    lc = vocab.lc
+    out = []
+    for msgs, add_ass in GEMMA_CHATS:
+        arr = (lc.llama_chat_message * len(msgs))(
+            *[lc.llama_chat_message(r.encode(), c.encode()) for r, c in msgs])
+        size = 1024
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = lc.llama_chat_apply_template(b"gemma", arr, len(msgs), add_ass, buf, size)
+            if n < 0:
+                raise SystemExit("llama_chat_apply_template failed for the gemma format")
+            if n > size:
+                size = n
+                continue
+            text = buf.raw[:n].decode("utf-8")
+            break
+        out.append({"messages": [{"role": r, "content": c} for r, c in msgs],
+                    "add_generation_prompt": add_ass, "text": text,
+                    "ids": vocab.tokenize(text, add_bos=True, special=True)})
+    return out
+
+
 def all_ids(vocab: Vocab, text: str) -> dict[str, list[int]]:
     return {f"add_bos={a},special={sp}": vocab.tokenize(text, add_bos=a, special=sp)
             for a in (False, True) for sp in (False, True)}
@@ -432,6 +472,9 @@ def main() -> int:
                           "concatenated pieces"),
         **vocab.specials(),
         "vocab_digest": vocab.digest(),
+        **({"gemma_chat_format": gemma_chats(vocab)}
+           if str(vocab.llm.metadata.get("general.architecture", "")).startswith("gemma")
+           else {}),
         "pieces_digest": {"special=False": pieces_digest(pieces_false),
                           "special=True": pieces_digest(pieces_true)},
         "pieces_sample_hex": {str(t): [pieces_false[t].hex(), pieces_true[t].hex()]
