@@ -68,27 +68,30 @@ EDGE_CASES = [
     ("trailing spaces", "trailing spaces   "),
     ("space runs", "a  b   c    d                                       e"),
     ("newline", "\n"),
-    ("newline runs", "x\n\n\ny\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\nz"),
+    ("newline runs", "x\n\n\ny" + "\n" * 33 + "z"),
     ("crlf and tabs", "line1\r\nline2\rline3\n\tx\t\ty \t z"),
     ("space mark", "\u2581 literal \u2581\u2581marks\u2581"),
-    ("emoji", "emoji \U0001F600 \U0001F44D\U0001F3FD \U0001F468\u200d\U0001F469\u200d\U0001F467 \U0001F1FA\U0001F1F8"),
-    ("scripts", "\u4e2d\u6587 \u65e5\u672c\u8a9e \ud55c\uad6d\uc5b4 \u0627\u0644\u0639\u0631\u0628\u064a\u0629 "
-                "\u0939\u093f\u0928\u094d\u0926\u0940"),
+    ("emoji", "emoji \U0001F600 \U0001F44D\U0001F3FD "
+              "\U0001F468\u200d\U0001F469\u200d\U0001F467 \U0001F1FA\U0001F1F8"),
+    ("scripts", "\u4e2d\u6587 \u65e5\u672c\u8a9e \ud55c\uad6d\uc5b4 "
+                "\u0627\u0644\u0639\u0631\u0628\u064a\u0629 \u0939\u093f\u0928\u094d\u0926\u0940"),
     ("accents", "\u00dcn\u00efc\u00f6d\u00e9 fa\u00e7ade na\u0131\u0308ve e\u0301"),
     ("bytes without tokens", "\x00\x01\x04\x7f \U0010ffff \U00040000 \ue000 \ufffd"),
-    ("byte token texts", "<0x41><0x0A> <0x" ),
+    ("byte token texts", "<0x41><0x0A> <0x"),
     ("gemma turns", "<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n"),
     ("gemma specials", "<bos><eos><pad><unk><mask> <unused0> <unused99> <start_of_image>"),
     ("space after special", "<start_of_turn> user <end_of_turn>  x"),
     ("html tokens", "<div><table><tr></tr></table></div> [multimodal]"),
     ("chatml", "<|im_start|>system\nYou are<|im_end|>\n<|im_start|>assistant\n"),
     ("endoftext", "a<|endoftext|>b<|endoftext|>"),
-    ("fim", "<|fim_prefix|>def f(<|fim_suffix|>):<|fim_middle|><|fim_pad|><|repo_name|><|file_sep|>"),
+    ("fim", "<|fim_prefix|>def f(<|fim_suffix|>):<|fim_middle|>"
+            "<|fim_pad|><|repo_name|><|file_sep|>"),
     ("long run a", "a" * 300),
     ("long run space", " " * 70),
     ("long run tab", "\t" * 40),
     ("code", "def f(x):\n    return x  # comment\n\nclass A:\n\tpass\n"),
-    ("punctuation spacing", "Hello , world ! Is it ? yes . it 's ' ok ' I 'm we 're they 've he 'll"),
+    ("punctuation spacing",
+     "Hello , world ! Is it ? yes . it 's ' ok ' I 'm we 're they 've he 'll"),
 ]
 
 # Atoms of the second stress set: SentencePiece edge cases and several vocabularies' special

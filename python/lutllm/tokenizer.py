@@ -30,7 +30,6 @@ from __future__ import annotations
 import array
 import codecs
 import heapq
-import struct
 import sys
 import warnings
 from dataclasses import dataclass
