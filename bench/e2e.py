@@ -1,5 +1,7 @@
 """End-to-end speed: prefill tokens/s and decode tokens/s of lutllm vs llama-cpp-python on the same
 GGUF, thread count and token ids, measured alternately in one run. Prints JSON lines + a table.
+Decode here continues after the prompt (`lutllm bench`'s tg starts from an empty context); the
+timing code and the token ids are lutllm.bench's.
 
     python bench/e2e.py [-m MODEL] [-t 2] [-p 256] [-n 64] [--reps 3]
 The llama-cpp-python venv comes from bench/setup_llama_venv.sh (outside the repo).
@@ -10,31 +12,21 @@ import os
 import pathlib
 import statistics
 import subprocess
-import sys
-import time
-
-import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 LLAMA_PY = os.environ.get("LUTLLM_LLAMA_VENV", str(pathlib.Path.home() / ".cache/lutllm-bench/llama-venv")) + "/bin/python"
 
 
 def run_lutllm(model, threads, prompt, decode, reps, n_ctx, lut=True):
+    from lutllm.bench import time_decode, time_prefill
     from lutllm.engine import Engine
 
     eng = Engine(model, n_ctx=n_ctx, n_threads=threads, n_batch=n_ctx, lut=lut)
     out = []
     for _ in range(reps):
-        eng.reset()
-        t0 = time.perf_counter()
-        eng.eval(prompt)
-        t1 = time.perf_counter()
-        hist = list(prompt)
-        for tok in decode:
-            hist.append(tok)
-            eng.eval(hist)
-        t2 = time.perf_counter()
-        out.append({"prefill_s": t1 - t0, "decode_s": t2 - t1})
+        pre = time_prefill(eng, prompt)
+        dec = time_decode(eng, decode, prefix=prompt)
+        out.append({"prefill_s": pre, "decode_s": dec})
     return out
 
 
@@ -58,14 +50,14 @@ def main():
     ap.add_argument("--no-llama", action="store_true")
     ap.add_argument("--int8", action="store_true", help="also time lutllm's int8 path (Engine(lut=False))")
     a = ap.parse_args()
-    from lutllm.models import resolve_model
+    from lutllm.bench import bench_token_ids
     from lutllm.gguf_file import GGUFFile
+    from lutllm.models import resolve_model
 
     model = str(resolve_model(a.model))
-    n_vocab = len(GGUFFile(model).metadata["tokenizer.ggml.tokens"])
-    rng = np.random.default_rng(0)
-    prompt = [int(x) for x in rng.integers(100, n_vocab, a.n_prompt)]
-    decode = [int(x) for x in rng.integers(100, n_vocab, a.n_gen)]
+    meta = GGUFFile(model).metadata
+    prompt = bench_token_ids(meta, a.n_prompt, 0, 0)  # the ids `lutllm bench` uses (pp and tg tests)
+    decode = bench_token_ids(meta, a.n_gen, 0, 1)
     n_ctx = a.n_prompt + a.n_gen + 8
     runners = {"lutllm": run_lutllm}
     if a.int8:

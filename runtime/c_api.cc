@@ -253,7 +253,33 @@ ModelConfig config_from_gguf(const Gguf& g, const std::string& path) {
   }
   const int64_t hd2 = c.head_dim;
   c.rope_dim = int(meta_int(g, p + "rope.dimension_count", path, &hd2));
-  c.rope_mode = RopeMode::NORM;  // llama (the one supported architecture); Model rejects others
+  // Family rules; python/lutllm/arch.py applies the same ones (tests/test_c_api.py checks that both
+  // loaders give the same logits on small models of every family).
+  c.rope_mode = c.arch == "qwen2" || c.arch == "gemma3" ? RopeMode::NEOX : RopeMode::NORM;
+  if (c.arch == "gemma3") {
+    c.ffn_act = FfnAct::GELU_TANH;
+    c.embd_scale = std::sqrt(float(c.d_model));
+    if (c.n_layer == 62) c.attn_scale = 1.f / std::sqrt(float(c.d_model) / float(c.n_head));
+    const int64_t window = meta_int(g, p + "attention.sliding_window", path, nullptr);
+    const int64_t six = 6;
+    auto pat = g.meta.find(p + "attention.sliding_window_pattern");
+    if (pat != g.meta.end() && pat->second.kind != MetaValue::INT)
+      throw Error(path + ": a per-layer '" + p + "attention.sliding_window_pattern' array is not supported by the C API");
+    const int64_t period = meta_int(g, p + "attention.sliding_window_pattern", path, &six);
+    if (window <= 0 || period <= 0) throw Error(path + ": gemma3 sliding window settings must be positive");
+    for (int i = 0; i < c.n_layer; ++i) {
+      const bool local = i % period < period - 1;
+      c.layer_window.push_back(local ? int(window) : 0);
+      c.layer_rope_base.push_back(local ? 10000.f : c.rope_base);
+      c.layer_rope_freq_scale.push_back(local ? 1.f : c.rope_freq_scale);
+    }
+  } else if (c.arch == "bitnet") {
+    auto act = g.meta.find(p + "hidden_act");
+    const std::string a = act != g.meta.end() && act->second.kind == MetaValue::STRING ? act->second.s : "silu";
+    if (a == "relu2" || a == "relu_squared") c.ffn_act = FfnAct::RELU_SQR;
+    else if (a == "gelu") c.ffn_act = FfnAct::GELU_TANH;
+    else if (a != "silu") throw Error(path + ": bitnet hidden_act '" + a + "' is not supported");
+  }
   return c;
 }
 

@@ -1,5 +1,6 @@
-// Model loading (tensor binding + shape checks) and the forward pass of the llama family.
-// Other architectures add their binding and graph here, reusing ops.h and linear.h.
+// Model loading (tensor binding + shape checks, one binder per architecture family) and the forward
+// pass: one pre-norm decoder block whose optional parts (biases, q/k norms, sub-norms, post-norms,
+// per-tensor scales, sliding windows) are switched on by what each family binds.
 #include "model.h"
 
 #include <algorithm>
@@ -21,25 +22,85 @@ void expect_shape(const WeightTensor& t, int64_t ne0, int64_t ne1) {
                 "], expected [" + std::to_string(ne0) + ", " + std::to_string(ne1) + "] for this architecture");
 }
 
-const WeightTensor* norm_weight(const WeightStore& s, const std::string& name, int64_t d) {
-  const WeightTensor& t = s.get(name);
-  if (t.type != GgmlType::F32) throw Error("tensor '" + name + "' must be F32, is " + type_traits(t.type).name);
-  expect_shape(t, d, 1);
-  return &t;
-}
+// Binds weights of one model file, naming the tensor at fault in every error.
+class Binder {
+ public:
+  Binder(const WeightStore& s, bool use_lut) : s_(s), use_lut_(use_lut) {}
 
-Linear linear(const WeightStore& s, const std::string& name, int64_t in, int64_t out, bool use_lut) {
-  const WeightTensor& t = s.get(name);
-  expect_shape(t, in, out);
-  return Linear(&t, use_lut);
+  bool has(const std::string& name) const { return s_.find(name) != nullptr; }
+
+  // A 1-D F32 vector of d values (norm weights, biases).
+  const float* vec(const std::string& name, int64_t d) const {
+    const WeightTensor& t = s_.get(name);
+    if (t.type != GgmlType::F32) throw Error("tensor '" + name + "' must be F32, is " + type_traits(t.type).name);
+    expect_shape(t, d, 1);
+    return reinterpret_cast<const float*>(t.data);
+  }
+  const float* opt_vec(const std::string& name, int64_t d) const { return has(name) ? vec(name, d) : nullptr; }
+
+  // base.weight (in -> out) plus base.bias and base.scale when the file has them.
+  Projection proj(const std::string& base, int64_t in, int64_t out, bool require_bias = false) const {
+    Projection p;
+    const WeightTensor& t = s_.get(base + ".weight");
+    expect_shape(t, in, out);
+    p.w = Linear(&t, use_lut_);
+    if (require_bias || has(base + ".bias")) p.bias = vec(base + ".bias", out);
+    if (has(base + ".scale")) {
+      const float* sc = vec(base + ".scale", 1);
+      if (!std::isfinite(sc[0])) throw Error("tensor '" + base + ".scale' is not finite");
+      p.scale = sc[0];
+    }
+    return p;
+  }
+
+ private:
+  const WeightStore& s_;
+  bool use_lut_;
+};
+
+// Which optional parts of the block each family has (required when listed here).
+struct ArchParts {
+  const char* name;
+  bool qkv_bias;    // qwen2
+  bool qk_norm;     // gemma3
+  bool post_norms;  // gemma3
+  bool sub_norms;   // bitnet
+};
+constexpr ArchParts kArchitectures[] = {
+    {"llama", false, false, false, false},
+    {"qwen2", true, false, false, false},
+    {"gemma3", false, true, true, false},
+    {"bitnet", false, false, false, true},
+};
+
+const ArchParts& arch_parts(const std::string& path, const std::string& arch) {
+  std::string names;
+  for (const ArchParts& a : kArchitectures) {
+    if (arch == a.name) return a;
+    names += std::string(names.empty() ? "" : ", ") + a.name;
+  }
+  throw Error(path + ": architecture '" + arch + "' is not supported (supported: " + names + ")");
 }
 
 }  // namespace
 
+void Projection::forward(LinearInput& in, float* y, ThreadPool& pool) const {
+  w.forward(in, y, pool);
+  if (scale == 1.f && !bias) return;
+  const int64_t m = w.out_features();
+  for (int64_t t = 0; t < in.n(); ++t) {
+    float* yt = y + t * m;
+    if (scale != 1.f)
+      for (int64_t i = 0; i < m; ++i) yt[i] *= scale;
+    if (bias)
+      for (int64_t i = 0; i < m; ++i) yt[i] += bias[i];
+  }
+}
+
 Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors, int n_threads,
              const Progress& progress)
     : cfg_(cfg), store_(path, tensors) {
-  if (cfg.arch != "llama") throw Error(path + ": architecture '" + cfg.arch + "' is not supported (supported: llama)");
+  const ArchParts& parts = arch_parts(path, cfg.arch);
   if (cfg.n_layer <= 0 || cfg.d_model <= 0 || cfg.n_head <= 0 || cfg.n_head_kv <= 0 || cfg.head_dim <= 0 ||
       cfg.d_ff <= 0 || cfg.n_vocab <= 0)
     throw Error(path + ": model hyper-parameters must be positive");
@@ -47,29 +108,50 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
   if (cfg.rope_dim <= 0 || cfg.rope_dim > cfg.head_dim || cfg.rope_dim % 2)
     throw Error(path + ": rope dimension " + std::to_string(cfg.rope_dim) + " is invalid for head size " +
                 std::to_string(cfg.head_dim));
+  auto per_layer_ok = [&](size_t size) { return size == 0 || size == size_t(cfg.n_layer); };
+  if (!per_layer_ok(cfg.layer_window.size()) || !per_layer_ok(cfg.layer_rope_base.size()) ||
+      !per_layer_ok(cfg.layer_rope_freq_scale.size()))
+    throw Error(path + ": per-layer attention settings must list one value per layer");
   const int64_t d = cfg.d_model, hd = cfg.head_dim, q_dim = int64_t(cfg.n_head) * hd, kv_dim = int64_t(cfg.n_head_kv) * hd;
+  const Binder b(store_, cfg.use_lut);
 
   tok_embd = &store_.get("token_embd.weight");
   expect_shape(*tok_embd, d, cfg.n_vocab);
   if (!kernels().dequant[int(tok_embd->type)])
     throw Error("tensor 'token_embd.weight': type " + std::string(type_traits(tok_embd->type).name) + " is not supported");
-  output_norm = norm_weight(store_, "output_norm.weight", d);
-  if (store_.find("output.weight")) output = linear(store_, "output.weight", d, cfg.n_vocab, cfg.use_lut);
+  output_norm = b.vec("output_norm.weight", d);
+  if (b.has("output.weight")) output = b.proj("output", d, cfg.n_vocab).w;
   else output = Linear(tok_embd);  // tied embeddings
 
   layers.resize(size_t(cfg.n_layer));
   for (int i = 0; i < cfg.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
     LayerWeights& L = layers[size_t(i)];
-    L.attn_norm = norm_weight(store_, p + "attn_norm.weight", d);
-    L.wq = linear(store_, p + "attn_q.weight", d, q_dim, cfg.use_lut);
-    L.wk = linear(store_, p + "attn_k.weight", d, kv_dim, cfg.use_lut);
-    L.wv = linear(store_, p + "attn_v.weight", d, kv_dim, cfg.use_lut);
-    L.wo = linear(store_, p + "attn_output.weight", q_dim, d, cfg.use_lut);
-    L.ffn_norm = norm_weight(store_, p + "ffn_norm.weight", d);
-    L.w_gate = linear(store_, p + "ffn_gate.weight", d, cfg.d_ff, cfg.use_lut);
-    L.w_up = linear(store_, p + "ffn_up.weight", d, cfg.d_ff, cfg.use_lut);
-    L.w_down = linear(store_, p + "ffn_down.weight", cfg.d_ff, d, cfg.use_lut);
+    L.attn_norm = b.vec(p + "attn_norm.weight", d);
+    L.wq = b.proj(p + "attn_q", d, q_dim, parts.qkv_bias);
+    L.wk = b.proj(p + "attn_k", d, kv_dim, parts.qkv_bias);
+    L.wv = b.proj(p + "attn_v", d, kv_dim, parts.qkv_bias);
+    L.wo = b.proj(p + "attn_output", q_dim, d);
+    if (parts.qk_norm) {
+      L.q_norm = b.vec(p + "attn_q_norm.weight", hd);
+      L.k_norm = b.vec(p + "attn_k_norm.weight", hd);
+    }
+    if (parts.post_norms) {
+      L.post_attn_norm = b.vec(p + "post_attention_norm.weight", d);
+      L.post_ffn_norm = b.vec(p + "post_ffw_norm.weight", d);
+    }
+    if (parts.sub_norms) {
+      L.attn_sub_norm = b.vec(p + "attn_sub_norm.weight", q_dim);
+      L.ffn_sub_norm = b.vec(p + "ffn_sub_norm.weight", cfg.d_ff);
+    }
+    L.ffn_norm = b.vec(p + "ffn_norm.weight", d);
+    L.w_gate = b.proj(p + "ffn_gate", d, cfg.d_ff);
+    L.w_up = b.proj(p + "ffn_up", d, cfg.d_ff);
+    L.w_down = b.proj(p + "ffn_down", cfg.d_ff, d);
+    L.window = cfg.layer_window.empty() ? 0 : cfg.layer_window[size_t(i)];
+    if (L.window < 0) throw Error(path + ": layer " + std::to_string(i) + " has a negative attention window");
+    L.rope_base = cfg.layer_rope_base.empty() ? cfg.rope_base : cfg.layer_rope_base[size_t(i)];
+    L.rope_freq_scale = cfg.layer_rope_freq_scale.empty() ? cfg.rope_freq_scale : cfg.layer_rope_freq_scale[size_t(i)];
     if (progress) progress(i + 1, cfg.n_layer);
   }
   pool_ = std::make_unique<ThreadPool>(n_threads > 0 ? n_threads : physical_core_count());
@@ -118,52 +200,71 @@ void Context::eval(const int32_t* tokens, int64_t n, int64_t pos, bool all_logit
 void Context::forward_batch(const int32_t* tokens, int64_t n, int64_t pos, bool all_logits, float* logits) {
   const Model& M = *model_;
   const ModelConfig& c = M.config();
-  ThreadPool& pool = M.pool();
-  const int64_t d = c.d_model, hd = c.head_dim, q_dim = int64_t(c.n_head) * hd, kv_dim = int64_t(c.n_head_kv) * hd;
+  const int64_t d = c.d_model;
   float* x = x_.data();
 
   // token embedding: decode one row per token
   DequantRowFn dq = kernels().dequant[int(M.tok_embd->type)];
   for (int64_t t = 0; t < n; ++t) dq(M.tok_embd->data + size_t(tokens[t]) * M.tok_embd->row_bytes, x + t * d, d);
+  if (c.embd_scale != 0.f)
+    for (int64_t i = 0; i < n * d; ++i) x[i] *= c.embd_scale;
 
   for (int l = 0; l < c.n_layer; ++l) {
     if (cancel_.load(std::memory_order_relaxed)) throw Cancelled();
-    const LayerWeights& L = M.layers[size_t(l)];
-    float* kc = k_cache_.data() + size_t(l) * size_t(n_ctx_) * size_t(kv_dim);
-    float* vc = v_cache_.data() + size_t(l) * size_t(n_ctx_) * size_t(kv_dim);
-
-    // attention block
-    rms_norm(x, reinterpret_cast<const float*>(L.attn_norm->data), n, d, c.norm_eps, xn_.data());
-    in_.set(xn_.data(), n, d);
-    L.wq.forward(in_, q_.data(), pool);
-    L.wk.forward(in_, k_.data(), pool);
-    L.wv.forward(in_, v_.data(), pool);
-    rope(q_.data(), n, c.n_head, int(hd), c.rope_dim, pos, c.rope_base, c.rope_freq_scale, c.rope_mode);
-    rope(k_.data(), n, c.n_head_kv, int(hd), c.rope_dim, pos, c.rope_base, c.rope_freq_scale, c.rope_mode);
-    std::memcpy(kc + pos * kv_dim, k_.data(), size_t(n * kv_dim) * sizeof(float));
-    std::memcpy(vc + pos * kv_dim, v_.data(), size_t(n * kv_dim) * sizeof(float));
-    attention(q_.data(), kc, vc, n, pos, c.n_head, c.n_head_kv, int(hd), n_ctx_, attn_.data(), att_scores_.data(), pool);
-    in_.set(attn_.data(), n, q_dim);
-    L.wo.forward(in_, xn_.data(), pool);
-    for (int64_t i = 0; i < n * d; ++i) x[i] += xn_[size_t(i)];
-
-    // feed-forward block (SwiGLU)
-    rms_norm(x, reinterpret_cast<const float*>(L.ffn_norm->data), n, d, c.norm_eps, xn_.data());
-    in_.set(xn_.data(), n, d);
-    L.w_gate.forward(in_, ff_a_.data(), pool);
-    L.w_up.forward(in_, ff_b_.data(), pool);
-    silu_mul(ff_a_.data(), ff_b_.data(), n * c.d_ff);
-    in_.set(ff_a_.data(), n, c.d_ff);
-    L.w_down.forward(in_, xn_.data(), pool);
-    for (int64_t i = 0; i < n * d; ++i) x[i] += xn_[size_t(i)];
+    forward_layer(l, n, pos);
   }
   if (!logits) return;  // an earlier batch of a longer prompt: only the cache matters
 
   // output head on all rows or just the last one
   const int64_t first = all_logits ? 0 : n - 1, m = n - first;
-  rms_norm(x + first * d, reinterpret_cast<const float*>(M.output_norm->data), m, d, c.norm_eps, xn_.data());
+  rms_norm(x + first * d, M.output_norm, m, d, c.norm_eps, xn_.data());
   in_.set(xn_.data(), m, d);
-  M.output.forward(in_, logits, pool);
+  M.output.forward(in_, logits, M.pool());
+}
+
+void Context::forward_layer(int l, int64_t n, int64_t pos) {
+  const Model& M = *model_;
+  const ModelConfig& c = M.config();
+  ThreadPool& pool = M.pool();
+  const LayerWeights& L = M.layers[size_t(l)];
+  const int64_t d = c.d_model, hd = c.head_dim, q_dim = int64_t(c.n_head) * hd, kv_dim = int64_t(c.n_head_kv) * hd;
+  const float eps = c.norm_eps;
+  float* x = x_.data();
+  float* kc = k_cache_.data() + size_t(l) * size_t(n_ctx_) * size_t(kv_dim);
+  float* vc = v_cache_.data() + size_t(l) * size_t(n_ctx_) * size_t(kv_dim);
+
+  // attention block
+  rms_norm(x, L.attn_norm, n, d, eps, xn_.data());
+  in_.set(xn_.data(), n, d);
+  L.wq.forward(in_, q_.data(), pool);
+  L.wk.forward(in_, k_.data(), pool);
+  L.wv.forward(in_, v_.data(), pool);
+  if (L.q_norm) rms_norm(q_.data(), L.q_norm, n * c.n_head, hd, eps, q_.data());
+  if (L.k_norm) rms_norm(k_.data(), L.k_norm, n * c.n_head_kv, hd, eps, k_.data());
+  rope(q_.data(), n, c.n_head, int(hd), c.rope_dim, pos, L.rope_base, L.rope_freq_scale, c.rope_mode);
+  rope(k_.data(), n, c.n_head_kv, int(hd), c.rope_dim, pos, L.rope_base, L.rope_freq_scale, c.rope_mode);
+  std::memcpy(kc + pos * kv_dim, k_.data(), size_t(n * kv_dim) * sizeof(float));
+  std::memcpy(vc + pos * kv_dim, v_.data(), size_t(n * kv_dim) * sizeof(float));
+  const float scale = c.attn_scale != 0.f ? c.attn_scale : 1.f / std::sqrt(float(hd));
+  attention(q_.data(), kc, vc, n, pos, c.n_head, c.n_head_kv, int(hd), n_ctx_, L.window, scale, attn_.data(),
+            att_scores_.data(), pool);
+  if (L.attn_sub_norm) rms_norm(attn_.data(), L.attn_sub_norm, n, q_dim, eps, attn_.data());
+  in_.set(attn_.data(), n, q_dim);
+  L.wo.forward(in_, xn_.data(), pool);
+  if (L.post_attn_norm) rms_norm(xn_.data(), L.post_attn_norm, n, d, eps, xn_.data());
+  for (int64_t i = 0; i < n * d; ++i) x[i] += xn_[size_t(i)];
+
+  // feed-forward block: act(gate) * up, then down
+  rms_norm(x, L.ffn_norm, n, d, eps, xn_.data());
+  in_.set(xn_.data(), n, d);
+  L.w_gate.forward(in_, ff_a_.data(), pool);
+  L.w_up.forward(in_, ff_b_.data(), pool);
+  gated_activation(c.ffn_act, ff_a_.data(), ff_b_.data(), n * c.d_ff);
+  if (L.ffn_sub_norm) rms_norm(ff_a_.data(), L.ffn_sub_norm, n, c.d_ff, eps, ff_a_.data());
+  in_.set(ff_a_.data(), n, c.d_ff);
+  L.w_down.forward(in_, xn_.data(), pool);
+  if (L.post_ffn_norm) rms_norm(xn_.data(), L.post_ffn_norm, n, d, eps, xn_.data());
+  for (int64_t i = 0; i < n * d; ++i) x[i] += xn_[size_t(i)];
 }
 
 }  // namespace lutllm

@@ -1,6 +1,8 @@
 // Decoder-only transformer models over a WeightStore: configuration, per-layer weights, and the
-// per-session Context (KV cache + scratch) that runs forward passes. One graph per architecture
-// family lives in model.cc; building blocks (norms, rope, attention) in ops.h.
+// per-session Context (KV cache + scratch) that runs forward passes. Every supported family
+// (llama, qwen2, gemma3, bitnet) is one pre-norm decoder block with optional parts; model.cc binds
+// each family's tensors in one place, and the block runs the parts a layer has. Building blocks
+// (norms, rope, activations, attention) are in ops.h.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -16,6 +18,8 @@
 namespace lutllm {
 
 enum class RopeMode { NORM = 0, NEOX = 2 };  // adjacent pairs (llama) / split halves (qwen2, gemma)
+// Gated feed-forward activation: act(gate) * up.
+enum class FfnAct { SILU = 0, GELU_TANH = 1, RELU_SQR = 2 };
 
 // Hyper-parameters read from GGUF metadata by the Python loader (which names the key at fault).
 struct ModelConfig {
@@ -26,14 +30,40 @@ struct ModelConfig {
   float rope_base = 10000.f, rope_freq_scale = 1.f;
   int rope_dim = 0;
   RopeMode rope_mode = RopeMode::NORM;
+  FfnAct ffn_act = FfnAct::SILU;
+  float embd_scale = 0.f;   // token embeddings are multiplied by this when non-zero (gemma: sqrt(d_model))
+  float attn_scale = 0.f;   // softmax(q.k * attn_scale); 0 means 1/sqrt(head_dim)
+  // Per-layer attention window and rope (empty = every layer full causal with rope_base/rope_freq_scale).
+  // A window w > 0 lets position p attend to positions p-w+1..p (gemma3's local layers).
+  std::vector<int> layer_window;
+  std::vector<float> layer_rope_base, layer_rope_freq_scale;
   bool use_lut = true;  // run <= 4-bit weights through the table-lookup kernels (repacked at load)
 };
 
+// A projection y = scale * (W x) + bias; scale (bitnet's per-tensor scales) and bias (qwen2's q/k/v
+// biases) are optional.
+struct Projection {
+  Linear w;
+  const float* bias = nullptr;  // out_features floats, or null
+  float scale = 1.f;
+  bool empty() const { return w.empty(); }
+  void forward(LinearInput& in, float* y, ThreadPool& pool) const;
+};
+
+// One decoder block. Norm pointers are F32 tensors in the mapping; null means the part is absent.
 struct LayerWeights {
-  const WeightTensor* attn_norm = nullptr;   // (d_model) f32
-  Linear wq, wk, wv, wo;                     // (n_head*hd x d), (n_kv*hd x d) x2, (d x n_head*hd)
-  const WeightTensor* ffn_norm = nullptr;    // (d_model)
-  Linear w_gate, w_up, w_down;               // (d_ff x d) x2, (d x d_ff)
+  const float* attn_norm = nullptr;       // (d_model)
+  Projection wq, wk, wv, wo;              // (n_head*hd x d), (n_kv*hd x d) x2, (d x n_head*hd)
+  const float* q_norm = nullptr;          // (head_dim) per-head RMSNorm of q and k (gemma3)
+  const float* k_norm = nullptr;
+  const float* attn_sub_norm = nullptr;   // (n_head*hd) before wo (bitnet)
+  const float* post_attn_norm = nullptr;  // (d_model) after wo, before the residual add (gemma3)
+  const float* ffn_norm = nullptr;        // (d_model)
+  Projection w_gate, w_up, w_down;        // (d_ff x d) x2, (d x d_ff)
+  const float* ffn_sub_norm = nullptr;    // (d_ff) before w_down (bitnet)
+  const float* post_ffn_norm = nullptr;   // (d_model) after w_down (gemma3)
+  int window = 0;                         // attention window in positions; 0 = full causal
+  float rope_base = 10000.f, rope_freq_scale = 1.f;
 };
 
 class Model {
@@ -47,7 +77,7 @@ class Model {
   ThreadPool& pool() const { return *pool_; }
 
   const WeightTensor* tok_embd = nullptr;    // (n_vocab x d) rows, any decodable type
-  const WeightTensor* output_norm = nullptr; // (d)
+  const float* output_norm = nullptr;        // (d)
   Linear output;                             // (n_vocab x d); the embedding when tied
   std::vector<LayerWeights> layers;
 
@@ -76,6 +106,7 @@ class Context {
 
  private:
   void forward_batch(const int32_t* tokens, int64_t n, int64_t pos, bool all_logits, float* logits);
+  void forward_layer(int l, int64_t n, int64_t pos);  // one block over x_, rows at positions pos..
 
   std::shared_ptr<const Model> model_;
   int n_ctx_, n_batch_;

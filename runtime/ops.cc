@@ -56,24 +56,45 @@ void rope(float* x, int64_t n, int n_heads, int head_dim, int rope_dim, int64_t 
   }
 }
 
-void silu_mul(float* a, const float* b, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) a[i] = a[i] / (1.f + std::exp(-a[i])) * b[i];
+void gated_activation(FfnAct act, float* a, const float* b, int64_t n) {
+  switch (act) {
+    case FfnAct::SILU:
+      for (int64_t i = 0; i < n; ++i) a[i] = a[i] / (1.f + std::exp(-a[i])) * b[i];
+      break;
+    case FfnAct::GELU_TANH: {
+      const float c = 0.7978845608028654f;  // sqrt(2 / pi)
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = a[i];
+        a[i] = 0.5f * v * (1.f + std::tanh(c * (v + 0.044715f * v * v * v))) * b[i];
+      }
+      break;
+    }
+    case FfnAct::RELU_SQR:
+      for (int64_t i = 0; i < n; ++i) {
+        const float r = a[i] > 0.f ? a[i] : 0.f;
+        a[i] = r * r * b[i];
+      }
+      break;
+  }
 }
 
 void attention(const float* q, const float* kc, const float* vc, int64_t n, int64_t pos0, int n_head, int n_kv,
-               int hd, int n_ctx, float* out, float* scores, ThreadPool& pool) {
+               int hd, int n_ctx, int window, float scale, float* out, float* scores, ThreadPool& pool) {
   const int group = n_head / n_kv;
   const int64_t kv_stride = int64_t(n_kv) * hd;
-  const float scale = 1.f / std::sqrt(float(hd));
   pool.parallel_for(n * n_head, [&](int64_t task, int thread) {
     const int64_t t = task / n_head;
     const int h = int(task % n_head), kvh = h / group;
-    const int64_t len = pos0 + t + 1;  // causal: keys 0..pos0+t
+    // causal: keys first..pos0+t, where a window keeps only the last `window` of them
+    const int64_t first = window > 0 ? std::max<int64_t>(0, pos0 + t + 1 - window) : 0;
+    const int64_t len = pos0 + t + 1 - first;
     const float* qh = q + (t * n_head + h) * int64_t(hd);
+    const float* kbase = kc + first * kv_stride + int64_t(kvh) * hd;
+    const float* vbase = vc + first * kv_stride + int64_t(kvh) * hd;
     float* s = scores + int64_t(thread) * n_ctx;
     float mx = -INFINITY;
     for (int64_t j = 0; j < len; ++j) {
-      s[j] = dot(qh, kc + j * kv_stride + int64_t(kvh) * hd, hd) * scale;
+      s[j] = dot(qh, kbase + j * kv_stride, hd) * scale;
       mx = std::max(mx, s[j]);
     }
     double sum = 0;
@@ -86,7 +107,7 @@ void attention(const float* q, const float* kc, const float* vc, int64_t n, int6
     std::fill(o, o + hd, 0.f);
     for (int64_t j = 0; j < len; ++j) {
       const float p = s[j] * inv;
-      const float* vj = vc + j * kv_stride + int64_t(kvh) * hd;
+      const float* vj = vbase + j * kv_stride;
       for (int i = 0; i < hd; ++i) o[i] += p * vj[i];
     }
   });

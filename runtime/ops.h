@@ -13,12 +13,14 @@ void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, f
 // In-place rotary embedding of n rows, each n_heads heads of head_dim, row t at position pos0 + t.
 void rope(float* x, int64_t n, int n_heads, int head_dim, int rope_dim, int64_t pos0, float base,
           float freq_scale, RopeMode mode);
-// a[i] = silu(a[i]) * b[i]
-void silu_mul(float* a, const float* b, int64_t n);
+// a[i] = act(a[i]) * b[i] with act = silu, gelu (tanh approximation) or relu^2
+void gated_activation(FfnAct act, float* a, const float* b, int64_t n);
 // Causal grouped-query attention for n queries at positions pos0.. against cache rows [0, pos0+n).
 //   q: (n, n_head*hd); kc, vc: (n_ctx, n_kv*hd) of this layer; out: (n, n_head*hd)
+//   window: 0 = all earlier positions, w > 0 = only the last w positions (the query's own included)
+//   scale: multiplies q.k before the softmax
 //   scores: per-thread scratch of n_ctx floats, pool.size() of them, contiguous
 void attention(const float* q, const float* kc, const float* vc, int64_t n, int64_t pos0, int n_head, int n_kv,
-               int hd, int n_ctx, float* out, float* scores, ThreadPool& pool);
+               int hd, int n_ctx, int window, float scale, float* out, float* scores, ThreadPool& pool);
 
 }  // namespace lutllm

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the default model (pulled once into the user cache), seeded RNGs.
+"""Shared pytest fixtures: registry models (pulled once into the user cache), seeded RNGs.
 
 Not a place for test logic; each test module states what it checks.
 """
@@ -16,6 +16,37 @@ def smollm2_path():
     from lutllm.models import resolve_model
 
     return str(resolve_model(DEFAULT_MODEL))
+
+
+def _registry_model(name: str, download: bool) -> str:
+    """A registry model's path, pulled on first use when `download`; otherwise (or with
+    LUTLLM_OFFLINE set) a model that is not pulled yet skips the test, saying how to get it."""
+    from lutllm import models
+
+    if models.is_pulled(name):
+        return str(models.model_path(name))
+    offline = os.environ.get("LUTLLM_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+    if not download or offline:
+        pytest.skip(f"model {name!r} is not pulled (run `lutllm pull {name}`)")
+    return str(models.resolve_model(name))
+
+
+@pytest.fixture(scope="session")
+def gemma3_path():
+    """Gemma 3 270M (SentencePiece vocabulary); pulled like the default model (CI runs it)."""
+    return _registry_model("gemma3-270m", download=True)
+
+
+@pytest.fixture(scope="session")
+def qwen05_path():
+    """Qwen2.5-Coder 0.5B Instruct; pulled like the default model (CI runs it)."""
+    return _registry_model("qwen2.5-coder-0.5b-instruct", download=True)
+
+
+@pytest.fixture(scope="session")
+def qwen15_path():
+    """Qwen2.5-Coder 1.5B Instruct (1.1 GB): only slow tests use it; pulled when they run."""
+    return _registry_model("qwen2.5-coder-1.5b-instruct", download=True)
 
 
 @pytest.fixture

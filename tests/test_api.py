@@ -120,6 +120,23 @@ def test_max_tokens_none_fills_context(smollm2_path):
         small("word " * 100, max_tokens=4)
 
 
+def test_generate_runs_to_the_end_of_the_context(smollm2_path):
+    """Llama.generate (llama-cpp style) yields end-of-generation tokens and stops only when the
+    context is full: one token after the last position that fits, which is never evaluated; its
+    greedy tokens are the ones the completion path produces."""
+    small = Llama(smollm2_path, n_ctx=24)
+    prompt = small.tokenize(b"Once upon a time", special=True)
+    toks = list(small.generate(prompt, temp=0))
+    assert len(toks) == 24 - len(prompt) + 1
+    assert small.n_tokens == 24  # every token but the last was evaluated
+    assert small.input_ids.tolist() == prompt + toks[:-1]
+    assert small.scores is not None and int(np.argmax(small.scores)) == toks[-1]
+    eos = small.token_eos()
+    if eos not in toks:  # without an EOS on the way, completion agrees token for token
+        r = small(prompt, max_tokens=None, temperature=0)
+        assert small.tokenize(r["choices"][0]["text"].encode(), add_bos=False) == toks[:-1]
+
+
 def test_logprobs_match_softmax(llm, smollm2_path):
     prompt = "The capital of France is"
     r = llm(prompt, max_tokens=3, temperature=0, logprobs=3)

@@ -122,3 +122,27 @@ def test_bad_arguments(capi, model, smollm2_path, tmp_path):
     assert lib.lutllm_sample(NULL, 10, 0.0, NULL, t) == ERR_ARGUMENT
     assert lib.lutllm_sample(logits, 0, 0.0, NULL, t) == ERR_ARGUMENT
     assert lib.lutllm_sample(logits, lib.lutllm_n_vocab(model), 1.0, NULL, t) == ERR_ARGUMENT
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3", "bitnet-relu2-tq2"])
+def test_c_api_loads_every_family_like_python(capi, family, tmp_path):
+    """The C API derives the model config from the GGUF on its own (no Python); its logits must
+    equal the Python loader's on a small model of each family (same runtime, same config)."""
+    import numpy as np
+    from synthetic_models import write_model
+    from test_model_zoo import SYNTHETIC, _runtime
+
+    ffi, lib = capi
+    path = write_model(tmp_path / f"{family}.gguf", **SYNTHETIC[family])
+    toks = [5, 17, 42, 7, 99, 3, 250, 11, 64, 8, 12, 300]
+    want = _runtime(path, n_ctx=64)[1].eval(np.asarray(toks, dtype=np.int32), 0, False)[-1]
+    err = ffi.new("const char**")
+    m = lib.lutllm_load(str(path).encode(), 64, 2, err)
+    assert m != ffi.NULL, ffi.string(err[0]).decode()
+    try:
+        logits = ffi.new("float[]", lib.lutllm_n_vocab(m))
+        assert lib.lutllm_eval(m, ffi.new("int32_t[]", toks), len(toks), 0, logits) == OK
+        got = np.frombuffer(ffi.buffer(logits), dtype=np.float32)
+        np.testing.assert_array_equal(got, want)
+    finally:
+        lib.lutllm_free(m)

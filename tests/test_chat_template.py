@@ -1,12 +1,14 @@
-"""Tests for lutllm.chat_template: real SmolLM2 template output, sandboxing, error messages.
+"""Tests for lutllm.chat_template: real SmolLM2 / Qwen templates, the Gemma fallback, sandboxing,
+error messages.
 
-Expected prompts are written out by hand from the ChatML format, not produced by the code.
+Expected prompts are written out by hand from the ChatML / Gemma formats or come from
+llama.cpp's built-in Gemma format (tests/data/tokenizer_golden_gemma3.json), not from the code.
 """
 import datetime
 
 import pytest
 
-from lutllm.chat_template import CHATML_TEMPLATE, ChatTemplate, ChatTemplateError
+from lutllm.chat_template import CHATML_TEMPLATE, GEMMA_TEMPLATE, ChatTemplate, ChatTemplateError
 
 CONVERSATION = [
     {"role": "user", "content": "Hi"},
@@ -194,3 +196,94 @@ def test_chat_prompt_tokens_puts_bos_exactly_once(source, add_bos, first_two):
                               [{"role": "user", "content": "hi"}])
     assert toks[:2] == first_two
     assert toks.count(1) == (1 if add_bos or "bos_token" in source else 0)
+
+
+# ----------------------------------------------------------------------------------------
+# Fallback by architecture: Gemma's turn format, ChatML otherwise
+# ----------------------------------------------------------------------------------------
+
+
+def _gemma_golden():
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "data", "tokenizer_golden_gemma3.json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("arch, want", [
+    ("gemma3", GEMMA_TEMPLATE), ("gemma2", GEMMA_TEMPLATE), ("gemma", GEMMA_TEMPLATE),
+    ("qwen2", CHATML_TEMPLATE), ("llama", CHATML_TEMPLATE), (None, CHATML_TEMPLATE),
+    (7, CHATML_TEMPLATE),
+])
+def test_fallback_follows_the_architecture(arch, want):
+    meta = {} if arch is None else {"general.architecture": arch}
+    t = ChatTemplate.from_metadata(meta)
+    assert t.source == want
+    assert ("Gemma" in t.name) == (want is GEMMA_TEMPLATE)
+    # a template in the metadata always wins
+    meta["tokenizer.chat_template"] = "T"
+    assert ChatTemplate.from_metadata(meta).source == "T"
+
+
+def test_gemma_fallback_by_hand():
+    t = ChatTemplate.from_metadata({"general.architecture": "gemma3"}, fallback=True)
+    msgs = [{"role": "system", "content": "Be brief. "},
+            {"role": "user", "content": " Hi\n"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": [{"type": "text", "text": "Two "},
+                                         {"type": "image"}, {"type": "text", "text": "parts"}]}]
+    want = ("<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+            "<start_of_turn>model\nHello!<end_of_turn>\n"
+            "<start_of_turn>user\nTwo parts<end_of_turn>\n"
+            "<start_of_turn>model\n")
+    assert t.render(msgs, add_generation_prompt=True) == want
+    assert t.render([{"role": "user"}]) == "<start_of_turn>user\n<end_of_turn>\n"
+
+
+def test_gemma_fallback_matches_llama_cpp_builtin_format():
+    # llama.cpp's own Gemma chat format (llama_chat_apply_template "gemma") rendered these
+    # conversations; see tools/make_tokenizer_golden.py
+    chats = _gemma_golden()["gemma_chat_format"]
+    assert len(chats) >= 5
+    t = ChatTemplate(GEMMA_TEMPLATE)
+    for chat in chats:
+        assert t.render(chat["messages"],
+                        add_generation_prompt=chat["add_generation_prompt"]) == chat["text"]
+
+
+def test_gemma3_model_chat_prompt_tokens(gemma3_path):
+    from lutllm.chat_template import chat_prompt_tokens
+    from lutllm.gguf_file import GGUFFile
+    from lutllm.tokenizer import Tokenizer
+
+    meta = GGUFFile(gemma3_path).metadata
+    assert "tokenizer.chat_template" not in meta  # why the fallback matters for this model
+    t = ChatTemplate.from_metadata(meta)
+    assert t.source == GEMMA_TEMPLATE and t.bos_token == "<bos>"
+    tok = Tokenizer.from_metadata(meta)
+    for chat in _gemma_golden()["gemma_chat_format"]:
+        if not chat["add_generation_prompt"]:
+            continue
+        # llama.cpp's ids for its own rendering, with its BOS (add_bos_token) and the turn
+        # markers parsed as special tokens: exactly one BOS
+        got = chat_prompt_tokens(t, tok, chat["messages"])
+        assert got == chat["ids"]
+        assert got.count(tok.bos_id) == 1
+    end = tok.token_id("<end_of_turn>")
+    assert tok.is_eog(end)  # a reply stops at the end of its turn
+
+
+def test_qwen2_model_keeps_its_own_template(qwen05_path):
+    from lutllm.gguf_file import GGUFFile
+
+    meta = GGUFFile(qwen05_path).metadata
+    t = ChatTemplate.from_metadata(meta)
+    assert t.source == meta["tokenizer.chat_template"]
+    out = t.render([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    assert out == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a "
+                   "helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                   "<|im_start|>assistant\n")
+    meta = {k: v for k, v in meta.items() if k != "tokenizer.chat_template"}
+    assert ChatTemplate.from_metadata(meta).source == CHATML_TEMPLATE

@@ -1,7 +1,7 @@
 """End-to-end checks of the runtime on the real default model (SmolLM2-135M-Instruct Q4_1).
 
 Against independent references: a numpy forward pass over gguf-dequantized weights
-(tests/reference_llama.py) and llama.cpp's figures on the same file (tests/data/llama_golden_smollm2.json,
+(tests/reference_model.py) and llama.cpp's figures on the same file (tests/data/llama_golden_smollm2.json,
 made by tools/make_llama_golden.py).
 """
 import json
@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from reference_llama import ReferenceLlama, quantize_act_q8
+from reference_model import ReferenceModel, quantize_act_q8
 
 DATA = pathlib.Path(__file__).parent / "data"
 GOLDEN = json.loads((DATA / "llama_golden_smollm2.json").read_text())
@@ -34,7 +34,7 @@ def engine(smollm2_path):
 
 @pytest.fixture(scope="module")
 def reference(smollm2_path):
-    return ReferenceLlama(smollm2_path)
+    return ReferenceModel(smollm2_path)
 
 
 def _tokens(engine, text):

@@ -504,15 +504,15 @@ def test_smollm2_low_bit_models_load_and_generate(smollm2_path, tmp_path, bits):
 @pytest.mark.slow  # ~60 s: float64 numpy forward pass and a numpy decode of 210 tensors
 def test_smollm2_3bit_logits_agree_with_numpy_forward_of_the_decoded_weights(smollm2_path, tmp_path):
     """The runtime on a 3-bit packed file computes the model the file describes: a numpy float forward
-    pass (tests/reference_llama.py) over the weights decoded by numpy from the packed layout agrees
+    pass (tests/reference_model.py) over the weights decoded by numpy from the packed layout agrees
     with it as closely as it agrees with int8-rounded activations (the runtime's LUT tables round
     activations to int8 too). A wrong layout decode, group, scale or offset gives O(1) errors."""
     from lutllm.engine import Engine
-    from reference_llama import ReferenceLlama, quantize_act_q8
+    from reference_model import ReferenceModel, quantize_act_q8
 
     out = tmp_path / "q3.gguf"
     quantize_model(smollm2_path, out, "3", 32, progress=False)
-    ref = ReferenceLlama(smollm2_path)
+    ref = ReferenceModel(smollm2_path)
     r = GGUFReader(str(out))
     lay = np.asarray(_field(r, "lutllm.quant.layouts")).reshape(-1, 6)
     t = {x.name: x for x in r.tensors}

@@ -91,12 +91,30 @@ def test_other_pre_tokenizers_match_llama_cpp(smol_meta, golden, pre):
     tok = Tokenizer.from_metadata(meta)
     failures = []
     for case in golden["cases"]:
-        for key, want in case["ids_by_pre"][pre].items():
-            got = tok.encode(case["text"], add_special=True,
-                             parse_special=key == "special=True")
+        row = case["ids_by_pre"][pre]
+        for special in (False, True):
+            want = row[f"special={special}"]
+            got = tok.encode(case["text"], add_special=True, parse_special=special)
             if got != want:
-                failures.append(f"{case['name']} [{key}] {case['text'][:60]!r}")
+                failures.append(f"{case['name']} [special={special}] {case['text'][:60]!r}")
+                continue
+            # llama_detokenize's bytes are stored where they are not just the pieces
+            # (llama.cpp's space clean-up of these pre-tokenizers)
+            key = f"detok_hex special={special}"
+            if key in row:
+                if tok.detokenize(want, special=special) != bytes.fromhex(row[key]):
+                    failures.append(f"{case['name']} [{key}] {case['text'][:60]!r}")
+            elif tok.detokenize(want, special=special) != tok.decode_bytes(want, special):
+                failures.append(f"{case['name']} [detokenize special={special}] cleaned up")
     assert not failures, f"{pre}: {len(failures)} mismatches:\n" + "\n".join(failures[:20])
+
+
+def test_space_clean_up_is_exercised_by_the_golden(golden):
+    # the clean-up check above must not pass vacuously
+    cleaned = {pre for case in golden["cases"] for pre, row in case["ids_by_pre"].items()
+               if "detok_hex special=False" in row}
+    assert {"llama-bpe", "gpt-2", "default"} <= cleaned
+    assert "qwen2" not in cleaned  # qwen2 does no clean-up in llama.cpp
 
 
 def test_decode_matches_llama_cpp_detokenize(smol, golden, smol_missing_bytes):
@@ -105,6 +123,7 @@ def test_decode_matches_llama_cpp_detokenize(smol, golden, smol_missing_bytes):
             ids = case["ids"][f"add_bos=False,special={special}"]
             want = bytes.fromhex(case["detok_hex"][f"special={special}"])
             assert smol.decode_bytes(ids, special=special) == want, case["name"]
+            assert smol.detokenize(ids, special=special) == want, case["name"]
             assert smol.decode(ids, special=special) == want.decode("utf-8", "replace")
         # with special tokens shown, the text comes back exactly (when it can: bytes
         # without a token are dropped by the tokenizer)
@@ -388,9 +407,9 @@ def test_unknown_pre_tokenizer_is_named():
         Tokenizer.from_metadata(_meta(["a"], [], pre="no-such-pre"))
 
 
-def test_sentencepiece_is_declared_not_implemented():
-    with pytest.raises(NotImplementedError, match="SentencePiece"):
-        Tokenizer.from_metadata({"tokenizer.ggml.model": "llama",
+def test_unimplemented_vocab_types_are_named():
+    with pytest.raises(NotImplementedError, match="Unigram"):
+        Tokenizer.from_metadata({"tokenizer.ggml.model": "t5",
                                  "tokenizer.ggml.tokens": ["a"]})
 
 

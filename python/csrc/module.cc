@@ -154,6 +154,19 @@ ModelConfig config_from_dict(const py::dict& d) {
   if (d.contains("rope_base")) c.rope_base = d["rope_base"].cast<float>();
   if (d.contains("rope_freq_scale")) c.rope_freq_scale = d["rope_freq_scale"].cast<float>();
   if (d.contains("use_lut")) c.use_lut = d["use_lut"].cast<bool>();
+  if (d.contains("embd_scale")) c.embd_scale = d["embd_scale"].cast<float>();
+  if (d.contains("attn_scale")) c.attn_scale = d["attn_scale"].cast<float>();
+  if (d.contains("layer_window")) c.layer_window = d["layer_window"].cast<std::vector<int>>();
+  if (d.contains("layer_rope_base")) c.layer_rope_base = d["layer_rope_base"].cast<std::vector<float>>();
+  if (d.contains("layer_rope_freq_scale"))
+    c.layer_rope_freq_scale = d["layer_rope_freq_scale"].cast<std::vector<float>>();
+  if (d.contains("ffn_act")) {
+    const std::string a = d["ffn_act"].cast<std::string>();
+    if (a == "silu") c.ffn_act = FfnAct::SILU;
+    else if (a == "gelu") c.ffn_act = FfnAct::GELU_TANH;
+    else if (a == "relu2") c.ffn_act = FfnAct::RELU_SQR;
+    else throw Error("unknown ffn_act '" + a + "' (silu, gelu, relu2)");
+  }
   if (d.contains("rope_mode")) {
     const std::string m = d["rope_mode"].cast<std::string>();
     if (m == "norm") c.rope_mode = RopeMode::NORM;
@@ -509,7 +522,7 @@ PYBIND11_MODULE(_core, m) {
         auto add = [&](const Linear& L) { if (!L.empty()) out[py::str(L.weight().name)] = path_name(L.path()); };
         add(mdl.output);
         for (const auto& L : mdl.layers) {
-          add(L.wq); add(L.wk); add(L.wv); add(L.wo); add(L.w_gate); add(L.w_up); add(L.w_down);
+          add(L.wq.w); add(L.wk.w); add(L.wv.w); add(L.wo.w); add(L.w_gate.w); add(L.w_up.w); add(L.w_down.w);
         }
         return out;
       }, "Which kernel family runs each linear layer (q8, f32, dequant).");

@@ -88,6 +88,9 @@ class Llama:
       * use_mmap: weights are always memory-mapped; use_mmap=False is accepted and ignored.
       * n_threads_batch: stored; one thread pool of n_threads serves prompt and generation.
       * mem_budget: accepted and stored, reserved for streaming weights from flash; no effect yet.
+      * progress(done, total) (lutllm only): called after each layer is bound while loading.
+      * memory_warning(message) (lutllm only): called instead of a MemoryFitWarning when the estimated
+        memory need exceeds what is available (see lutllm.memory); loading goes on either way.
       * GPU offload (n_gpu_layers > 0), LoRA (lora_path), grammars and JSON response formats are
         not supported and raise ValueError naming the argument.
       * Chat prompts use the model's own template (`chat_format` may name another template in
@@ -118,6 +121,8 @@ class Llama:
         verbose: bool = False,
         mem_budget: int | None = None,
         lora_path: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        memory_warning: Callable[[str], None] | None = None,
         **kwargs: Any,
     ):
         if n_gpu_layers is not None and n_gpu_layers != 0:
@@ -143,7 +148,6 @@ class Llama:
         self._seed = None if seed is None or seed < 0 else seed
         self._rng = np.random.default_rng(self._seed)
         self._lock = threading.RLock()
-        self._cancel = threading.Event()
         self._engine = None
         if vocab_only:
             from .gguf_file import GGUFFile
@@ -157,7 +161,7 @@ class Llama:
             from .engine import Engine
 
             self._engine = Engine(self.model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
-                                  verbose=verbose)
+                                  verbose=verbose, progress=progress, memory_warning=memory_warning)
             self._gguf = self._engine.gguf
             self._tokenizer = self._engine.tokenizer
             self._n_ctx = self._engine.n_ctx
@@ -285,22 +289,36 @@ class Llama:
             stopping_criteria = StoppingCriteriaList(stopping_criteria)
         if reset:
             self.reset()
-        self.eval(tokens)
-        while True:
-            ids = self.input_ids
-            if stopping_criteria is not None and stopping_criteria(ids, self._scores):
-                return
-            tok = sampler.sample(self._scores, ids)
-            yield tok
-            if self.n_tokens >= self._n_ctx:
-                return
-            self.eval([tok])
+        eng = self._need_model()
+        prompt = self._input_ids + [int(t) for t in tokens]
+        gen = eng.generate(prompt, max_tokens=None, stop_at_eog=False, sampler=sampler,
+                           stopping_criteria=stopping_criteria, past_full=True)
+        try:
+            while True:
+                with self._lock:  # held per step, not while the caller has the token
+                    try:
+                        tok = next(gen)
+                    except StopIteration:
+                        return
+                    self._sync()
+                yield tok
+        finally:
+            with self._lock:
+                gen.close()
+                self._sync()
 
     def cancel(self) -> None:
         """Stop the running generation (any thread) within one token."""
-        self._cancel.set()
-        if self._engine is not None:
-            self._engine._ctx.request_cancel()
+        eng = self._engine
+        if eng is not None:
+            eng.cancel()
+
+    def _sync(self) -> None:
+        """Mirror the engine's evaluated tokens and last logits (llama-cpp's input_ids / scores)."""
+        eng = self._engine
+        if eng is not None:
+            self._input_ids = list(eng._cached)
+            self._scores = None if eng.last_logits is None else np.asarray(eng.last_logits)
 
     # ---- state -------------------------------------------------------------------------------
     def save_state(self) -> LlamaState:
@@ -369,12 +387,9 @@ class Llama:
         stops = [s for s in stops if isinstance(s, str) and s]
         tok = self._tokenizer
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        eog = tok.eog_ids
         text = ""
         emitted = 0
         pending: list[tuple] = []
-        history = list(prompt_tokens)
-        self._cancel.clear()
         if isinstance(stopping_criteria, (list, tuple)) and not isinstance(stopping_criteria, StoppingCriteriaList):
             stopping_criteria = StoppingCriteriaList(stopping_criteria)
 
@@ -388,79 +403,49 @@ class Llama:
                         break
             return best
 
-        try:
-            logits = np.asarray(eng.eval(history)[-1])
-        except KeyboardInterrupt:
-            if self._cancel.is_set():
-                yield "", [], "stop"
-                return
-            raise
-        self._input_ids = list(history)
-        self._scores = logits
-        n_gen = 0
-        reason = "length"
-        while n_gen < limit:
-            if self._cancel.is_set():
-                reason = "stop"
-                break
-            ids = np.asarray(history, dtype=np.intc)
-            if stopping_criteria is not None and stopping_criteria(ids, logits):
-                reason = "stop"
-                break
-            t = sampler.sample(logits, ids)
-            if t in eog:
-                reason = "stop"
-                break
-            n_gen += 1
-            if n_logprobs is not None:
-                lp = _log_softmax(logits)
-                top = np.argpartition(lp, -n_logprobs)[-n_logprobs:] if n_logprobs > 0 else np.array([], int)
-                top = top[np.argsort(-lp[top], kind="stable")]
-                info = (t, float(lp[t]), {tok.decode([int(i)]): float(lp[i]) for i in top})
-            else:
-                info = (t, None, None)
-            pending.append(info)
-            history.append(t)
-            text += decoder.decode(tok.token_bytes(t))
-            if token_callback is not None and token_callback(t) is False:
-                reason = "stop"
-                break
-            # stop strings
-            cut = None
-            if stops:
-                start = max(0, emitted - max(len(s) for s in stops))
-                for s in stops:
-                    i = text.find(s, start)
-                    if i >= 0 and (cut is None or i < cut):
-                        cut = i
-            if cut is not None:
-                yield text[emitted:max(cut, emitted)], pending, "stop"
-                self._after(history)
-                return
-            safe = len(text) - hold_back(text[emitted:])
-            if safe > emitted:
-                yield text[emitted:safe], pending, None
-                emitted, pending = safe, []
-            if len(history) >= n_ctx or n_gen >= limit:
-                break
-            try:
-                logits = np.asarray(eng.eval(history)[-1])
-            except KeyboardInterrupt:
-                if self._cancel.is_set():
-                    reason = "stop"
-                    history.pop()
-                    break
-                raise
-            self._input_ids = list(history)
-            self._scores = logits
-        text += decoder.decode(b"", final=True)
-        yield text[emitted:], pending, reason
-        self._after(history)
+        from .engine import GenerationResult
 
-    def _after(self, history: list[int]) -> None:
-        eng = self._engine
-        n = len(eng._cached)
-        self._input_ids = list(eng._cached[:n])
+        result = GenerationResult()
+        gen = eng.generate(prompt_tokens, max_tokens=limit, sampler=sampler, stopping_criteria=stopping_criteria,
+                           result=result)
+        reason = None
+        try:
+            for t in gen:
+                self._sync()
+                if n_logprobs is not None:
+                    lp = _log_softmax(eng.last_logits)
+                    top = np.argpartition(lp, -n_logprobs)[-n_logprobs:] if n_logprobs > 0 else np.array([], int)
+                    top = top[np.argsort(-lp[top], kind="stable")]
+                    info = (t, float(lp[t]), {tok.decode([int(i)]): float(lp[i]) for i in top})
+                else:
+                    info = (t, None, None)
+                pending.append(info)
+                text += decoder.decode(tok.token_bytes(t))
+                if token_callback is not None and token_callback(t) is False:
+                    reason = "stop"
+                    break
+                # stop strings
+                cut = None
+                if stops:
+                    start = max(0, emitted - max(len(s) for s in stops))
+                    for s in stops:
+                        i = text.find(s, start)
+                        if i >= 0 and (cut is None or i < cut):
+                            cut = i
+                if cut is not None:
+                    gen.close()
+                    self._sync()
+                    yield text[emitted:max(cut, emitted)], pending, "stop"
+                    return
+                safe = len(text) - hold_back(text[emitted:])
+                if safe > emitted:
+                    yield text[emitted:safe], pending, None
+                    emitted, pending = safe, []
+        finally:
+            gen.close()
+            self._sync()
+        text += decoder.decode(b"", final=True)
+        yield text[emitted:], pending, reason or result.finish_reason
 
     # ---- completion API ----------------------------------------------------------------------
     def create_completion(

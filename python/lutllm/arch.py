@@ -1,17 +1,31 @@
 """Architecture descriptions: turn GGUF metadata into the runtime's model config and check it.
 
 Only reads metadata and tensor infos (names, shapes); the C++ runtime checks shapes again when it
-binds tensors. Adding an architecture means adding its keys and rope style here and its graph in
-runtime/model.cc.
+binds tensors. Adding an architecture means adding its keys, rope style and tensors here and its
+binder in runtime/model.cc (the decoder block is shared).
+
+Family notes (what differs from llama, as llama.cpp reads the same GGUF):
+- qwen2: q/k/v biases; rotary embedding on split halves (neox).
+- gemma3: embeddings scaled by sqrt(d_model); q/k RMSNorm; post-attention and post-FFN norms;
+  GELU (tanh) gate; sliding-window layers (window `attention.sliding_window`) with rope base 10000
+  interleaved with global layers using `rope.freq_base`. The GGUF stores Gemma's RMSNorm weights as
+  1 + w already, so the runtime's plain RMSNorm applies them unchanged.
+- bitnet: sub-norms before the attention output and FFN down projections, optional per-tensor
+  `.scale` multipliers, ternary weights (TQ1_0 / TQ2_0); activation from `bitnet.hidden_act`
+  (relu2 for BitNet b1.58 2B4T, silu when absent, as llama.cpp does); tied output head.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3", "bitnet")
 
 # How each family applies rotary embeddings (llama.cpp's rope types).
-_ROPE_MODE = {"llama": "norm", "qwen2": "neox", "gemma3": "neox"}
+_ROPE_MODE = {"llama": "norm", "qwen2": "neox", "gemma3": "neox", "bitnet": "norm"}
+# Gemma 3 files without an explicit layer pattern: every 6th layer is global (llama.cpp's default).
+_GEMMA3_SWA_PERIOD = 6
+_GEMMA3_LOCAL_ROPE_BASE = 10000.0
 
 
 class ModelFormatError(ValueError):
@@ -34,6 +48,12 @@ class ModelConfig:
     rope_freq_scale: float
     rope_dim: int
     rope_mode: str
+    ffn_act: str = "silu"
+    embd_scale: float = 0.0  # 0: embeddings used as stored
+    attn_scale: float = 0.0  # 0: 1/sqrt(head_dim)
+    layer_window: list = field(default_factory=list)  # per layer; 0 = full causal attention
+    layer_rope_base: list = field(default_factory=list)
+    layer_rope_freq_scale: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +94,9 @@ def model_config(meta: dict, tensors: dict, path: str = "model") -> ModelConfig:
     if n_head % n_head_kv:
         raise ModelFormatError(f"{path}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
     head_dim = _get(meta, p + "attention.key_length", path, default=d_model // n_head)
+    value_dim = _get(meta, p + "attention.value_length", path, default=head_dim)
+    if value_dim != head_dim:
+        raise ModelFormatError(f"{path}: key length {head_dim} != value length {value_dim} is not supported")
     d_ff = _get(meta, p + "feed_forward_length", path)
     tokens = meta.get("tokenizer.ggml.tokens")
     n_vocab = _get(meta, p + "vocab_size", path, default=len(tokens) if tokens is not None else None)
@@ -106,8 +129,44 @@ def model_config(meta: dict, tensors: dict, path: str = "model") -> ModelConfig:
         rope_dim=_get(meta, p + "rope.dimension_count", path, default=head_dim),
         rope_mode=_ROPE_MODE[arch],
     )
+    if arch == "gemma3":
+        _gemma3_config(cfg, meta, path)
+    elif arch == "bitnet":
+        act = meta.get(p + "hidden_act", "silu")
+        acts = {"silu": "silu", "relu2": "relu2", "relu_squared": "relu2", "gelu": "gelu"}
+        if act not in acts:
+            raise ModelFormatError(f"{path}: bitnet hidden_act '{act}' is not supported (supported: {', '.join(acts)})")
+        cfg.ffn_act = acts[act]
     _check_layer_tensors(cfg, tensors, path)
     return cfg
+
+
+def _gemma3_config(cfg: ModelConfig, meta: dict, path: str) -> None:
+    p = "gemma3."
+    cfg.ffn_act = "gelu"
+    cfg.embd_scale = math.sqrt(cfg.d_model)
+    if cfg.n_layer == 62:  # the 27B model scales queries by its d_model / n_head, not head_dim
+        cfg.attn_scale = 1.0 / math.sqrt(cfg.d_model / cfg.n_head)
+    window = _get(meta, p + "attention.sliding_window", path)
+    if window <= 0:
+        raise ModelFormatError(f"{path}: metadata '{p}attention.sliding_window' = {window} must be positive")
+    pattern = meta.get(p + "attention.sliding_window_pattern")
+    if pattern is None:
+        local = [i % _GEMMA3_SWA_PERIOD < _GEMMA3_SWA_PERIOD - 1 for i in range(cfg.n_layer)]
+    elif isinstance(pattern, (list, tuple)) or hasattr(pattern, "__len__"):
+        local = [bool(v) for v in pattern]
+        if len(local) != cfg.n_layer:
+            raise ModelFormatError(
+                f"{path}: '{p}attention.sliding_window_pattern' lists {len(local)} layers, the model has {cfg.n_layer}"
+            )
+    else:
+        period = _get(meta, p + "attention.sliding_window_pattern", path)
+        if period <= 0:
+            raise ModelFormatError(f"{path}: '{p}attention.sliding_window_pattern' = {period} must be positive")
+        local = [i % period < period - 1 for i in range(cfg.n_layer)]
+    cfg.layer_window = [window if is_local else 0 for is_local in local]
+    cfg.layer_rope_base = [_GEMMA3_LOCAL_ROPE_BASE if is_local else cfg.rope_base for is_local in local]
+    cfg.layer_rope_freq_scale = [1.0 if is_local else cfg.rope_freq_scale for is_local in local]
 
 
 def _check_layer_tensors(cfg: ModelConfig, tensors: dict, path: str) -> None:
@@ -123,6 +182,17 @@ def _check_layer_tensors(cfg: ModelConfig, tensors: dict, path: str) -> None:
         "ffn_up.weight": (cfg.d_model, cfg.d_ff),
         "ffn_down.weight": (cfg.d_ff, cfg.d_model),
     }
+    if cfg.arch == "qwen2":
+        expected.update({"attn_q.bias": (q_dim,), "attn_k.bias": (kv_dim,), "attn_v.bias": (kv_dim,)})
+    elif cfg.arch == "gemma3":
+        expected.update({
+            "attn_q_norm.weight": (cfg.head_dim,),
+            "attn_k_norm.weight": (cfg.head_dim,),
+            "post_attention_norm.weight": (cfg.d_model,),
+            "post_ffw_norm.weight": (cfg.d_model,),
+        })
+    elif cfg.arch == "bitnet":
+        expected.update({"attn_sub_norm.weight": (q_dim,), "ffn_sub_norm.weight": (cfg.d_ff,)})
     for i in range(cfg.n_layer):
         for suffix, shape in expected.items():
             name = f"blk.{i}.{suffix}"

@@ -2,8 +2,9 @@
 
 Renders in a sandboxed, immutable Jinja environment set up the way Hugging Face chat
 templates expect (trim_blocks, lstrip_blocks, loop controls, `raise_exception`,
-`strftime_now`, a `tojson` filter that keeps non-ASCII text). It does not tokenize the
-prompt and does not parse model output (tool calls etc.).
+`strftime_now`, a `tojson` filter that keeps non-ASCII text). A model without a template
+gets its family's turn format (Gemma's for gemma*, ChatML otherwise). It does not parse
+model output (tool calls etc.); `chat_prompt_tokens` tokenizes a rendered prompt.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import jinja2.nodes
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-__all__ = ["ChatTemplate", "ChatTemplateError", "CHATML_TEMPLATE"]
+__all__ = ["ChatTemplate", "ChatTemplateError", "CHATML_TEMPLATE", "GEMMA_TEMPLATE",
+           "fallback_template"]
 
 _KEY = "tokenizer.chat_template"
 
@@ -29,6 +31,52 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+#: Gemma's turn format, for Gemma models whose GGUF carries no template:
+#: <start_of_turn>{user|model}\n{content, trimmed}<end_of_turn>\n, generation prompt
+#: <start_of_turn>model\n. Gemma has no system role: system messages are put (trimmed,
+#: followed by a blank line) at the start of the next user turn. As in llama.cpp's built-in
+#: Gemma format, roles need not alternate and the text has no BOS: the tokenizer adds it
+#: (add_bos_token), see `chat_prompt_tokens`.
+GEMMA_TEMPLATE = (
+    "{%- set ns = namespace(system='') -%}"
+    "{%- for message in messages -%}"
+    "{%- set content = message.get('content') -%}"
+    "{%- if content is string -%}{%- set text = content | trim -%}"
+    "{%- elif content is iterable and content is not mapping -%}"
+    "{%- set text = content | selectattr('type', 'equalto', 'text') | map(attribute='text')"
+    " | join('') | trim -%}"
+    "{%- else -%}{%- set text = '' -%}{%- endif -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{%- set ns.system = ns.system + text -%}"
+    "{%- else -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{- '<start_of_turn>' + role + '\\n' -}}"
+    "{%- if ns.system and role != 'model' -%}"
+    "{{- ns.system + '\\n\\n' -}}{%- set ns.system = '' -%}"
+    "{%- endif -%}"
+    "{{- text + '<end_of_turn>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<start_of_turn>model\\n' -}}{%- endif -%}"
+)
+
+# general.architecture -> (template, label) used when the GGUF has no template
+_FALLBACKS = {
+    "gemma": (GEMMA_TEMPLATE, "fallback Gemma template"),
+    "gemma2": (GEMMA_TEMPLATE, "fallback Gemma template"),
+    "gemma3": (GEMMA_TEMPLATE, "fallback Gemma template"),
+    "gemma3n": (GEMMA_TEMPLATE, "fallback Gemma template"),
+}
+_CHATML_FALLBACK = (CHATML_TEMPLATE, "fallback ChatML template")
+
+
+def fallback_template(meta: Mapping[str, Any]) -> tuple[str, str]:
+    """(template source, label) for a model without `tokenizer.chat_template`: its family's
+    format by `general.architecture` (Gemma's turns for gemma*), ChatML otherwise (qwen2,
+    llama, ...)."""
+    arch = meta.get("general.architecture")
+    return _FALLBACKS.get(arch, _CHATML_FALLBACK) if isinstance(arch, str) else _CHATML_FALLBACK
 
 
 class ChatTemplateError(ValueError):
@@ -114,7 +162,8 @@ class ChatTemplate:
                       fallback: bool = True) -> "ChatTemplate":
         """The model's template (`tokenizer.chat_template`, or `tokenizer.chat_template.<name>`).
 
-        When the model has none, ChatML is used if `fallback`, else ChatTemplateError.
+        When the model has none and `fallback` is set, its architecture's format is used
+        (see `fallback_template`); else ChatTemplateError.
         """
         key = _KEY if name is None else f"{_KEY}.{name}"
         src = meta.get(key)
@@ -125,7 +174,7 @@ class ChatTemplate:
                                         f"{', '.join(have) if have else 'none'}")
             if not fallback:
                 raise ChatTemplateError(f"metadata has no {key!r}")
-            src, label = CHATML_TEMPLATE, "fallback ChatML template"
+            src, label = fallback_template(meta)
         else:
             label = f"metadata {key!r}"
         return cls(src,

@@ -1,4 +1,4 @@
-"""The `lutllm` command line (click): run, chat, serve, info, perplexity, quantize, pull, list.
+"""The `lutllm` command line (click): run, chat, serve, info, perplexity, bench, quantize, pull, list.
 
 Presentation only: loading, generation and scoring live in engine.py; options are validated here
 and turned into clear messages (exit code 2 for bad usage, 1 for failures).
@@ -67,11 +67,24 @@ def _sampler_params(kw):
     )
 
 
-def _load(kw):
+def _memory_warning(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def _load_progress(verbose: bool):
+    """Progress bar of layers bound while loading: on a terminal, or with --verbose."""
+    from .progress import LoadProgress
+
+    return LoadProgress("loading", force=bool(verbose))
+
+
+def _load(kw, **extra):
     from .engine import Engine
 
     try:
-        return Engine(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"])
+        with _load_progress(kw.get("verbose")) as bar:
+            return Engine(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"],
+                          progress=bar, memory_warning=_memory_warning, **extra)
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
 
@@ -323,7 +336,9 @@ def serve(host, port, api_key, **kw):
     from .server import make_server
 
     try:
-        llm = Llama(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"])
+        with _load_progress(kw["verbose"]) as bar:
+            llm = Llama(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"],
+                        progress=bar, memory_warning=_memory_warning)
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     try:
@@ -341,17 +356,34 @@ def serve(host, port, api_key, **kw):
 
 
 @main.command()
+@click.argument("model_arg", metavar="[MODEL]", required=False)
 @_model_option
-def info(model):
-    """Show a model's metadata and tensor types."""
+@click.option("-c", "--ctx-size", type=click.IntRange(min=0), default=0, help="Context size for the memory estimate (0 = min(model, 4096)).")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=512, show_default=True, help="Batch size for the memory estimate.")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads for the memory estimate.")
+def info(model_arg, model, ctx_size, batch_size, threads):
+    """Show a model's metadata, tensor types and the memory it will need (MODEL or -m)."""
+    from .arch import model_config
+    from .engine import DEFAULT_N_CTX, default_threads
     from .gguf_file import GGUFFile, describe
+    from .memory import available_memory, describe_estimate, estimate_memory
     from .models import resolve_model
 
+    model = model_arg or model
     try:
         path = resolve_model(model)
-        click.echo(describe(GGUFFile(path)))
+        g = GGUFFile(path)
+        click.echo(describe(g))
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
+    try:
+        cfg = model_config(g.metadata, g.tensors, str(path))
+    except ValueError as e:  # described above, but not a model this runtime can run
+        click.echo(f"memory estimate: not available ({e})")
+        return
+    n_ctx = ctx_size or min(cfg.n_ctx_train, DEFAULT_N_CTX)
+    est = estimate_memory(g, cfg, n_ctx, batch_size, lut=True, n_threads=threads or default_threads())
+    click.echo(describe_estimate(est, available_memory()))
 
 
 @main.command()
@@ -377,6 +409,40 @@ def perplexity(text_file, **kw):
     click.echo(f"PPL = {ppl:.4f}")
     if kw["verbose"]:
         click.echo(f"[{time.perf_counter() - t0:.1f} s, {engine.n_threads} threads]", err=True)
+
+
+@main.command()
+@_model_option
+@click.option("-p", "--n-prompt", type=click.IntRange(min=1), default=256, show_default=True, help="Prompt tokens of the pp test.")
+@click.option("-n", "--n-gen", type=click.IntRange(min=1), default=64, show_default=True, help="Generated tokens of the tg test.")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads (default: physical cores).")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=512, show_default=True, help="Prompt batch size.")
+@click.option("-r", "--repetitions", "reps", type=click.IntRange(min=1), default=3, show_default=True, help="Timed runs per test.")
+@click.option("--no-warmup", is_flag=True, help="Skip the untimed warm-up run of each test.")
+@click.option("--int8", is_flag=True, help="Run <= 4-bit weights through the int8 kernels instead of table lookup.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per test on standard output instead of a table.")
+def bench(model, n_prompt, n_gen, threads, batch_size, reps, no_warmup, int8, as_json):
+    """Prompt (pp) and generation (tg) speed in tokens/s, like llama-bench.
+
+    pp: N_PROMPT fixed token ids evaluated into an empty context; tg: N_GEN tokens evaluated one
+    at a time from an empty context. Mean ± standard deviation over the repetitions. The token ids
+    are the ones bench/e2e.py feeds to both runtimes.
+    """
+    import json
+
+    from .bench import TABLE_HEADER, json_record, model_facts, run_tests, table_row
+
+    kw = {"model": model, "ctx_size": max(n_prompt, n_gen), "threads": threads, "batch_size": batch_size,
+          "verbose": False}
+    engine = _load(kw, lut=not int8)
+    facts = model_facts(engine)
+    if not as_json:
+        click.echo(TABLE_HEADER)
+    try:
+        for r in run_tests(engine, n_prompt, n_gen, reps, warmup=not no_warmup):
+            click.echo(json.dumps(json_record(facts, r, reps)) if as_json else table_row(facts, r))
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted") from None
 
 
 @main.command()

@@ -6,7 +6,9 @@ Every forward pass is one call into the C++ runtime (GIL released); Python only 
 from __future__ import annotations
 
 import math
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -15,6 +17,7 @@ import numpy as np
 
 from .arch import model_config
 from .gguf_file import GGUFFile
+from .memory import MemoryFitWarning, available_memory, estimate_memory, fit_advice
 from .models import resolve_model
 from .sampler import Sampler, SamplerParams
 from .tokenizer import Tokenizer
@@ -66,11 +69,17 @@ class Engine:
         n_batch: int = 512,
         verbose: bool = False,
         lut: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+        memory_warning: Callable[[str], None] | None = None,
     ):
         """lut: run <= 4-bit weights (Q4_0, Q4_1, Q4_K, Q2_K, TQ1_0, TQ2_0) through the table-lookup
         kernels (repacked once at load, exactly); False keeps every weight mapped and uses the
         int8-activation dot-product kernels. Weights packed by `lutllm quantize` always run from the
-        mapping through the table-lookup kernels."""
+        mapping through the table-lookup kernels.
+        progress(done, total): called after each layer is bound (for a loading bar).
+        memory_warning(message): called before loading when the estimated memory need (see
+        memory.py; kept in `memory_estimate`) exceeds what is available; the default issues a
+        MemoryFitWarning. Loading goes on either way: mapped weights can page."""
         from . import _core
 
         path = resolve_model(str(model))
@@ -91,16 +100,29 @@ class Engine:
             raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
         if n_batch < 1:
             raise ValueError(f"n_batch must be >= 1, got {n_batch}")
+        self.memory_estimate = estimate_memory(self.gguf, self.config, n_ctx, n_batch, lut=lut,
+                                               n_threads=n_threads or default_threads())
+        advice = fit_advice(self.memory_estimate, available_memory())
+        if advice:
+            if memory_warning is None:
+                warnings.warn(advice, MemoryFitWarning, stacklevel=2)
+            else:
+                memory_warning(advice)
+
         descs = self.gguf.runtime_descs()  # packed LUT tensors carry their layout
-        self._model = _core.Model(str(path), dict(self.config.as_dict(), use_lut=bool(lut)), descs, n_threads or 0)
+        self._model = _core.Model(str(path), dict(self.config.as_dict(), use_lut=bool(lut)), descs, n_threads or 0,
+                                  progress=progress)
         self._ctx = _core.Context(self._model, n_ctx, n_batch)
         self.n_ctx = n_ctx
         self.n_batch = n_batch
+        self.lut = bool(lut)
         self.verbose = verbose
         self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
         self.timings = Timings()
         self._chat_template = None
         self.last_reused = 0  # tokens the last eval() took from the cache
+        self.last_logits: np.ndarray | None = None  # logits of the last token eval() computed
+        self._cancel_event = threading.Event()
 
     # ---- basic facts -------------------------------------------------------------------------
     @property
@@ -156,7 +178,14 @@ class Engine:
         logits = self._ctx.eval(new, keep, all_logits)
         self._cached = tokens
         self.last_reused = keep
+        self.last_logits = logits[-1]
         return logits
+
+    def cancel(self) -> None:
+        """Stop the running generate() (from any thread) within one token: an evaluation in
+        flight is interrupted and the generation ends with finish_reason "stop"."""
+        self._cancel_event.set()
+        self._ctx.request_cancel()
 
     def generate(
         self,
@@ -166,34 +195,69 @@ class Engine:
         stop_at_eog: bool = True,
         result: GenerationResult | None = None,
         logits_hook: Callable[[list[int], np.ndarray], np.ndarray] | None = None,
+        *,
+        sampler: Sampler | None = None,
+        stopping_criteria: Callable[[np.ndarray, np.ndarray], bool] | None = None,
+        past_full: bool = False,
     ) -> Iterator[int]:
-        """Yield sampled tokens after `prompt` until an end-of-generation token, max_tokens, or a full
-        context. `result` (if given) receives the tokens and the finish reason."""
-        params = params or SamplerParams()
-        sampler = Sampler(params)
+        """Yield sampled tokens after `prompt` until an end-of-generation token, max_tokens, a full
+        context, stopping_criteria(ids, logits) returning True, or cancel(). This is the only
+        token loop of lutllm: the CLI and lutllm.Llama both consume it.
+
+        max_tokens None or < 0 means until the context is full. `sampler` (default: one built from
+        `params`) picks each token from the raw logits of the last evaluated token; while a token
+        is being yielded, `last_logits` holds the logits it was sampled from and `_cached` the
+        tokens before it. `past_full` also yields the one token sampled once the context is full
+        (it is never evaluated), as llama-cpp-python's generate does. `result` (if given) receives
+        the tokens and the finish reason ("stop": end of generation, stopping criteria or cancel;
+        "length": token limit or full context). Ctrl-C (KeyboardInterrupt) passes through unless
+        cancel() caused it.
+        """
+        sampler = sampler if sampler is not None else Sampler(params or SamplerParams())
         result = result if result is not None else GenerationResult()
-        history = list(prompt)
+        history = [int(t) for t in prompt]
+        self._cancel_event.clear()
+        self.timings = Timings()
         t0 = time.perf_counter()
-        logits = self.eval(history)[-1]
+        try:
+            logits = self.eval(history)[-1]
+        except KeyboardInterrupt:
+            if not self._cancel_event.is_set():
+                raise
+            result.finish_reason = "stop"
+            return
         t1 = time.perf_counter()
         self.timings = Timings(len(history) - self.last_reused, t1 - t0, 0, 0.0, self.last_reused)
-        limit = self.n_ctx - len(history) if max_tokens is None or max_tokens < 0 else max_tokens
+        room = self.n_ctx - len(history) + (1 if past_full else 0)
+        limit = room if max_tokens is None or max_tokens < 0 else min(max_tokens, room)
         eog = self.tokenizer.eog_ids
         gen_start = time.perf_counter()
         try:
             while len(result.tokens) < limit:
+                if self._cancel_event.is_set():
+                    result.finish_reason = "stop"
+                    return
+                if stopping_criteria is not None and stopping_criteria(np.asarray(history, dtype=np.intc), logits):
+                    result.finish_reason = "stop"
+                    return
                 if logits_hook is not None:
                     logits = logits_hook(history, logits)
-                tok = sampler.sample(logits, history)
+                tok = sampler.sample(logits, np.asarray(history, dtype=np.intc))
                 if stop_at_eog and tok in eog:
                     result.finish_reason = "stop"
                     return
                 result.tokens.append(tok)
                 history.append(tok)
                 yield tok
-                if len(history) >= self.n_ctx or len(result.tokens) >= limit:
+                if len(result.tokens) >= limit:  # also where the context is full (limit <= room)
                     break
-                logits = self.eval(history)[-1]
+                try:
+                    logits = self.eval(history)[-1]
+                except KeyboardInterrupt:
+                    if not self._cancel_event.is_set():
+                        raise
+                    result.finish_reason = "stop"
+                    return
             result.finish_reason = "length"
         finally:
             self.timings.generated_tokens = len(result.tokens)
@@ -207,12 +271,16 @@ class Engine:
         chunk, replace each chunk's first token with BOS when the model adds BOS, evaluate each chunk
         from an empty cache, and score tokens n/2+1 .. n-1 from the logits at n/2 .. n-2.
         """
+        tokens = self.tokenizer.encode(text, add_special=True, parse_special=False)
+        return self.perplexity_tokens(tokens, n_ctx, progress)
+
+    def perplexity_tokens(self, tokens, n_ctx: int, progress: Callable[[int, int, float], None] | None = None):
+        """perplexity() over already tokenized text."""
         if n_ctx < 4:
             raise ValueError(f"perplexity needs a context of at least 4 tokens, got {n_ctx}")
         if n_ctx > self.n_ctx:
             raise ContextOverflowError(f"perplexity context {n_ctx} exceeds the engine context {self.n_ctx}")
         tok = self.tokenizer
-        tokens = tok.encode(text, add_special=True, parse_special=False)
         n_chunks = len(tokens) // n_ctx
         if n_chunks == 0:
             raise ValueError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}")

@@ -1,7 +1,8 @@
 """Thin progress-bar wrapper over tqdm: a bar on an interactive stderr, silence otherwise.
 
 It only reports progress; it never decides what work is done. Disabled when `enabled` is
-False, when stderr is not a TTY, or when LUTLLM_NO_PROGRESS is set to a non-empty value.
+False, when stderr is not a TTY (unless forced, e.g. by --verbose), or when LUTLLM_NO_PROGRESS is
+set to a non-empty value.
 """
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import sys
 from typing import Any
 
 
-def progress_enabled(enabled: bool = True, stream: Any = None) -> bool:
-    """Whether a bar would be drawn for this request on `stream` (default stderr)."""
+def progress_enabled(enabled: bool = True, stream: Any = None, force: bool = False) -> bool:
+    """Whether a bar would be drawn for this request on `stream` (default stderr); `force` draws
+    one on a stream that is not a terminal too."""
     if not enabled or os.environ.get("LUTLLM_NO_PROGRESS"):
         return False
+    if force:
+        return True
     stream = sys.stderr if stream is None else stream
     try:
         return bool(stream.isatty())
@@ -29,11 +33,11 @@ class Progress:
     """
 
     def __init__(self, total: int | None = None, desc: str = "", unit: str = "B",
-                 enabled: bool = True, stream: Any = None):
+                 enabled: bool = True, stream: Any = None, force: bool = False):
         self.n = 0
         self.total = total
         self._bar = None
-        if progress_enabled(enabled, stream):
+        if progress_enabled(enabled, stream, force):
             from tqdm import tqdm  # imported lazily: quiet runs never pay for it
 
             self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B",
@@ -65,6 +69,42 @@ class Progress:
             self._bar = None
 
     def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LoadProgress:
+    """A `progress(done, total)` callable for Engine / _core.Model that draws a bar of layers bound.
+
+    The bar opens on the first call (when the total is known) and closes at done == total or on
+    close(). Drawing follows Progress's rules (TTY or force, LUTLLM_NO_PROGRESS).
+    """
+
+    def __init__(self, desc: str = "loading", enabled: bool = True, stream: Any = None, force: bool = False):
+        self.desc = desc
+        self._enabled = enabled
+        self._stream = stream
+        self._force = force
+        self._bar: Progress | None = None
+        self.calls: list[tuple[int, int]] = []  # every (done, total) seen, for callers and tests
+
+    def __call__(self, done: int, total: int) -> None:
+        self.calls.append((int(done), int(total)))
+        if self._bar is None:
+            self._bar = Progress(total=int(total), desc=self.desc, unit="layer", enabled=self._enabled,
+                                 stream=self._stream, force=self._force)
+        if done > self._bar.n:
+            self._bar.update(int(done) - self._bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def __enter__(self) -> "LoadProgress":
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,18 +1,23 @@
 """Tokenizers built from GGUF metadata, matching llama.cpp's tokenization id for id.
 
-Pure Python (numpy-free, no compiled extension). Implements byte-level BPE
-(`tokenizer.ggml.model == "gpt2"`); SentencePiece ("llama") and other vocab types are
-declared but not implemented yet. This module does not read GGUF files: it takes the
-metadata dict a loader produced.
+Pure Python apart from `sentencepiece`, which does the merging for SentencePiece
+vocabularies. Implements byte-level BPE (`tokenizer.ggml.model == "gpt2"`) and SentencePiece
+(`"llama"`); other vocab types are declared but not implemented yet. This module does not
+read GGUF files: it takes the metadata dict a loader produced.
 
 Pipeline for `encode` (the same order llama.cpp uses):
   1. special-token partition: control / unknown tokens (only when `parse_special`) and
      user-defined tokens (always) are cut out of the text, longest token text first;
-  2. each remaining text fragment is split into words by the pre-tokenizer named in
+  2. BPE: each remaining text fragment is split into words by the pre-tokenizer named in
      `tokenizer.ggml.pre` (a list of regexes applied one after another, each splitting the
-     pieces left by the previous one);
-  3. each word is mapped byte by byte to the GPT-2 printable alphabet and merged by BPE,
-     always merging the lowest-rank adjacent pair first (ties: leftmost first).
+     pieces left by the previous one); each word is mapped byte by byte to the GPT-2
+     printable alphabet and merged by BPE, always merging the lowest-rank adjacent pair
+     first (ties: leftmost first);
+  3. SentencePiece: a fragment gets a leading space when `add_space_prefix` is set and it
+     opens the text or follows a special token, spaces become U+2581, and the characters
+     are merged highest-score pair first (ties: leftmost first) by a sentencepiece
+     processor built in memory from the vocabulary; characters left without a token are
+     written as byte tokens <0xNN>.
 
 Unicode classes (\\p{L}, \\p{N}, ...) come from the `regex` module's Unicode database;
 characters added in newer Unicode versions than that database may be classified
@@ -22,8 +27,10 @@ llama.cpp.
 
 from __future__ import annotations
 
+import array
 import codecs
 import heapq
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -33,6 +40,7 @@ import regex
 __all__ = [
     "Tokenizer",
     "BPETokenizer",
+    "SPMTokenizer",
     "IncrementalDecoder",
     "TokenType",
     "PRE_TOKENIZERS",
@@ -281,6 +289,54 @@ def _meta_str_list(meta: dict, key: str) -> list[str]:
     return out
 
 
+def _clean_spaces(text: bytes) -> bytes:
+    """llama.cpp's detokenizer clean-up, three in-place passes over the bytes: drop the space
+    before ? ! . , ; turn " ' " into "'"; drop the space before 's 'm 're 've."""
+    buf = bytearray(text)
+
+    def one_pass(step) -> None:
+        nonlocal buf
+        n = len(buf)
+        total = 1 if n else 0
+        i = 1
+        while i < n:
+            total, i = step(buf, n, total, i)
+            i += 1
+        del buf[total:]
+
+    def punct(b, n, total, i):
+        x = b[i]
+        if b[i - 1] == 0x20 and x in b"?!.,":
+            total -= 1
+        b[total] = x
+        return total + 1, i
+
+    def lone_quote(b, n, total, i):
+        x = b[i]
+        if x == 0x27 and i + 1 < n and b[i - 1] == 0x20 and b[i + 1] == 0x20:
+            total -= 1  # the space before
+            i += 1
+            b[i] = 0  # the space after is skipped (and no longer reads as a space)
+        b[total] = x
+        return total + 1, i
+
+    def contraction(b, n, total, i):
+        x = b[i]
+        if b[i - 1] == 0x20 and x == 0x27 and i + 1 < n:
+            x1 = b[i + 1]
+            if x1 in b"sm":
+                total -= 1
+            elif i + 2 < n and (x1, b[i + 2]) in ((0x72, 0x65), (0x76, 0x65)):  # 're 've
+                total -= 1
+        b[total] = x
+        return total + 1, i
+
+    one_pass(punct)
+    one_pass(lone_quote)
+    one_pass(contraction)
+    return bytes(buf)
+
+
 # --------------------------------------------------------------------------------------
 # Tokenizer interface and shared machinery
 # --------------------------------------------------------------------------------------
@@ -295,15 +351,20 @@ class Tokenizer:
     `tokenizer.ggml.model` value in `Tokenizer._MODELS` (and removing it from `_NOT_YET`):
     the subclass passes its llama.cpp defaults for BOS/EOS to `__init__` and supplies
     `_encode_text` (one special-free text fragment -> ids) and `_piece_bytes` (token id ->
-    rendered bytes). A SentencePiece ("llama") class would also override
-    `_encode_fragments`, since it prefixes a space to text that follows a special token.
+    rendered bytes); SentencePiece also overrides `_encode_fragments`, since it prefixes a
+    space to text that follows a special token.
     """
+
+    #: whether a space is put before text that opens the input or follows a special token,
+    #: and dropped again from the first piece by detokenize() (SentencePiece)
+    add_space_prefix: bool = False
+    #: whether detokenize() applies llama.cpp's clean-up of spaces before punctuation
+    clean_spaces: bool = False
 
     #: tokenizer.ggml.model value -> implementing class; filled in below
     _MODELS: dict[str, type["Tokenizer"]] = {}
     #: models llama.cpp knows that this package does not implement yet
     _NOT_YET = {
-        "llama": "SentencePiece ('llama') tokenizers are not implemented yet",
         "bert": "WordPiece ('bert') tokenizers are not implemented yet",
         "t5": "Unigram ('t5') tokenizers are not implemented yet",
         "rwkv": "RWKV tokenizers are not implemented yet",
@@ -438,6 +499,11 @@ class Tokenizer:
         ]
         special_ids.sort(key=lambda i: (-len(_to_utf8(tokens[i])), i))
         self._special_ids: list[int] = special_ids
+        # (text, id) in that order: all of them (parse_special), and the user-defined ones
+        # only (always cut out)
+        self._special_all = [(tokens[i], i) for i in special_ids if tokens[i]]
+        self._special_plain = [(t, i) for t, i in self._special_all
+                               if not self._attrs[i] & (_A_CONTROL | _A_UNKNOWN)]
 
         self._pieces: list[bytes] | None = None  # built lazily by _piece_table()
 
@@ -517,6 +583,36 @@ class Tokenizer:
         """
         return self.decode_bytes(ids, special).decode("utf-8", "replace")
 
+    def detokenize(self, ids: Sequence[int], special: bool = False,
+                   remove_special: bool = False) -> bytes:
+        """Whole-sequence text bytes, as llama.cpp's `llama_detokenize` writes them.
+
+        Unlike `decode_bytes` (the streamed pieces), this drops one leading space of the
+        first piece when the tokenizer adds a space prefix (SentencePiece), applies
+        llama.cpp's space clean-up for pre-tokenizers that ask for it, and with
+        `remove_special` leaves out a leading BOS / trailing EOS the model adds itself.
+        """
+        table = self._piece_table()
+        attrs = self._attrs
+        n = len(table)
+        ids = [self._as_id(t, n) for t in ids]
+        strip_space = self.add_space_prefix
+        if remove_special and self.add_bos and ids and ids[0] == self.bos_id:
+            strip_space = False
+            ids = ids[1:]
+        if remove_special and self.add_eos and ids and ids[-1] == self.eos_id:
+            ids = ids[:-1]
+        parts = []
+        for k, t in enumerate(ids):
+            if not special and attrs[t] & _A_HIDDEN:
+                continue  # (a hidden first token still uses up the space stripping)
+            p = table[t]
+            if k == 0 and strip_space and p[:1] == b" ":
+                p = p[1:]
+            parts.append(p)
+        out = b"".join(parts)
+        return _clean_spaces(out) if self.clean_spaces else out
+
     def incremental_decoder(self, special: bool = False) -> "IncrementalDecoder":
         return IncrementalDecoder(self, special=special)
 
@@ -536,16 +632,14 @@ class Tokenizer:
 
     def _partition(self, text: str, parse_special: bool) -> list:
         """Split text into str fragments and int special-token ids (llama.cpp's order)."""
+        # Only tokens that occur in the whole text can occur in a fragment of it; this one
+        # pass of substring tests keeps vocabularies with thousands of special tokens fast.
+        todo = self._special_all if parse_special else self._special_plain
+        present = [(t, i) for t, i in todo if t in text]
         frags: list = [text]
-        for sid in self._special_ids:
-            a = self._attrs[sid]
-            if not parse_special and a & (_A_CONTROL | _A_UNKNOWN):
-                continue
-            stext = self._tokens[sid]
-            if not stext:
-                continue
+        for stext, sid in present:
             # fast reject: the token appears in no raw fragment
-            if not any(isinstance(f, str) and stext in f for f in frags):
+            if len(frags) > 1 and not any(isinstance(f, str) and stext in f for f in frags):
                 continue
             new: list = []
             for f in frags:
@@ -605,6 +699,7 @@ class BPETokenizer(Tokenizer):
                 f"unknown pre-tokenizer {_K}pre = {pre_name!r}; supported: "
                 + ", ".join(sorted(PRE_TOKENIZERS)))
         self.pre = pre
+        self.clean_spaces = pre.clean_spaces
         super().__init__(meta, default_bos=11, default_eos=11,
                          default_add_bos=pre.add_bos, default_add_eos=False)
 
@@ -713,6 +808,254 @@ class BPETokenizer(Tokenizer):
 
 
 Tokenizer._MODELS["gpt2"] = BPETokenizer
+
+
+# --------------------------------------------------------------------------------------
+# SentencePiece ("llama")
+# --------------------------------------------------------------------------------------
+
+# sentencepiece's ModelProto, written directly as protobuf wire format (field numbers from
+# sentencepiece_model.proto), so that the `protobuf` package is not needed.
+_PB_PIECES, _PB_TRAINER_SPEC, _PB_NORMALIZER_SPEC = 1, 2, 3  # ModelProto
+_PB_PIECE, _PB_SCORE, _PB_TYPE = 1, 2, 3  # ModelProto.SentencePiece
+_PB_MODEL_TYPE, _PB_VOCAB_SIZE, _PB_BYTE_FALLBACK = 3, 4, 35  # TrainerSpec
+_PB_UNK_ID, _PB_BOS_ID, _PB_EOS_ID, _PB_PAD_ID, _PB_UNK_PIECE = 40, 41, 42, 43, 45
+_PB_NAME, _PB_ADD_DUMMY_PREFIX, _PB_REMOVE_EXTRA_WS, _PB_ESCAPE_WS = 1, 3, 4, 5  # NormalizerSpec
+_SP_NORMAL, _SP_UNKNOWN, _SP_BYTE = 1, 2, 6  # SentencePiece.Type
+_SP_MODEL_BPE = 2
+_SP_MAX_PIECE_BYTES = 8000  # sentencepiece rejects longer pieces
+
+_SPACE_MARK = "\u2581"  # what SentencePiece vocabularies write for a space
+_SURROGATES = regex.compile("[\ud800-\udfff]")
+
+
+def _pb_varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # negative int32 values are written as 64-bit two's complement
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _pb_len(field: int, payload: bytes) -> bytes:
+    return _pb_varint(field << 3 | 2) + _pb_varint(len(payload)) + payload
+
+
+def _pb_int(field: int, value: int) -> bytes:
+    return _pb_varint(field << 3) + _pb_varint(value)
+
+
+class SPMTokenizer(Tokenizer):
+    """SentencePiece (`tokenizer.ggml.model == "llama"`), as llama.cpp tokenizes it.
+
+    llama.cpp merges the characters of a fragment pairwise, always the adjacent pair whose
+    concatenation is the highest-scoring token (ties: leftmost), over every token of the
+    vocabulary whatever its type, and writes characters left without a token as the byte
+    tokens <0xNN>. A sentencepiece BPE processor does the same when every token is given to
+    it as a normal piece with its score, the byte tokens as byte pieces and byte fallback is
+    on, so one is built in memory from the metadata (tokens, scores, types) at load time.
+    Normalization is off in it: the space rules are applied here, as llama.cpp does.
+    """
+
+    def __init__(self, meta: dict) -> None:
+        import sentencepiece
+
+        super().__init__(meta, default_bos=1, default_eos=2,
+                         default_add_bos=True, default_add_eos=False)
+        if self.unk_id is None and len(self._tokens) > 0:
+            self.unk_id = 0  # llama.cpp's default for this vocabulary type
+        asp = _meta_bool(meta, _K + "add_space_prefix")
+        self.add_space_prefix = True if asp is None else asp
+        n = len(self._tokens)
+
+        scores = meta.get(_K + "scores")
+        if scores is None:
+            values = [0.0] * n
+        else:
+            if isinstance(scores, (str, bytes)) or not hasattr(scores, "__len__"):
+                raise ValueError(f"metadata {_K + 'scores'!r} must be a list of numbers, "
+                                 f"got {type(scores).__name__}")
+            values = scores.tolist() if hasattr(scores, "tolist") else list(scores)
+            if len(values) < n:
+                raise ValueError(f"metadata {_K + 'scores'!r} has {len(values)} entries "
+                                 f"for {n} tokens")
+            values = values[:n]
+        try:
+            packed = array.array("f", values)
+        except TypeError:
+            raise ValueError(f"metadata {_K + 'scores'!r} must hold numbers only") from None
+        if sys.byteorder != "little":
+            packed.byteswap()
+        score_bytes = packed.tobytes()
+
+        proto, extra = self._model_proto(score_bytes)
+        self._sp = sentencepiece.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(proto)
+        except RuntimeError as e:  # pragma: no cover - the proto is built to be valid
+            raise ValueError(f"cannot build a sentencepiece model from this vocabulary: {e}") \
+                from None
+        # proto index >= n -> vocabulary id (None: llama.cpp has no token for that byte)
+        self._extra_ids = extra
+
+    # ---- the in-memory sentencepiece model ---------------------------------------------
+
+    def _unreachable(self, tag: str, taken: set[str]) -> str:
+        """A piece text no merge can produce: it is no vocabulary token, and at every way of
+        cutting it in two, one side is neither a single character nor a vocabulary token
+        (merges only ever join two such symbols)."""
+        vocab = self._token_to_id
+
+        def symbol(x: str) -> bool:
+            return len(x) == 1 or x in vocab
+
+        k = 0
+        while True:
+            text = f"\x01lutllm:{tag}:{k}\x01"
+            if text not in taken and text not in vocab and not any(
+                    symbol(text[:j]) and symbol(text[j:]) for j in range(1, len(text))):
+                taken.add(text)
+                return text
+            k += 1
+
+    def _model_proto(self, score_bytes: bytes) -> tuple[bytes, dict[int, int | None]]:
+        tokens, vocab = self._tokens, self._token_to_id
+        n = len(tokens)
+        taken: set[str] = set()
+        raws = [t.encode("utf-8", "surrogatepass") for t in tokens]
+        # texts llama.cpp cannot look up (empty; repeated: the last id wins) or sentencepiece
+        # rejects keep their id with a text nothing can match
+        odd = [i for i, r in enumerate(raws)
+               if not r or len(r) >= _SP_MAX_PIECE_BYTES or b"\0" in r]
+        if len(vocab) != n:
+            odd += [i for i, t in enumerate(tokens) if vocab[t] != i]
+        for i in sorted(set(odd)):
+            raws[i] = _to_utf8(self._unreachable(f"id{i}", taken))
+        # the texts llama.cpp's byte fallback looks up, whatever the tokens' types
+        byte_ids = [i for i, r in enumerate(raws)
+                    if len(r) == 6 and r[:3] == b"<0x" and r[5:] == b">"
+                    and all(c in b"0123456789ABCDEF" for c in r[3:5])]
+        lens = [_pb_varint(k) for k in range(1 << 14)]  # every length a piece can have
+        scores = [score_bytes[k:k + 4] for k in range(0, 4 * n, 4)]
+        bodies = [b"\x0a" + lens[len(r)] + r + b"\x15" + f for r, f in zip(raws, scores)]
+        byte_tail = _pb_int(_PB_TYPE, _SP_BYTE)
+        have_byte = [False] * 256
+        for i in byte_ids:
+            bodies[i] += byte_tail
+            have_byte[int(raws[i][3:5], 16)] = True
+        out = [b"\x0a" + lens[len(b)] + b for b in bodies]
+        # sentencepiece wants all 256 byte pieces and one unknown piece: missing ones are
+        # appended after the vocabulary and mapped back to what llama.cpp would emit
+        extra: dict[int, int | None] = {}
+        idx = n
+        for b in range(256):
+            if have_byte[b]:
+                continue
+            piece = _pb_len(_PB_PIECE, b"<0x%02X>" % b) + _pb_int(_PB_TYPE, _SP_BYTE)
+            out.append(_pb_len(_PB_PIECES, piece))
+            # llama.cpp falls back to the one-character token for the byte
+            extra[idx] = vocab.get(chr(b)) if b < 0x80 else None
+            idx += 1
+        unk_text = _to_utf8(self._unreachable("unk", taken))
+        out.append(_pb_len(_PB_PIECES, _pb_len(_PB_PIECE, unk_text)
+                           + _pb_int(_PB_TYPE, _SP_UNKNOWN)))
+        unk_index = idx
+        extra[unk_index] = None
+        trainer = (_pb_int(_PB_MODEL_TYPE, _SP_MODEL_BPE) + _pb_int(_PB_VOCAB_SIZE, idx + 1)
+                   + _pb_int(_PB_BYTE_FALLBACK, 1) + _pb_int(_PB_UNK_ID, unk_index)
+                   + _pb_int(_PB_BOS_ID, -1) + _pb_int(_PB_EOS_ID, -1)
+                   + _pb_int(_PB_PAD_ID, -1) + _pb_len(_PB_UNK_PIECE, unk_text))
+        normalizer = (_pb_len(_PB_NAME, b"identity") + _pb_int(_PB_ADD_DUMMY_PREFIX, 0)
+                      + _pb_int(_PB_REMOVE_EXTRA_WS, 0) + _pb_int(_PB_ESCAPE_WS, 0))
+        out.append(_pb_len(_PB_TRAINER_SPEC, trainer))
+        out.append(_pb_len(_PB_NORMALIZER_SPEC, normalizer))
+        return b"".join(out), extra
+
+    # ---- encoding -----------------------------------------------------------------------
+
+    def _encode_fragments(self, frags: list, out: list[int]) -> None:
+        prev_special = True  # the start of the text counts as following a special token
+        for frag in frags:
+            if isinstance(frag, int):
+                out.append(frag)
+                prev_special = True
+            else:
+                if self.add_space_prefix and prev_special:
+                    frag = " " + frag
+                self._encode_text(frag, out)
+                prev_special = False
+
+    def _encode_text(self, text: str, out: list[int]) -> None:
+        text = text.replace(" ", _SPACE_MARK)
+        if _SURROGATES.search(text) is None:
+            self._encode_spm(text, out)
+            return
+        # A lone surrogate (possible in a Python str) is three bytes no token starts with:
+        # llama.cpp writes them as byte tokens and never merges across them.
+        pos = 0
+        for m in _SURROGATES.finditer(text):
+            if m.start() > pos:
+                self._encode_spm(text[pos:m.start()], out)
+            for b in _to_utf8(m.group()):
+                out.append(self._byte_token(b))
+            pos = m.end()
+        if pos < len(text):
+            self._encode_spm(text[pos:], out)
+
+    def _encode_spm(self, text: str, out: list[int]) -> None:
+        ids = self._sp.EncodeAsIds(text)
+        n = len(self._tokens)
+        if ids and max(ids) >= n:
+            extra = self._extra_ids
+            for k, i in enumerate(ids):
+                if i >= n:
+                    j = extra.get(i)
+                    if j is None:
+                        piece = self._sp.IdToPiece(i)
+                        raise ValueError(
+                            f"the vocabulary has no token for byte {piece} (neither a {piece} "
+                            "token nor a one-character token), so this text cannot be encoded")
+                    ids[k] = j
+        out.extend(ids)
+
+    def _byte_token(self, b: int) -> int:
+        t = self._token_to_id.get("<0x%02X>" % b)
+        if t is None and b < 0x80:
+            t = self._token_to_id.get(chr(b))
+        if t is None:
+            raise ValueError(f"the vocabulary has no token for byte <0x{b:02X}>, so this "
+                             "text cannot be encoded")
+        return t
+
+    # ---- decoding -----------------------------------------------------------------------
+
+    def _piece_bytes(self, token_id: int) -> bytes:
+        text = self._tokens[token_id]
+        a = self._attrs[token_id]
+        if a & (_A_HIDDEN | _A_USER_DEFINED):
+            return _to_utf8(text)
+        if a & _A_NORMAL:
+            return _to_utf8(text.replace(_SPACE_MARK, " "))
+        if a & _A_BYTE:
+            return bytes([_hex_prefix_value(text[3:5])])
+        return b""  # unused / undefined tokens render as nothing
+
+
+def _hex_prefix_value(s: str) -> int:
+    """Value of the leading hex digits of `s` (0 if none), truncated to a byte: how
+    llama.cpp reads the NN of a byte token's text "<0xNN>"."""
+    v = 0
+    for ch in s:
+        d = "0123456789abcdef".find(ch.lower())
+        if d < 0 or not ch.isascii():
+            break
+        v = v * 16 + d
+    return v & 0xFF
+
+
+Tokenizer._MODELS["llama"] = SPMTokenizer
 
 
 # --------------------------------------------------------------------------------------
