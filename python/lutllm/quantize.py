@@ -236,25 +236,36 @@ def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str], bit
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
 
+        def submit(t, lay):  # row chunks of one tensor -> (out, [(future, rows in chunk)])
+            k, rows = t.shape
+            out = np.empty(lay.packed_bytes(rows, k), dtype=np.uint8)
+            step = max(LUT_ROWS, _CHUNK_WEIGHTS // k // LUT_ROWS * LUT_ROWS)
+            return out, [(pool.submit(_quantize_chunk, g, t, lay, METHODS[method], out, r0, min(rows, r0 + step),
+                                      stats), min(rows, r0 + step) - r0) for r0 in range(0, rows, step)]
+
+        # tensors are written in order; the next tensor to quantize is already queued while the
+        # current one finishes, so small tensors do not leave threads idle (at most 2 in flight)
+        todo = [i for i, (_, _, requant) in enumerate(plan) if requant]
+        pending: dict[int, tuple] = {}
         total = sum(t.nbytes for t, _, _ in plan)
         with Progress(total=total, desc=f"quantize {label}", enabled=progress) as bar:
-            for t, lay, requant in plan:
+            for i, (t, lay, requant) in enumerate(plan):
                 report.bytes_in += t.nbytes
                 if not requant:
                     w.write_tensor_data(_byte_view(g, t, 0, t.nbytes))
                     report.copied += 1
                     bar.update(t.nbytes)
                     continue
+                for j in todo[todo.index(i):todo.index(i) + 2]:
+                    if j not in pending:
+                        pending[j] = submit(plan[j][0], plan[j][1])
+                out, chunks = pending.pop(i)
                 k, rows = t.shape
-                out = np.empty(lay.packed_bytes(rows, k), dtype=np.uint8)
-                step = max(LUT_ROWS, _CHUNK_WEIGHTS // k // LUT_ROWS * LUT_ROWS)
-                futures = [pool.submit(_quantize_chunk, g, t, lay, METHODS[method], out, r0, min(rows, r0 + step), stats)
-                           for r0 in range(0, rows, step)]
-                for f, r0 in zip(futures, range(0, rows, step)):
+                for f, n in chunks:
                     e, r = f.result()
                     report.sq_err += e
                     report.sq_ref += r
-                    bar.update(t.nbytes * (min(rows, r0 + step) - r0) // rows)
+                    bar.update(t.nbytes * n // rows)
                 w.write_tensor_data(out)
                 report.packed += 1
                 report.weights += k * rows
