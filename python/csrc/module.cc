@@ -12,6 +12,7 @@
 #include "lutllm/kernels.h"
 #include "error.h"
 #include "model.h"
+#include "flash_io.h"  // flash-backed weights block
 
 namespace py = pybind11;
 using namespace lutllm;
@@ -190,6 +191,56 @@ const char* path_name(Linear::Path p) {
 }
 
 }  // namespace
+
+// ==== flash-backed weights (runtime/flash_*.h): bindings for tests and the engine ===============
+namespace {
+
+// Test entry point: reads ranges (offsets[i], lengths[i]) into one 4096-aligned staging buffer,
+// range i placed at a 4096-aligned slot plus dst_shift bytes (dst_shift != 0 forces bounce reads
+// under O_DIRECT), and returns one uint8 array per range.
+py::list flash_reader_read(FlashReader& r, const std::vector<uint64_t>& offsets, const std::vector<uint64_t>& lengths,
+                           size_t dst_shift) {
+  if (offsets.size() != lengths.size()) throw py::value_error("offsets and lengths differ in length");
+  if (dst_shift >= FlashReader::kAlign) throw py::value_error("dst_shift must be < 4096");
+  std::vector<size_t> slot(offsets.size());
+  size_t total = 0;
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    slot[i] = total + dst_shift;
+    total += (dst_shift + lengths[i] + FlashReader::kAlign - 1) / FlashReader::kAlign * FlashReader::kAlign;
+  }
+  AlignedBuffer buf(total);
+  std::vector<ReadRange> rr(offsets.size());
+  for (size_t i = 0; i < offsets.size(); ++i) rr[i] = ReadRange{offsets[i], lengths[i], buf.data() + slot[i]};
+  {
+    py::gil_scoped_release nogil;
+    r.read(rr.data(), rr.size());
+  }
+  py::list out;
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    py::array_t<uint8_t> a(py::ssize_t(lengths[i]));
+    if (lengths[i]) std::memcpy(a.mutable_data(), buf.data() + slot[i], lengths[i]);
+    out.append(a);
+  }
+  return out;
+}
+
+void bind_flash(py::module_& m) {
+  py::class_<FlashReader>(m, "FlashReader")
+      .def(py::init([](const std::string& path, const std::string& backend, int threads, int depth) {
+             return std::make_unique<FlashReader>(path, io_backend_from_name(backend), threads, depth);
+           }),
+           py::arg("path"), py::arg("backend") = "auto", py::arg("threads") = 4, py::arg("depth") = 64)
+      .def_property_readonly("backend", [](const FlashReader& r) { return std::string(io_backend_name(r.backend())); })
+      .def_property_readonly("direct", &FlashReader::direct)
+      .def_property_readonly("file_size", &FlashReader::file_size)
+      .def_property_readonly("fallback_reason", &FlashReader::fallback_reason)
+      .def_property_readonly("bytes_issued", &FlashReader::bytes_issued)
+      .def("read", &flash_reader_read, py::arg("offsets"), py::arg("lengths"), py::arg("dst_shift") = 0,
+           "Read ranges -> list of uint8 arrays (one per range).");
+}
+
+}  // namespace
+// ==== end flash-backed weights =================================================================
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lutllm native core (kernels + runtime)";
@@ -523,4 +574,5 @@ PYBIND11_MODULE(_core, m) {
         ctx.load_kv(n_past, p);
       }, py::arg("n_past"), py::arg("state"), "Restore K/V rows written by save_kv.");
   // (end runtime)
+  bind_flash(m);  // flash-backed weights block
 }
