@@ -1,4 +1,4 @@
-"""The `lutllm` command line (click): run, chat, serve, info, perplexity, pull, list.
+"""The `lutllm` command line (click): run, chat, serve, info, perplexity, pull, list, convert.
 
 Presentation only: loading, generation and scoring live in engine.py; options are validated here
 and turned into clear messages (exit code 2 for bad usage, 1 for failures).
@@ -390,6 +390,26 @@ def pull(name):
     except (ValueError, OSError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(str(path))
+
+
+@main.command()
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--flash", is_flag=True, help="Write the flash layout (FFN weights as 4096-aligned neuron bundles).")
+@click.option("--bundle-neurons", type=click.IntRange(min=1), default=None,
+              help="Neurons per bundle (default: smallest with bundles >= 32 KiB and little padding).")
+def convert(src, out, flash, bundle_neurons):
+    """Convert the GGUF SRC into OUT (written atomically). Only --flash exists so far."""
+    from .convert import convert_flash
+
+    if not flash:
+        raise click.UsageError("choose the output layout: --flash")
+    try:
+        lay = convert_flash(src, out, bundle_neurons=bundle_neurons, log=lambda m: click.echo(m, err=True))
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{out}: {lay.n_layer} layers x {lay.n_bundles} bundles of {lay.bundle_neurons} neurons "
+               f"({lay.bundle_stride[0]} bytes each), {lay.ffn_bytes() / 2**20:.1f} MiB streamed")
 
 
 @main.command(name="list")
