@@ -57,6 +57,7 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
   if (store_.find("output.weight")) output = linear(store_, "output.weight", d, cfg.n_vocab, cfg.use_lut);
   else output = Linear(tok_embd);  // tied embeddings
 
+  if (cfg.flash) flash_ffn = std::make_shared<FlashFfn>(*cfg.flash, cfg.n_layer, cfg.d_model, cfg.d_ff);  // flash hook
   layers.resize(size_t(cfg.n_layer));
   for (int i = 0; i < cfg.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
@@ -67,9 +68,11 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
     L.wv = linear(store_, p + "attn_v.weight", d, kv_dim, cfg.use_lut);
     L.wo = linear(store_, p + "attn_output.weight", q_dim, d, cfg.use_lut);
     L.ffn_norm = norm_weight(store_, p + "ffn_norm.weight", d);
-    L.w_gate = linear(store_, p + "ffn_gate.weight", d, cfg.d_ff, cfg.use_lut);
-    L.w_up = linear(store_, p + "ffn_up.weight", d, cfg.d_ff, cfg.use_lut);
-    L.w_down = linear(store_, p + "ffn_down.weight", cfg.d_ff, d, cfg.use_lut);
+    if (!flash_ffn) {  // flash hook: a flash file's FFN has no resident matrices
+      L.w_gate = linear(store_, p + "ffn_gate.weight", d, cfg.d_ff, cfg.use_lut);
+      L.w_up = linear(store_, p + "ffn_up.weight", d, cfg.d_ff, cfg.use_lut);
+      L.w_down = linear(store_, p + "ffn_down.weight", cfg.d_ff, d, cfg.use_lut);
+    }
     if (progress) progress(i + 1, cfg.n_layer);
   }
   pool_ = std::make_unique<ThreadPool>(n_threads > 0 ? n_threads : physical_core_count());
@@ -150,11 +153,15 @@ void Context::forward_batch(const int32_t* tokens, int64_t n, int64_t pos, bool 
     // feed-forward block (SwiGLU)
     rms_norm(x, reinterpret_cast<const float*>(L.ffn_norm->data), n, d, c.norm_eps, xn_.data());
     in_.set(xn_.data(), n, d);
-    L.w_gate.forward(in_, ff_a_.data(), pool);
-    L.w_up.forward(in_, ff_b_.data(), pool);
-    silu_mul(ff_a_.data(), ff_b_.data(), n * c.d_ff);
-    in_.set(ff_a_.data(), n, c.d_ff);
-    L.w_down.forward(in_, xn_.data(), pool);
+    if (M.flash_ffn) {  // flash hook: the FFN streams from storage (runtime/flash_ffn.h)
+      M.flash_ffn->forward(l, in_, ff_a_.data(), ff_b_.data(), xn_.data(), pool);
+    } else {
+      L.w_gate.forward(in_, ff_a_.data(), pool);
+      L.w_up.forward(in_, ff_b_.data(), pool);
+      silu_mul(ff_a_.data(), ff_b_.data(), n * c.d_ff);
+      in_.set(ff_a_.data(), n, c.d_ff);
+      L.w_down.forward(in_, xn_.data(), pool);
+    }
     for (int64_t i = 0; i < n * d; ++i) x[i] += xn_[size_t(i)];
   }
   if (!logits) return;  // an earlier batch of a longer prompt: only the cache matters

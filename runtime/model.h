@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "flash_ffn.h"
 #include "linear.h"
 #include "thread_pool.h"
 #include "weights.h"
@@ -27,6 +28,7 @@ struct ModelConfig {
   int rope_dim = 0;
   RopeMode rope_mode = RopeMode::NORM;
   bool use_lut = true;  // run <= 4-bit weights through the table-lookup kernels (repacked at load)
+  std::shared_ptr<const FlashFfnConfig> flash;  // set: FFN weights come from a flash file (flash_ffn.h)
 };
 
 struct LayerWeights {
@@ -50,6 +52,7 @@ class Model {
   const WeightTensor* output_norm = nullptr; // (d)
   Linear output;                             // (n_vocab x d); the embedding when tied
   std::vector<LayerWeights> layers;
+  std::shared_ptr<FlashFfn> flash_ffn;       // cfg.flash only: runs every FFN (w_gate/up/down unbound)
 
  private:
   ModelConfig cfg_;

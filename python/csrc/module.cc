@@ -12,7 +12,8 @@
 #include "lutllm/kernels.h"
 #include "error.h"
 #include "model.h"
-#include "flash_io.h"  // flash-backed weights block
+#include "flash_ffn.h"  // flash-backed weights block
+#include "flash_io.h"   // flash-backed weights block
 
 namespace py = pybind11;
 using namespace lutllm;
@@ -135,6 +136,8 @@ py::array_t<float> run_matmul_f32(const std::string& name, const py::handle& w_o
 
 // ---- runtime conversions ----------------------------------------------------------------------
 
+std::shared_ptr<const FlashFfnConfig> flash_config_from_dict(const py::dict& d);  // flash block, below
+
 ModelConfig config_from_dict(const py::dict& d) {
   ModelConfig c;
   auto get_int = [&](const char* k) {
@@ -161,6 +164,7 @@ ModelConfig config_from_dict(const py::dict& d) {
     else if (m == "neox") c.rope_mode = RopeMode::NEOX;
     else throw Error("unknown rope_mode '" + m + "' (norm, neox)");
   }
+  if (d.contains("flash") && !d["flash"].is_none()) c.flash = flash_config_from_dict(d["flash"].cast<py::dict>());
   return c;
 }
 
@@ -224,6 +228,38 @@ py::list flash_reader_read(FlashReader& r, const std::vector<uint64_t>& offsets,
   return out;
 }
 
+std::shared_ptr<const FlashFfnConfig> flash_config_from_dict(const py::dict& d) {
+  auto need = [&](const char* k) -> py::object {
+    if (!d.contains(k)) throw Error(std::string("flash config is missing '") + k + "'");
+    return d[k];
+  };
+  auto c = std::make_shared<FlashFfnConfig>();
+  c->path = need("path").cast<std::string>();
+  const std::string mode = d.contains("mode") ? d["mode"].cast<std::string>() : "dense";
+  if (mode == "dense") c->mode = FlashMode::DENSE_STREAM;
+  else if (mode == "resident") c->mode = FlashMode::RESIDENT;
+  else throw Error("unknown flash mode '" + mode + "' (dense, resident)");
+  c->io = io_backend_from_name(d.contains("io") ? d["io"].cast<std::string>() : "auto");
+  if (d.contains("io_threads")) c->io_threads = d["io_threads"].cast<int>();
+  c->n_layer = need("n_layer").cast<int>();
+  c->d_model = need("d_model").cast<int>();
+  c->d_ff = need("d_ff").cast<int>();
+  c->bundle_neurons = need("bundle_neurons").cast<int>();
+  auto fmts = [&](const char* k) {
+    std::vector<LutFormat> out;
+    for (const auto& f : need(k).cast<std::vector<std::vector<int>>>()) {
+      if (f.size() != 4) throw Error(std::string("flash config '") + k + "': formats have 4 entries");
+      out.push_back(LutFormat{f[0], f[1], f[2], f[3]});
+    }
+    return out;
+  };
+  c->gu_format = fmts("gu_format");
+  c->down_format = fmts("down_format");
+  c->bundle_stride = need("bundle_stride").cast<std::vector<uint64_t>>();
+  c->layer_offset = need("layer_offset").cast<std::vector<uint64_t>>();
+  return c;
+}
+
 void bind_flash(py::module_& m) {
   py::class_<FlashReader>(m, "FlashReader")
       .def(py::init([](const std::string& path, const std::string& backend, int threads, int depth) {
@@ -237,6 +273,24 @@ void bind_flash(py::module_& m) {
       .def_property_readonly("bytes_issued", &FlashReader::bytes_issued)
       .def("read", &flash_reader_read, py::arg("offsets"), py::arg("lengths"), py::arg("dst_shift") = 0,
            "Read ranges -> list of uint8 arrays (one per range).");
+  m.def("model_flash_info", [](const Model& mdl) -> py::object {
+    if (!mdl.flash_ffn) return py::none();
+    const FlashFfn& f = *mdl.flash_ffn;
+    const FlashStats s = f.stats();
+    py::dict out;
+    out["mode"] = f.mode() == FlashMode::RESIDENT ? "resident" : "dense";
+    out["io"] = std::string(io_backend_name(f.io_backend()));
+    out["memory_bytes"] = f.memory_bytes();
+    out["bytes_read"] = s.bytes_read;
+    out["io_wait_s"] = s.io_wait_s;
+    out["compute_s"] = s.compute_s;
+    out["gather_s"] = s.gather_s;
+    out["layers_run"] = s.layers_run;
+    return out;
+  }, py::arg("model"), "Flash FFN mode, I/O backend, memory and counters since the last reset (None: no flash).");
+  m.def("model_flash_reset_stats", [](Model& mdl) {
+    if (mdl.flash_ffn) mdl.flash_ffn->reset_stats();
+  }, py::arg("model"));
 }
 
 }  // namespace

@@ -400,3 +400,70 @@ def convert_flash(
     written = FlashLayout.from_gguf(GGUFFile(out_path))
     assert written is not None
     return written
+
+
+# ---- what the engine needs to load a flash file ---------------------------------------------------
+def flash_shape_view(tensors: dict, lay: FlashLayout) -> dict:
+    """The tensor table with shape-only stand-ins for the FFN matrices a flash file stores as bundles,
+    so architecture checks written for ordinary GGUFs apply unchanged (nothing reads their data)."""
+    import gguf
+
+    out = dict(tensors)
+    f32 = int(gguf.GGMLQuantizationType.F32)
+    for i in range(lay.n_layer):
+        for nm, shape in (("ffn_gate", (lay.d_model, lay.d_ff)), ("ffn_up", (lay.d_model, lay.d_ff)),
+                          ("ffn_down", (lay.d_ff, lay.d_model))):
+            name = f"blk.{i}.{nm}.weight"
+            out.setdefault(name, TensorInfo(name, f32, "F32", shape, 0, 0))
+    return out
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes a model needs resident, and the FFN mode a budget allows."""
+
+    mode: str            # "resident" (everything in DRAM) or "dense" (FFN streamed per token)
+    resident: int        # mapped weights that always stay (embeddings, attention, norms, head)
+    ffn_memory: int      # FFN bytes held: all bundles (resident) or two staging layers + gather buffer
+    kv_and_scratch: int  # KV cache and activations
+    minimum: int         # the smallest budget that works (dense-stream)
+
+    @property
+    def total(self) -> int:
+        return self.resident + self.ffn_memory + self.kv_and_scratch
+
+
+def plan_memory(file_size: int, lay: FlashLayout | None, cfg, n_ctx: int, n_batch: int,
+                mem_budget: int | None, mode: str | None = None) -> MemoryPlan:
+    """Choose how to run within `mem_budget` bytes (None: no limit). mode forces "resident" or
+    "dense". Raises ValueError, saying the minimum, when the budget cannot hold the resident part."""
+    kv = cfg.n_layer * 2 * n_ctx * cfg.n_head_kv * cfg.head_dim * 4
+    q_dim = cfg.n_head * cfg.head_dim
+    scratch = min(n_batch, n_ctx) * 4 * (2 * cfg.d_ff + 3 * max(cfg.d_model, q_dim) + 2 * q_dim)
+    if lay is None:
+        need = file_size + kv + scratch
+        if mem_budget is not None and mem_budget < need:
+            raise ValueError(f"mem_budget {mem_budget} bytes is below what this model needs fully resident "
+                             f"({need} bytes); convert it with `lutllm convert MODEL OUT --flash` to stream its "
+                             f"FFN weights from storage")
+        if mode not in (None, "auto", "resident"):
+            raise ValueError(f"flash mode {mode!r} needs a flash file (`lutllm convert MODEL OUT --flash`)")
+        return MemoryPlan("resident", file_size, 0, kv + scratch, need)
+    ffn = lay.ffn_bytes()
+    down_max = max(lay.d_model // 16 * (lay.d_ff // f[1]) * lut_group_block_bytes(f) for f in lay.down_format)
+    resident = file_size - ffn
+    staging = 2 * max(lay.layer_bytes(i) for i in range(lay.n_layer)) + down_max
+    minimum = resident + staging + kv + scratch
+    full = resident + ffn + down_max + kv + scratch
+    if mode in (None, "auto"):
+        mode = "resident" if mem_budget is None or mem_budget >= full else "dense"
+    if mode not in ("resident", "dense"):
+        raise ValueError(f"unknown flash mode {mode!r} (auto, resident, dense)")
+    if mem_budget is not None:
+        need = full if mode == "resident" else minimum
+        if mem_budget < need:
+            raise ValueError(f"mem_budget {mem_budget} bytes is too small: this model needs at least {minimum} bytes "
+                             f"(resident weights {resident} + FFN staging {staging} + KV cache and activations "
+                             f"{kv + scratch} for n_ctx {n_ctx})" + (f"; {mode} mode needs {need}" if need != minimum else ""))
+    ffn_mem = ffn + down_max if mode == "resident" else staging
+    return MemoryPlan(mode, resident, ffn_mem, kv + scratch, minimum)

@@ -66,17 +66,28 @@ class Engine:
         n_batch: int = 512,
         verbose: bool = False,
         lut: bool = True,
+        mem_budget: int | None = None,
+        flash_mode: str | None = None,
+        flash_io: str | None = None,
     ):
         """lut: run <= 4-bit weights (Q4_0, Q4_1, Q4_K, Q2_K, TQ1_0, TQ2_0) through the table-lookup
         kernels (repacked once at load, exactly); False keeps every weight mapped and uses the
-        int8-activation dot-product kernels."""
+        int8-activation dot-product kernels.
+        mem_budget: bytes of DRAM for weights, caches and staging (None: no limit). A flash file
+        (`lutllm convert --flash`) keeps its FFN resident when it fits and streams it otherwise;
+        flash_mode forces "resident" or "dense" (streamed), flash_io an I/O backend
+        (auto, uring, pool, buffered). See convert.plan_memory."""
         from . import _core
 
         path = resolve_model(str(model))
         self.path = Path(path)
         self.gguf = GGUFFile(path)
         meta = self.gguf.metadata
-        self.config = model_config(meta, self.gguf.tensors, str(path))
+        from .convert import FlashLayout, flash_shape_view, plan_memory  # flash-backed weights
+
+        self.flash_layout = FlashLayout.from_gguf(self.gguf)
+        tensors = self.gguf.tensors if self.flash_layout is None else flash_shape_view(self.gguf.tensors, self.flash_layout)
+        self.config = model_config(meta, tensors, str(path))
         self.tokenizer = Tokenizer.from_metadata(meta)
         if self.tokenizer.n_vocab != self.config.n_vocab:
             raise ValueError(
@@ -91,7 +102,17 @@ class Engine:
         if n_batch < 1:
             raise ValueError(f"n_batch must be >= 1, got {n_batch}")
         descs = [(t.name, t.ggml_type, list(t.shape), t.offset, t.nbytes) for t in self.gguf.tensors.values()]
-        self._model = _core.Model(str(path), dict(self.config.as_dict(), use_lut=bool(lut)), descs, n_threads or 0)
+        cfg = dict(self.config.as_dict(), use_lut=bool(lut))
+        self.memory_plan = plan_memory(self.gguf.file_size, self.flash_layout, self.config, n_ctx, n_batch, mem_budget,
+                                       flash_mode)
+        if self.flash_layout is not None:
+            if not lut:
+                raise ValueError(f"{path}: a flash file runs its FFN with the table-lookup kernels (lut=True)")
+            cfg["flash"] = dict(self.flash_layout.config(), path=str(path), mode=self.memory_plan.mode,
+                                io=flash_io or "auto", n_layer=self.flash_layout.n_layer,
+                                d_model=self.flash_layout.d_model, d_ff=self.flash_layout.d_ff)
+        self.mem_budget = mem_budget
+        self._model = _core.Model(str(path), cfg, descs, n_threads or 0)
         self._ctx = _core.Context(self._model, n_ctx, n_batch)
         self.n_ctx = n_ctx
         self.n_batch = n_batch
@@ -105,6 +126,17 @@ class Engine:
     @property
     def n_vocab(self) -> int:
         return self.config.n_vocab
+
+    def flash_info(self) -> dict | None:
+        """Flash FFN mode, I/O backend, memory and counters (bytes read, I/O wait), or None."""
+        from . import _core
+
+        return _core.model_flash_info(self._model)
+
+    def flash_reset_stats(self) -> None:
+        from . import _core
+
+        _core.model_flash_reset_stats(self._model)
 
     @property
     def n_threads(self) -> int:
