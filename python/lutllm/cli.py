@@ -19,12 +19,36 @@ def _model_option(f):
     )(f)
 
 
+class _Size(click.ParamType):
+    """A byte count with an optional K/M/G/T suffix (powers of 1024)."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        v = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(v[-1:], 1)
+        try:
+            n = float(v[:-1] if mult > 1 else v)
+        except ValueError:
+            self.fail(f"{value!r} is not a size (examples: 800M, 1.5G, 123456)", param, ctx)
+        if n <= 0:
+            self.fail(f"{value!r} must be positive", param, ctx)
+        return int(n * mult)
+
+
+_SIZE = _Size()
+
+
 def _common_options(f):
     opts = [
         click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads (default: physical cores)."),
         click.option("-c", "--ctx-size", type=click.IntRange(min=0), default=0, help="Context size (0 = min(model, 4096))."),
         click.option("-b", "--batch-size", type=click.IntRange(min=1), default=512, show_default=True, help="Prompt batch size."),
         click.option("--verbose", is_flag=True, help="Print prompt and generation speed."),
+        click.option("--mem-budget", "mem_budget", type=_SIZE, default=None,
+                     help="DRAM budget (e.g. 512M, 2G); a flash file streams its FFN weights to stay within it."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -71,7 +95,8 @@ def _load(kw):
     from .engine import Engine
 
     try:
-        return Engine(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"])
+        return Engine(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"],
+                      mem_budget=kw.get("mem_budget"))
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
 
@@ -323,7 +348,8 @@ def serve(host, port, api_key, **kw):
     from .server import make_server
 
     try:
-        llm = Llama(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"])
+        llm = Llama(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"],
+                    mem_budget=kw.get("mem_budget"))
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     try:
