@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 
 #include "error.h"
@@ -83,9 +84,37 @@ FlashFfn::FlashFfn(const FlashFfnConfig& cfg, int n_layer, int d_model, int d_ff
     for (int l = 0; l < n_layer; ++l)
       rr.push_back(ReadRange{cfg.layer_offset[size_t(l)], layer_bytes(l), all_.data() + all_offset_[size_t(l)]});
     reader_->read(rr.data(), rr.size());
-  } else {
+  } else if (cfg.mode == FlashMode::DENSE_STREAM) {
     slot_[0] = AlignedBuffer(size_t(max_layer));
     slot_[1] = AlignedBuffer(size_t(max_layer));
+  } else {
+    if (cfg.window < 1) throw Error(where + ": window must be >= 1, got " + std::to_string(cfg.window));
+    if (!cfg.threshold.empty() && cfg.threshold.size() != L) throw Error(where + ": one threshold per layer needed");
+    const int nb = bundle_count();
+    capacity_ = cfg.slab_bundles > 0 ? std::min(cfg.slab_bundles, nb) : nb;
+    uint64_t total = 0;
+    for (int l = 0; l < n_layer; ++l) {
+      gate_offset_.push_back(total);
+      total += uint64_t(nb) * gate_bytes(l, cfg.bundle_neurons);
+    }
+    gates_ = AlignedBuffer(size_t(total));
+    std::vector<ReadRange> rr;
+    for (int l = 0; l < n_layer; ++l)
+      for (int j = 0; j < nb; ++j)
+        rr.push_back(ReadRange{cfg.layer_offset[size_t(l)] + uint64_t(j) * cfg.bundle_stride[size_t(l)],
+                               gate_bytes(l, bundle_size(j)),
+                               gates_.data() + gate_offset_[size_t(l)] + size_t(j) * gate_bytes(l, cfg.bundle_neurons)});
+    reader_->read(rr.data(), rr.size());
+    slabs_.resize(L);
+    for (int l = 0; l < n_layer; ++l) {
+      const size_t ud = gate_bytes(l, cfg.bundle_neurons) + down_bytes(l, cfg.bundle_neurons);
+      ud_stride_.push_back((ud + FlashReader::kAlign - 1) / FlashReader::kAlign * FlashReader::kAlign);
+      Slab& S = slabs_[size_t(l)];
+      S.buf = AlignedBuffer(size_t(capacity_) * ud_stride_.back());
+      S.slot_bundle.assign(size_t(capacity_), -1);
+      S.bundle_slot.assign(size_t(nb), -1);
+      S.last_active.assign(size_t(nb), INT64_MIN / 2);
+    }
   }
 }
 
@@ -99,7 +128,11 @@ FlashFfn::~FlashFfn() {
   }
 }
 
-uint64_t FlashFfn::memory_bytes() const { return all_.size() + slot_[0].size() + slot_[1].size() + down_.size(); }
+uint64_t FlashFfn::memory_bytes() const {
+  uint64_t slabs = 0;
+  for (const Slab& S : slabs_) slabs += S.buf.size();
+  return all_.size() + slot_[0].size() + slot_[1].size() + down_.size() + gates_.size() + slabs;
+}
 
 FlashStats FlashFfn::stats() const {
   FlashStats s = stats_;
@@ -159,6 +192,11 @@ void FlashFfn::forward(int layer, LinearInput& in, float* ff_a, float* ff_b, flo
   if (layer < 0 || layer >= cfg_.n_layer) throw Error("flash FFN: layer " + std::to_string(layer) + " out of range");
   if (in.k() != cfg_.d_model) throw Error("flash FFN: input has " + std::to_string(in.k()) + " features, expected " +
                                           std::to_string(cfg_.d_model));
+  if (cfg_.mode == FlashMode::WINDOWED) {
+    forward_windowed(layer, in, ff_a, ff_b, y, pool);
+    ++stats_.layers_run;
+    return;
+  }
   const uint8_t* bundles = stage(layer);
   const auto t0 = Clock::now();
   compute(layer, bundles, in, ff_a, ff_b, y, pool);
@@ -169,7 +207,7 @@ void FlashFfn::forward(int layer, LinearInput& in, float* ff_a, float* ff_b, flo
 void FlashFfn::compute(int l, const uint8_t* B, LinearInput& in, float* ff_a, float* ff_b, float* y,
                        ThreadPool& pool) {
   const KernelTable& kt = kernels();
-  const LutFormat gu = cfg_.gu_format[size_t(l)], dn = cfg_.down_format[size_t(l)];
+  const LutFormat gu = cfg_.gu_format[size_t(l)];
   const int64_t n = in.n(), d = cfg_.d_model, dff = cfg_.d_ff;
   const int nb = bundle_count();
   const uint64_t stride = cfg_.bundle_stride[size_t(l)];
@@ -189,24 +227,42 @@ void FlashFfn::compute(int l, const uint8_t* B, LinearInput& in, float* ff_a, fl
   });
   silu_mul(ff_a, ff_b, n * dff);
 
-  // down: gather each bundle's K-slice into its place in every row block, then one LUT matmul
+  std::vector<int> all(static_cast<size_t>(nb));
+  std::vector<const uint8_t*> parts(static_cast<size_t>(nb));
+  for (int j = 0; j < nb; ++j) {
+    all[size_t(j)] = j;
+    parts[size_t(j)] = B + size_t(j) * stride + 2 * gate_bytes(l, bundle_size(j));
+  }
+  down_subset(l, all, parts, ff_a, n, y, pool);
+}
+
+void FlashFfn::down_subset(int l, const std::vector<int>& act, const std::vector<const uint8_t*>& part,
+                           const float* h, int64_t n, float* y, ThreadPool& pool) {
+  const KernelTable& kt = kernels();
+  const LutFormat dn = cfg_.down_format[size_t(l)];
+  const int64_t d = cfg_.d_model;
+  int64_t K = 0;
+  for (int j : act) K += bundle_size(j);
+  if (K == 0) {
+    std::fill(y, y + n * d, 0.f);
+    return;
+  }
   const auto tg = Clock::now();
-  const size_t gbb = lut_group_block_bytes(dn), row_block = lut_row_block_bytes(dn, dff);
+  const size_t gbb = lut_group_block_bytes(dn), row_block = lut_row_block_bytes(dn, K);
   const int64_t row_blocks = d / kLutRows;
   uint8_t* D = down_.data();
   pool.parallel_for(row_blocks, [&](int64_t rb, int) {
     uint8_t* dst = D + size_t(rb) * row_block;
-    for (int j = 0; j < nb; ++j) {
-      const int64_t n0 = int64_t(j) * cfg_.bundle_neurons, nj = bundle_size(j);
-      const size_t slice = size_t(nj / dn.group) * gbb;
-      const uint8_t* src = B + size_t(j) * stride + 2 * gate_bytes(l, nj) + size_t(rb) * slice;
-      std::memcpy(dst + size_t(n0 / dn.group) * gbb, src, slice);
+    for (size_t i = 0; i < act.size(); ++i) {
+      const size_t slice = size_t(bundle_size(act[i]) / dn.group) * gbb;
+      std::memcpy(dst, part[i] + size_t(rb) * slice, slice);
+      dst += slice;
     }
   });
   stats_.gather_s += secs(tg, Clock::now());
-  down_in_.set(ff_a, n, dff);
+  down_in_.set(h, n, K);
   const LutAct* dacts = down_in_.lut(pool, dn.group);
-  const LutWeights W{D, d, dff, dn};
+  const LutWeights W{D, d, K, dn};
   const int64_t per = std::max<int64_t>(1, (row_blocks + pool.size() * 4 - 1) / (pool.size() * 4));
   const int64_t tasks = (row_blocks + per - 1) / per;
   LutGemvFn dgemv = kt.lut_gemv[dn.kind];
@@ -216,6 +272,148 @@ void FlashFfn::compute(int l, const uint8_t* B, LinearInput& in, float* ff_a, fl
     if (n == 1) dgemv(&W, dacts, r0, r1, y);
     else dgemm(&W, dacts, n, r0, r1, y, d);
   });
+}
+
+// ---- WINDOWED ------------------------------------------------------------------------------------
+
+void FlashFfn::set_thresholds(const std::vector<float>& t) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (!t.empty() && t.size() != size_t(cfg_.n_layer))
+    throw Error("flash FFN: " + std::to_string(t.size()) + " thresholds for " + std::to_string(cfg_.n_layer) + " layers");
+  cfg_.threshold = t;
+}
+
+void FlashFfn::record_scores(bool on) {
+  std::lock_guard<std::mutex> g(mu_);
+  recording_ = on;
+  if (on) scores_.assign(size_t(cfg_.n_layer), {});
+}
+
+std::vector<std::vector<float>> FlashFfn::take_scores() {
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<std::vector<float>> out;
+  out.swap(scores_);
+  if (recording_) scores_.assign(size_t(cfg_.n_layer), {});
+  return out;
+}
+
+void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool) {
+  const KernelTable& kt = kernels();
+  const LutFormat gu = cfg_.gu_format[size_t(l)];
+  const int64_t n = in.n(), d = cfg_.d_model, dff = cfg_.d_ff;
+  const int nb = bundle_count();
+  const size_t gstride = gate_bytes(l, cfg_.bundle_neurons);
+  const uint8_t* G = gates_.data() + gate_offset_[size_t(l)];
+  const LutAct* acts = in.lut(pool, gu.group);
+  LutGemvFn gemv = kt.lut_gemv[gu.kind];
+  LutGemmFn gemm = kt.lut_gemm[gu.kind];
+  auto run = [&](const uint8_t* w_bytes, int64_t nj, float* out) {
+    const LutWeights w{w_bytes, nj, d, gu};
+    if (n == 1) gemv(&w, acts, 0, nj, out);
+    else gemm(&w, acts, n, 0, nj, out, dff);
+  };
+  // 1. the whole gate (resident)
+  const auto t0 = Clock::now();
+  pool.parallel_for(nb, [&](int64_t j, int) { run(G + size_t(j) * gstride, bundle_size(int(j)), ff_a + j * cfg_.bundle_neurons); });
+
+  // 2. active bundles: max over the batch's tokens and the bundle's neurons of |silu(gate)|
+  const auto tc = Clock::now();
+  Slab& S = slabs_[size_t(l)];
+  const float thr = cfg_.threshold.empty() ? -1.f : cfg_.threshold[size_t(l)];
+  score_tmp_.assign(size_t(nb) * size_t(n), 0.f);
+  std::vector<int> act;
+  for (int j = 0; j < nb; ++j) {
+    const int64_t n0 = int64_t(j) * cfg_.bundle_neurons, nj = bundle_size(j);
+    float best = 0.f;
+    for (int64_t t = 0; t < n; ++t) {
+      float m = 0.f;
+      const float* g = ff_a + t * dff + n0;
+      for (int64_t i = 0; i < nj; ++i) m = std::max(m, std::fabs(g[i] / (1.f + std::exp(-g[i]))));
+      score_tmp_[size_t(t) * size_t(nb) + size_t(j)] = m;
+      best = std::max(best, m);
+    }
+    if (thr < 0.f || best > thr) act.push_back(j);
+  }
+  if (recording_) scores_[size_t(l)].insert(scores_[size_t(l)].end(), score_tmp_.begin(), score_tmp_.end());
+  const int64_t tok = ++S.tokens;
+  for (int j : act) S.last_active[size_t(j)] = tok;
+
+  // 3. window: drop bundles not active in the last `window` tokens (swap-with-last), then make room
+  const size_t ud = ud_stride_[size_t(l)];
+  auto evict = [&](int s) {
+    const int b = S.slot_bundle[size_t(s)], last = S.used - 1;
+    S.bundle_slot[size_t(b)] = -1;
+    if (s != last) {
+      std::memcpy(S.buf.data() + size_t(s) * ud, S.buf.data() + size_t(last) * ud, ud);
+      S.slot_bundle[size_t(s)] = S.slot_bundle[size_t(last)];
+      S.bundle_slot[size_t(S.slot_bundle[size_t(s)])] = s;
+    }
+    --S.used;
+    ++stats_.bundles_evicted;
+  };
+  for (int s = 0; s < S.used;) {
+    if (tok - S.last_active[size_t(S.slot_bundle[size_t(s)])] >= cfg_.window) evict(s);
+    else ++s;
+  }
+  std::vector<int> miss;
+  for (int j : act)
+    if (S.bundle_slot[size_t(j)] < 0) miss.push_back(j);
+  if (int(act.size()) > capacity_)
+    throw Error("flash FFN: layer " + std::to_string(l) + " has " + std::to_string(act.size()) +
+                " active bundles but the slab holds " + std::to_string(capacity_) +
+                "; raise mem_budget or the activation threshold");
+  while (S.used + int(miss.size()) > capacity_) {  // least recently active bundle that is not needed now
+    int victim = -1;
+    for (int s = 0; s < S.used; ++s) {
+      const int b = S.slot_bundle[size_t(s)];
+      if (S.last_active[size_t(b)] == tok) continue;
+      if (victim < 0 || S.last_active[size_t(b)] < S.last_active[size_t(S.slot_bundle[size_t(victim)])]) victim = s;
+    }
+    evict(victim);
+  }
+  stats_.cache_s += secs(tc, Clock::now());
+
+  // 4. misses: read their up|down parts into appended slots, synchronously
+  if (!miss.empty()) {
+    std::vector<ReadRange> rr;
+    for (int j : miss) {
+      const int s = S.used++;
+      S.slot_bundle[size_t(s)] = j;
+      S.bundle_slot[size_t(j)] = s;
+      const int64_t nj = bundle_size(j);
+      const uint64_t off = cfg_.layer_offset[size_t(l)] + uint64_t(j) * cfg_.bundle_stride[size_t(l)] + gate_bytes(l, nj);
+      rr.push_back(ReadRange{off, gate_bytes(l, nj) + down_bytes(l, nj), S.buf.data() + size_t(s) * ud});
+    }
+    const auto ti = Clock::now();
+    reader_->read(rr.data(), rr.size());
+    stats_.io_wait_s += secs(ti, Clock::now());
+    stats_.bundles_loaded += miss.size();
+  }
+  stats_.bundles_active += act.size();
+
+  // 5. up and SwiGLU on the active bundles; compact their activations into ff_b
+  const auto t1 = Clock::now();
+  std::vector<const uint8_t*> down_part(act.size());
+  pool.parallel_for(int64_t(act.size()), [&](int64_t i, int) {
+    const int j = act[size_t(i)];
+    const int64_t n0 = int64_t(j) * cfg_.bundle_neurons, nj = bundle_size(j);
+    const uint8_t* slot = S.buf.data() + size_t(S.bundle_slot[size_t(j)]) * ud;
+    down_part[size_t(i)] = slot + gate_bytes(l, nj);
+    // up rows into ff_b's columns n0.. (ff_b is free until the compaction below)
+    run(slot, nj, ff_b + n0);
+    for (int64_t t = 0; t < n; ++t) silu_mul(ff_a + t * dff + n0, ff_b + t * dff + n0, nj);
+  });
+  int64_t K = 0;
+  for (int j : act) {
+    const int64_t n0 = int64_t(j) * cfg_.bundle_neurons, nj = bundle_size(j);
+    for (int64_t t = 0; t < n; ++t) std::memcpy(ff_b + t * dff + K, ff_a + t * dff + n0, size_t(nj) * sizeof(float));
+    K += nj;
+  }
+  // rows of the compacted input must be contiguous (n x K): close the gaps left by the dff stride
+  if (n > 1 && K < dff)
+    for (int64_t t = 1; t < n; ++t) std::memmove(ff_b + t * K, ff_b + t * dff, size_t(K) * sizeof(float));
+  stats_.compute_s += secs(t0, tc) + secs(t1, Clock::now());
+  down_subset(l, act, down_part, ff_b, n, y, pool);
 }
 
 }  // namespace lutllm

@@ -1,8 +1,12 @@
 // The FFN of every layer, run from a flash file's neuron bundles (layout: python/lutllm/convert.py)
 // instead of resident matrices: gate/up/SwiGLU/down with the LUT kernels on staged bundle bytes.
-// Modes: RESIDENT (all bundles read once at load) and DENSE_STREAM (each layer's bundles read per
-// token with the next layer prefetched into a second buffer). Both give exactly the logits of the
-// resident runtime on the same packed weights. It does not own attention or the residual stream.
+// Modes: RESIDENT (all bundles read once at load), DENSE_STREAM (each layer's bundles read per
+// token with the next layer prefetched into a second buffer) and WINDOWED (gate rows resident; only
+// the up/down parts of bundles whose gate activation clears a per-layer threshold are used, kept in
+// a per-layer slab while active within the last `window` tokens, misses read synchronously).
+// RESIDENT and DENSE_STREAM give exactly the logits of the resident runtime on the same packed
+// weights; so does WINDOWED with every bundle active (threshold < 0). It does not own attention or
+// the residual stream.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -17,7 +21,7 @@
 
 namespace lutllm {
 
-enum class FlashMode : int { RESIDENT = 0, DENSE_STREAM = 1 };
+enum class FlashMode : int { RESIDENT = 0, DENSE_STREAM = 1, WINDOWED = 2 };
 
 // What the flash file says about its bundles (lutllm.flash.* metadata plus tensor offsets).
 struct FlashFfnConfig {
@@ -31,6 +35,11 @@ struct FlashFfnConfig {
   std::vector<LutFormat> down_format;     // per layer: down K-slices
   std::vector<uint64_t> bundle_stride;    // per layer, multiple of 4096
   std::vector<uint64_t> layer_offset;     // per layer: absolute file offset of bundle 0
+  // WINDOWED only
+  int window = 4;                         // a bundle stays cached while active in the last `window` tokens
+  int slab_bundles = 0;                   // slab capacity per layer in bundles (0: all of them)
+  std::vector<float> threshold;           // per layer: bundle active if max |silu(gate)| > threshold
+                                          // (empty or < 0: every bundle active)
 };
 
 // Time and bytes of the streamed path since load (or the last reset_stats()).
@@ -40,6 +49,9 @@ struct FlashStats {
   double compute_s = 0;         // gate/up/SwiGLU/down, gather included
   double gather_s = 0;          // assembling the down matrix from bundles
   uint64_t layers_run = 0;
+  // WINDOWED: bundles used, read (cache misses) and evicted, summed over layers and tokens
+  uint64_t bundles_active = 0, bundles_loaded = 0, bundles_evicted = 0;
+  double cache_s = 0;           // window bookkeeping, evictions (swap-with-last copies), compaction
 };
 
 class FlashFfn {
@@ -62,9 +74,14 @@ class FlashFfn {
   uint64_t layer_bytes(int layer) const;
   FlashStats stats() const;
   void reset_stats();
+  // WINDOWED: set per-layer thresholds; record per-bundle scores (max |silu(gate)| per token) for
+  // calibration while `on`; take_scores() returns and clears them (layer -> scores, token-major).
+  void set_thresholds(const std::vector<float>& t);
+  void record_scores(bool on);
+  std::vector<std::vector<float>> take_scores();
+  int bundle_count() const;
 
  private:
-  int bundle_count() const;
   int64_t bundle_size(int j) const;
   size_t gate_bytes(int layer, int64_t n) const;
   size_t down_bytes(int layer, int64_t n) const;
@@ -72,6 +89,12 @@ class FlashFfn {
   const uint8_t* stage(int layer);
   void compute(int layer, const uint8_t* bundles, LinearInput& in, float* ff_a, float* ff_b, float* y,
                ThreadPool& pool);
+  void forward_windowed(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool);
+  // y = down over the bundles `act` (ascending; their down K-slices at down_part[i]) applied to h,
+  // the (n x K) activations of just those neurons in the same order: the slices are gathered into
+  // one packed (d x K) LUT matrix, so with every bundle it is the resident down matrix exactly.
+  void down_subset(int layer, const std::vector<int>& act, const std::vector<const uint8_t*>& down_part,
+                   const float* h, int64_t n, float* y, ThreadPool& pool);
 
   FlashFfnConfig cfg_;
   std::unique_ptr<FlashReader> reader_;
@@ -86,6 +109,24 @@ class FlashFfn {
   LinearInput down_in_;
   FlashStats stats_;
   uint64_t bytes_at_reset_ = 0;
+
+  // WINDOWED state
+  struct Slab {
+    AlignedBuffer buf;                 // capacity x ud_stride bytes: [up rows | down K-slice] per slot
+    std::vector<int> slot_bundle;      // slot -> bundle (slots [0, used) are live)
+    std::vector<int> bundle_slot;      // bundle -> slot or -1
+    std::vector<int64_t> last_active;  // bundle -> token count when last active (-inf: never)
+    int used = 0;
+    int64_t tokens = 0;
+  };
+  AlignedBuffer gates_;                // every layer's gate rows, bundle after bundle
+  std::vector<uint64_t> gate_offset_;  // layer -> offset in gates_
+  std::vector<Slab> slabs_;
+  std::vector<size_t> ud_stride_;      // layer -> slot size (up + down of a full bundle, 4096-rounded)
+  int capacity_ = 0;
+  bool recording_ = false;
+  std::vector<std::vector<float>> scores_;
+  std::vector<float> score_tmp_;
 };
 
 }  // namespace lutllm

@@ -238,7 +238,11 @@ std::shared_ptr<const FlashFfnConfig> flash_config_from_dict(const py::dict& d) 
   const std::string mode = d.contains("mode") ? d["mode"].cast<std::string>() : "dense";
   if (mode == "dense") c->mode = FlashMode::DENSE_STREAM;
   else if (mode == "resident") c->mode = FlashMode::RESIDENT;
-  else throw Error("unknown flash mode '" + mode + "' (dense, resident)");
+  else if (mode == "windowed") c->mode = FlashMode::WINDOWED;
+  else throw Error("unknown flash mode '" + mode + "' (dense, resident, windowed)");
+  if (d.contains("window")) c->window = d["window"].cast<int>();
+  if (d.contains("slab_bundles")) c->slab_bundles = d["slab_bundles"].cast<int>();
+  if (d.contains("threshold") && !d["threshold"].is_none()) c->threshold = d["threshold"].cast<std::vector<float>>();
   c->io = io_backend_from_name(d.contains("io") ? d["io"].cast<std::string>() : "auto");
   if (d.contains("io_threads")) c->io_threads = d["io_threads"].cast<int>();
   c->n_layer = need("n_layer").cast<int>();
@@ -278,7 +282,12 @@ void bind_flash(py::module_& m) {
     const FlashFfn& f = *mdl.flash_ffn;
     const FlashStats s = f.stats();
     py::dict out;
-    out["mode"] = f.mode() == FlashMode::RESIDENT ? "resident" : "dense";
+    out["mode"] = f.mode() == FlashMode::RESIDENT ? "resident" : f.mode() == FlashMode::WINDOWED ? "windowed" : "dense";
+    out["bundles_per_layer"] = f.bundle_count();
+    out["bundles_active"] = s.bundles_active;
+    out["bundles_loaded"] = s.bundles_loaded;
+    out["bundles_evicted"] = s.bundles_evicted;
+    out["cache_s"] = s.cache_s;
     out["io"] = std::string(io_backend_name(f.io_backend()));
     out["memory_bytes"] = f.memory_bytes();
     out["bytes_read"] = s.bytes_read;
@@ -288,6 +297,24 @@ void bind_flash(py::module_& m) {
     out["layers_run"] = s.layers_run;
     return out;
   }, py::arg("model"), "Flash FFN mode, I/O backend, memory and counters since the last reset (None: no flash).");
+  m.def("model_flash_set_thresholds", [](Model& mdl, const std::vector<float>& t) {
+    if (!mdl.flash_ffn) throw py::value_error("the model has no flash FFN");
+    mdl.flash_ffn->set_thresholds(t);
+  }, py::arg("model"), py::arg("thresholds"), "Per-layer activation thresholds (windowed mode); [] = all active.");
+  m.def("model_flash_record_scores", [](Model& mdl, bool on) {
+    if (!mdl.flash_ffn) throw py::value_error("the model has no flash FFN");
+    mdl.flash_ffn->record_scores(on);
+  }, py::arg("model"), py::arg("on"));
+  m.def("model_flash_take_scores", [](Model& mdl) {
+    if (!mdl.flash_ffn) throw py::value_error("the model has no flash FFN");
+    py::list out;
+    for (auto& v : mdl.flash_ffn->take_scores()) {
+      py::array_t<float> a(py::ssize_t(v.size()));
+      if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(float));
+      out.append(a);
+    }
+    return out;
+  }, py::arg("model"), "Recorded per-bundle scores, one flat float32 array per layer (tokens x bundles).");
   m.def("model_flash_reset_stats", [](Model& mdl) {
     if (mdl.flash_ffn) mdl.flash_ffn->reset_stats();
   }, py::arg("model"));

@@ -422,11 +422,13 @@ def flash_shape_view(tensors: dict, lay: FlashLayout) -> dict:
 class MemoryPlan:
     """Bytes a model needs resident, and the FFN mode a budget allows."""
 
-    mode: str            # "resident" (everything in DRAM) or "dense" (FFN streamed per token)
+    mode: str            # "resident" (everything in DRAM), "dense" (FFN streamed per token) or
+                         # "windowed" (gate resident, active bundles cached in per-layer slabs)
     resident: int        # mapped weights that always stay (embeddings, attention, norms, head)
     ffn_memory: int      # FFN bytes held: all bundles (resident) or two staging layers + gather buffer
     kv_and_scratch: int  # KV cache and activations
     minimum: int         # the smallest budget that works (dense-stream)
+    slab_bundles: int = 0  # windowed: slab capacity per layer, in bundles
 
     @property
     def total(self) -> int:
@@ -457,8 +459,21 @@ def plan_memory(file_size: int, lay: FlashLayout | None, cfg, n_ctx: int, n_batc
     full = resident + ffn + down_max + kv + scratch
     if mode in (None, "auto"):
         mode = "resident" if mem_budget is None or mem_budget >= full else "dense"
-    if mode not in ("resident", "dense"):
-        raise ValueError(f"unknown flash mode {mode!r} (auto, resident, dense)")
+    if mode not in ("resident", "dense", "windowed"):
+        raise ValueError(f"unknown flash mode {mode!r} (auto, resident, dense, windowed)")
+    if mode == "windowed":
+        gates = sum(lay.n_bundles * lay.gate_bytes(i, lay.bundle_neurons) for i in range(lay.n_layer))
+        slot = [_pad(lay.bundle_bytes(i, lay.bundle_neurons) - lay.gate_bytes(i, lay.bundle_neurons))
+                for i in range(lay.n_layer)]
+        fixed = resident + gates + down_max + kv + scratch
+        cap = lay.n_bundles
+        if mem_budget is not None:
+            cap = min(cap, (mem_budget - fixed) // sum(slot)) if mem_budget > fixed else 0
+            if cap < 1:
+                raise ValueError(f"mem_budget {mem_budget} bytes is too small for windowed mode: it needs at least "
+                                 f"{fixed + sum(slot)} bytes (resident weights {resident} + resident gate {gates} + "
+                                 f"one slab slot per layer {sum(slot)} + KV cache and activations {kv + scratch})")
+        return MemoryPlan(mode, resident, gates + down_max + cap * sum(slot), kv + scratch, minimum, int(cap))
     if mem_budget is not None:
         need = full if mode == "resident" else minimum
         if mem_budget < need:

@@ -69,14 +69,16 @@ class Engine:
         mem_budget: int | None = None,
         flash_mode: str | None = None,
         flash_io: str | None = None,
+        flash_window: int = 4,
     ):
         """lut: run <= 4-bit weights (Q4_0, Q4_1, Q4_K, Q2_K, TQ1_0, TQ2_0) through the table-lookup
         kernels (repacked once at load, exactly); False keeps every weight mapped and uses the
         int8-activation dot-product kernels.
         mem_budget: bytes of DRAM for weights, caches and staging (None: no limit). A flash file
         (`lutllm convert --flash`) keeps its FFN resident when it fits and streams it otherwise;
-        flash_mode forces "resident" or "dense" (streamed), flash_io an I/O backend
-        (auto, uring, pool, buffered). See convert.plan_memory."""
+        flash_mode forces "resident", "dense" (streamed) or "windowed" (sparse: gate resident, active
+        bundles cached for flash_window tokens; thresholds from flash_set_thresholds), flash_io an
+        I/O backend (auto, uring, pool, buffered). See convert.plan_memory."""
         from . import _core
 
         path = resolve_model(str(model))
@@ -110,7 +112,8 @@ class Engine:
                 raise ValueError(f"{path}: a flash file runs its FFN with the table-lookup kernels (lut=True)")
             cfg["flash"] = dict(self.flash_layout.config(), path=str(path), mode=self.memory_plan.mode,
                                 io=flash_io or "auto", n_layer=self.flash_layout.n_layer,
-                                d_model=self.flash_layout.d_model, d_ff=self.flash_layout.d_ff)
+                                d_model=self.flash_layout.d_model, d_ff=self.flash_layout.d_ff,
+                                window=int(flash_window), slab_bundles=self.memory_plan.slab_bundles)
         self.mem_budget = mem_budget
         self._model = _core.Model(str(path), cfg, descs, n_threads or 0)
         self._ctx = _core.Context(self._model, n_ctx, n_batch)
@@ -132,6 +135,12 @@ class Engine:
         from . import _core
 
         return _core.model_flash_info(self._model)
+
+    def flash_set_thresholds(self, thresholds) -> None:
+        """Windowed mode: per-layer thresholds on max |silu(gate)| of a bundle ([] = all active)."""
+        from . import _core
+
+        _core.model_flash_set_thresholds(self._model, [float(t) for t in thresholds])
 
     def flash_reset_stats(self) -> None:
         from . import _core
