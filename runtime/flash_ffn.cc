@@ -227,42 +227,42 @@ void FlashFfn::compute(int l, const uint8_t* B, LinearInput& in, float* ff_a, fl
   });
   silu_mul(ff_a, ff_b, n * dff);
 
-  std::vector<int> all(static_cast<size_t>(nb));
-  std::vector<const uint8_t*> parts(static_cast<size_t>(nb));
+  std::vector<DownPart> parts;
+  int64_t K = 0;
   for (int j = 0; j < nb; ++j) {
-    all[size_t(j)] = j;
-    parts[size_t(j)] = B + size_t(j) * stride + 2 * gate_bytes(l, bundle_size(j));
+    const int64_t nj = bundle_size(j);
+    parts.push_back(DownPart{B + size_t(j) * stride + 2 * gate_bytes(l, nj), K, nj});
+    K += nj;
   }
-  down_subset(l, all, parts, ff_a, n, y, pool);
+  gather_down(l, parts, dff, pool);
+  down_matmul(l, ff_a, n, dff, y, pool);
 }
 
-void FlashFfn::down_subset(int l, const std::vector<int>& act, const std::vector<const uint8_t*>& part,
-                           const float* h, int64_t n, float* y, ThreadPool& pool) {
+void FlashFfn::gather_down(int l, const std::vector<DownPart>& parts, int64_t K, ThreadPool& pool) {
+  const LutFormat dn = cfg_.down_format[size_t(l)];
+  const auto tg = Clock::now();
+  const size_t gbb = lut_group_block_bytes(dn), row_block = lut_row_block_bytes(dn, K);
+  uint8_t* D = down_.data();
+  pool.parallel_for(cfg_.d_model / kLutRows, [&](int64_t rb, int) {
+    for (const DownPart& p : parts) {
+      const size_t slice = size_t(p.n / dn.group) * gbb;
+      std::memcpy(D + size_t(rb) * row_block + size_t(p.k0 / dn.group) * gbb, p.data + size_t(rb) * slice, slice);
+    }
+  });
+  stats_.gather_s += secs(tg, Clock::now());
+}
+
+void FlashFfn::down_matmul(int l, const float* h, int64_t n, int64_t K, float* y, ThreadPool& pool) {
   const KernelTable& kt = kernels();
   const LutFormat dn = cfg_.down_format[size_t(l)];
-  const int64_t d = cfg_.d_model;
-  int64_t K = 0;
-  for (int j : act) K += bundle_size(j);
+  const int64_t d = cfg_.d_model, row_blocks = d / kLutRows;
   if (K == 0) {
     std::fill(y, y + n * d, 0.f);
     return;
   }
-  const auto tg = Clock::now();
-  const size_t gbb = lut_group_block_bytes(dn), row_block = lut_row_block_bytes(dn, K);
-  const int64_t row_blocks = d / kLutRows;
-  uint8_t* D = down_.data();
-  pool.parallel_for(row_blocks, [&](int64_t rb, int) {
-    uint8_t* dst = D + size_t(rb) * row_block;
-    for (size_t i = 0; i < act.size(); ++i) {
-      const size_t slice = size_t(bundle_size(act[i]) / dn.group) * gbb;
-      std::memcpy(dst, part[i] + size_t(rb) * slice, slice);
-      dst += slice;
-    }
-  });
-  stats_.gather_s += secs(tg, Clock::now());
   down_in_.set(h, n, K);
   const LutAct* dacts = down_in_.lut(pool, dn.group);
-  const LutWeights W{D, d, K, dn};
+  const LutWeights W{down_.data(), d, K, dn};
   const int64_t per = std::max<int64_t>(1, (row_blocks + pool.size() * 4 - 1) / (pool.size() * 4));
   const int64_t tasks = (row_blocks + per - 1) / per;
   LutGemvFn dgemv = kt.lut_gemv[dn.kind];
@@ -338,7 +338,7 @@ void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b
   const int64_t tok = ++S.tokens;
   for (int j : act) S.last_active[size_t(j)] = tok;
 
-  // 3. window: drop bundles not active in the last `window` tokens (swap-with-last), then make room
+  // 3. window: drop bundles not active in the last `window` tokens (swap-with-last delete)
   const size_t ud = ud_stride_[size_t(l)];
   auto evict = [&](int s) {
     const int b = S.slot_bundle[size_t(s)], last = S.used - 1;
@@ -355,65 +355,91 @@ void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b
     if (tok - S.last_active[size_t(S.slot_bundle[size_t(s)])] >= cfg_.window) evict(s);
     else ++s;
   }
-  std::vector<int> miss;
-  for (int j : act)
-    if (S.bundle_slot[size_t(j)] < 0) miss.push_back(j);
-  if (int(act.size()) > capacity_)
-    throw Error("flash FFN: layer " + std::to_string(l) + " has " + std::to_string(act.size()) +
-                " active bundles but the slab holds " + std::to_string(capacity_) +
-                "; raise mem_budget or the activation threshold");
-  while (S.used + int(miss.size()) > capacity_) {  // least recently active bundle that is not needed now
-    int victim = -1;
-    for (int s = 0; s < S.used; ++s) {
-      const int b = S.slot_bundle[size_t(s)];
-      if (S.last_active[size_t(b)] == tok) continue;
-      if (victim < 0 || S.last_active[size_t(b)] < S.last_active[size_t(S.slot_bundle[size_t(victim)])]) victim = s;
-    }
-    evict(victim);
-  }
   stats_.cache_s += secs(tc, Clock::now());
-
-  // 4. misses: read their up|down parts into appended slots, synchronously
-  if (!miss.empty()) {
-    std::vector<ReadRange> rr;
-    for (int j : miss) {
-      const int s = S.used++;
-      S.slot_bundle[size_t(s)] = j;
-      S.bundle_slot[size_t(j)] = s;
-      const int64_t nj = bundle_size(j);
-      const uint64_t off = cfg_.layer_offset[size_t(l)] + uint64_t(j) * cfg_.bundle_stride[size_t(l)] + gate_bytes(l, nj);
-      rr.push_back(ReadRange{off, gate_bytes(l, nj) + down_bytes(l, nj), S.buf.data() + size_t(s) * ud});
-    }
-    const auto ti = Clock::now();
-    reader_->read(rr.data(), rr.size());
-    stats_.io_wait_s += secs(ti, Clock::now());
-    stats_.bundles_loaded += miss.size();
-  }
   stats_.bundles_active += act.size();
 
-  // 5. up and SwiGLU on the active bundles; compact their activations into ff_b
-  const auto t1 = Clock::now();
-  std::vector<const uint8_t*> down_part(act.size());
-  pool.parallel_for(int64_t(act.size()), [&](int64_t i, int) {
-    const int j = act[size_t(i)];
-    const int64_t n0 = int64_t(j) * cfg_.bundle_neurons, nj = bundle_size(j);
-    const uint8_t* slot = S.buf.data() + size_t(S.bundle_slot[size_t(j)]) * ud;
-    down_part[size_t(i)] = slot + gate_bytes(l, nj);
-    // up rows into ff_b's columns n0.. (ff_b is free until the compaction below)
-    run(slot, nj, ff_b + n0);
-    for (int64_t t = 0; t < n; ++t) silu_mul(ff_a + t * dff + n0, ff_b + t * dff + n0, nj);
-  });
+  // 4. rounds: each takes the cached active bundles plus as many misses as the slab has room for
+  //    (evicting the least recently active bundles not needed in this round), reads the misses
+  //    synchronously, runs up + SwiGLU, and places the bundles' down K-slices and activations at
+  //    their K offsets (ascending bundle order). One round unless the slab is smaller than the
+  //    active set.
   int64_t K = 0;
-  for (int j : act) {
-    const int64_t n0 = int64_t(j) * cfg_.bundle_neurons, nj = bundle_size(j);
-    for (int64_t t = 0; t < n; ++t) std::memcpy(ff_b + t * dff + K, ff_a + t * dff + n0, size_t(nj) * sizeof(float));
-    K += nj;
+  std::vector<int64_t> k0(act.size());
+  for (size_t i = 0; i < act.size(); ++i) {
+    k0[i] = K;
+    K += bundle_size(act[i]);
   }
-  // rows of the compacted input must be contiguous (n x K): close the gaps left by the dff stride
-  if (n > 1 && K < dff)
-    for (int64_t t = 1; t < n; ++t) std::memmove(ff_b + t * K, ff_b + t * dff, size_t(K) * sizeof(float));
-  stats_.compute_s += secs(t0, tc) + secs(t1, Clock::now());
-  down_subset(l, act, down_part, ff_b, n, y, pool);
+  h_.resize(size_t(n * K));
+  std::vector<char> done(act.size(), 0), in_round(size_t(nb), 0);
+  size_t n_done = 0;
+  while (n_done < act.size()) {
+    const auto tr = Clock::now();
+    std::vector<size_t> round, miss;
+    for (size_t i = 0; i < act.size(); ++i)
+      if (!done[i] && S.bundle_slot[size_t(act[i])] >= 0) { round.push_back(i); in_round[size_t(act[i])] = 1; }
+    for (size_t i = 0; i < act.size(); ++i) {
+      if (done[i] || S.bundle_slot[size_t(act[i])] >= 0) continue;
+      if (S.used == capacity_) {  // victim: a slot not in this round; not-active-now before already-done
+        int victim = -1;
+        int64_t best = INT64_MAX;
+        for (int s = 0; s < S.used; ++s) {
+          const int b = S.slot_bundle[size_t(s)];
+          if (in_round[size_t(b)]) continue;
+          const int64_t key = S.last_active[size_t(b)] == tok ? INT64_MAX - 1 : S.last_active[size_t(b)];
+          if (key < best) { best = key; victim = s; }
+        }
+        if (victim < 0) break;  // the slab is full of this round's bundles
+        evict(victim);
+      }
+      const int s = S.used++;
+      S.slot_bundle[size_t(s)] = act[i];
+      S.bundle_slot[size_t(act[i])] = s;
+      in_round[size_t(act[i])] = 1;
+      round.push_back(i);
+      miss.push_back(i);
+    }
+    stats_.cache_s += secs(tr, Clock::now());
+    if (!miss.empty()) {
+      std::vector<ReadRange> rr;
+      for (size_t i : miss) {
+        const int j = act[i];
+        const int64_t nj = bundle_size(j);
+        const uint64_t off = cfg_.layer_offset[size_t(l)] + uint64_t(j) * cfg_.bundle_stride[size_t(l)] + gate_bytes(l, nj);
+        rr.push_back(ReadRange{off, gate_bytes(l, nj) + down_bytes(l, nj),
+                               S.buf.data() + size_t(S.bundle_slot[size_t(j)]) * ud});
+      }
+      const auto ti = Clock::now();
+      reader_->read(rr.data(), rr.size());
+      stats_.io_wait_s += secs(ti, Clock::now());
+      stats_.bundles_loaded += miss.size();
+    }
+    // up rows into ff_b's columns n0.., SwiGLU into ff_a, activations to h_ at k0 (n x K)
+    const auto t1 = Clock::now();
+    std::vector<DownPart> parts(round.size());
+    pool.parallel_for(int64_t(round.size()), [&](int64_t r, int) {
+      const size_t i = round[size_t(r)];
+      const int j = act[i];
+      const int64_t n0 = int64_t(j) * cfg_.bundle_neurons, nj = bundle_size(j);
+      const uint8_t* slot = S.buf.data() + size_t(S.bundle_slot[size_t(j)]) * ud;
+      parts[size_t(r)] = DownPart{slot + gate_bytes(l, nj), k0[i], nj};
+      run(slot, nj, ff_b + n0);
+      for (int64_t t = 0; t < n; ++t) {
+        silu_mul(ff_a + t * dff + n0, ff_b + t * dff + n0, nj);
+        std::memcpy(h_.data() + t * K + k0[i], ff_a + t * dff + n0, size_t(nj) * sizeof(float));
+      }
+    });
+    stats_.compute_s += secs(t1, Clock::now());
+    gather_down(l, parts, K, pool);
+    for (size_t i : round) {
+      done[i] = 1;
+      in_round[size_t(act[i])] = 0;
+    }
+    n_done += round.size();
+  }
+  stats_.compute_s += secs(t0, tc);
+  const auto t2 = Clock::now();
+  down_matmul(l, h_.data(), n, K, y, pool);
+  stats_.compute_s += secs(t2, Clock::now());
 }
 
 }  // namespace lutllm

@@ -90,11 +90,15 @@ class FlashFfn {
   void compute(int layer, const uint8_t* bundles, LinearInput& in, float* ff_a, float* ff_b, float* y,
                ThreadPool& pool);
   void forward_windowed(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool);
-  // y = down over the bundles `act` (ascending; their down K-slices at down_part[i]) applied to h,
-  // the (n x K) activations of just those neurons in the same order: the slices are gathered into
-  // one packed (d x K) LUT matrix, so with every bundle it is the resident down matrix exactly.
-  void down_subset(int layer, const std::vector<int>& act, const std::vector<const uint8_t*>& down_part,
-                   const float* h, int64_t n, float* y, ThreadPool& pool);
+  // Down product over a subset of bundles: their down K-slices are gathered into one packed (d x K)
+  // LUT matrix (K offsets in ascending bundle order), so over every bundle it is the resident down
+  // matrix byte for byte; h holds the (n x K) activations of the same neurons in the same order.
+  struct DownPart {
+    const uint8_t* data;  // the bundle's down part: d/16 row blocks of n/G group blocks
+    int64_t k0, n;        // K offset and neuron count
+  };
+  void gather_down(int layer, const std::vector<DownPart>& parts, int64_t K, ThreadPool& pool);
+  void down_matmul(int layer, const float* h, int64_t n, int64_t K, float* y, ThreadPool& pool);
 
   FlashFfnConfig cfg_;
   std::unique_ptr<FlashReader> reader_;
@@ -127,6 +131,7 @@ class FlashFfn {
   bool recording_ = false;
   std::vector<std::vector<float>> scores_;
   std::vector<float> score_tmp_;
+  std::vector<float> h_;               // compacted activations of the active neurons (n x K)
 };
 
 }  // namespace lutllm

@@ -482,3 +482,28 @@ def plan_memory(file_size: int, lay: FlashLayout | None, cfg, n_ctx: int, n_batc
                              f"{kv + scratch} for n_ctx {n_ctx})" + (f"; {mode} mode needs {need}" if need != minimum else ""))
     ffn_mem = ffn + down_max if mode == "resident" else staging
     return MemoryPlan(mode, resident, ffn_mem, kv + scratch, minimum)
+
+
+def calibrate_thresholds(engine, tokens, density: float) -> list[float]:
+    """Per-layer thresholds for windowed mode so that about `density` of each layer's bundles are
+    active on `tokens` (CATS-style: a quantile of the observed scores, max |silu(gate)| per bundle and
+    token, measured with every bundle active). Calibrate on a different text than you evaluate on.
+    The engine must be in windowed mode; its thresholds are left as they were."""
+    from . import _core
+
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    info = engine.flash_info()
+    if info is None or info["mode"] != "windowed":
+        raise ValueError("calibration needs an engine in windowed flash mode")
+    m = engine._model
+    _core.model_flash_set_thresholds(m, [])
+    _core.model_flash_record_scores(m, True)
+    try:
+        engine.reset()
+        engine.eval(list(tokens))
+        scores = _core.model_flash_take_scores(m)
+    finally:
+        _core.model_flash_record_scores(m, False)
+        engine.reset()
+    return [float(np.quantile(s, 1.0 - density)) if density < 1.0 else -1.0 for s in scores]
