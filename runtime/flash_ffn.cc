@@ -72,7 +72,7 @@ FlashFfn::FlashFfn(const FlashFfnConfig& cfg, int n_layer, int d_model, int d_ff
     max_layer = std::max(max_layer, layer_bytes(l));
     max_down = std::max(max_down, lut_packed_bytes(dn, d_model, d_ff));
   }
-  down_.resize(max_down);
+  if (cfg.mode != FlashMode::RESIDENT) down_.resize(max_down);
   if (cfg.mode == FlashMode::RESIDENT) {
     uint64_t total = 0;
     for (int l = 0; l < n_layer; ++l) {
@@ -84,6 +84,26 @@ FlashFfn::FlashFfn(const FlashFfnConfig& cfg, int n_layer, int d_model, int d_ff
     for (int l = 0; l < n_layer; ++l)
       rr.push_back(ReadRange{cfg.layer_offset[size_t(l)], layer_bytes(l), all_.data() + all_offset_[size_t(l)]});
     reader_->read(rr.data(), rr.size());
+    // Rearrange each layer in place as [gate|up of bundle 0][gate|up of bundle 1]...[down matrix,
+    // gathered once]: the per-token down gather of the streamed path is not needed here.
+    std::vector<uint8_t> tmp;
+    for (int l = 0; l < n_layer; ++l) {
+      uint8_t* base = all_.data() + all_offset_[size_t(l)];
+      tmp.assign(base, base + layer_bytes(l));
+      const int nb = bundle_count();
+      const size_t gu = 2 * gate_bytes(l, cfg.bundle_neurons);
+      std::vector<DownPart> parts;
+      int64_t k0 = 0;
+      for (int j = 0; j < nb; ++j) {
+        const int64_t nj = bundle_size(j);
+        const uint8_t* b = tmp.data() + size_t(j) * cfg.bundle_stride[size_t(l)];
+        std::memcpy(base + size_t(j) * gu, b, 2 * gate_bytes(l, nj));
+        parts.push_back(DownPart{b + 2 * gate_bytes(l, nj), k0, nj});
+        k0 += nj;
+      }
+      gather_into(l, parts, d_ff, base + size_t(nb) * gu, nullptr);
+      resident_down_.push_back(base + size_t(nb) * gu);
+    }
   } else if (cfg.mode == FlashMode::DENSE_STREAM) {
     slot_[0] = AlignedBuffer(size_t(max_layer));
     slot_[1] = AlignedBuffer(size_t(max_layer));
@@ -210,7 +230,8 @@ void FlashFfn::compute(int l, const uint8_t* B, LinearInput& in, float* ff_a, fl
   const LutFormat gu = cfg_.gu_format[size_t(l)];
   const int64_t n = in.n(), d = cfg_.d_model, dff = cfg_.d_ff;
   const int nb = bundle_count();
-  const uint64_t stride = cfg_.bundle_stride[size_t(l)];
+  const bool resident = cfg_.mode == FlashMode::RESIDENT;  // [gate|up]... then the gathered down
+  const uint64_t stride = resident ? 2 * gate_bytes(l, cfg_.bundle_neurons) : cfg_.bundle_stride[size_t(l)];
 
   // gate and up, bundle by bundle: rows n0..n0+nj of each matrix, whole 16-row blocks
   const LutAct* acts = in.lut(pool, gu.group);
@@ -227,6 +248,10 @@ void FlashFfn::compute(int l, const uint8_t* B, LinearInput& in, float* ff_a, fl
   });
   silu_mul(ff_a, ff_b, n * dff);
 
+  if (resident) {
+    down_matmul(l, ff_a, n, dff, y, pool, resident_down_[size_t(l)]);
+    return;
+  }
   std::vector<DownPart> parts;
   int64_t K = 0;
   for (int j = 0; j < nb; ++j) {
@@ -238,21 +263,28 @@ void FlashFfn::compute(int l, const uint8_t* B, LinearInput& in, float* ff_a, fl
   down_matmul(l, ff_a, n, dff, y, pool);
 }
 
-void FlashFfn::gather_down(int l, const std::vector<DownPart>& parts, int64_t K, ThreadPool& pool) {
+void FlashFfn::gather_into(int l, const std::vector<DownPart>& parts, int64_t K, uint8_t* D, ThreadPool* pool) {
   const LutFormat dn = cfg_.down_format[size_t(l)];
-  const auto tg = Clock::now();
   const size_t gbb = lut_group_block_bytes(dn), row_block = lut_row_block_bytes(dn, K);
-  uint8_t* D = down_.data();
-  pool.parallel_for(cfg_.d_model / kLutRows, [&](int64_t rb, int) {
+  auto one = [&](int64_t rb, int) {
     for (const DownPart& p : parts) {
       const size_t slice = size_t(p.n / dn.group) * gbb;
       std::memcpy(D + size_t(rb) * row_block + size_t(p.k0 / dn.group) * gbb, p.data + size_t(rb) * slice, slice);
     }
-  });
+  };
+  if (pool) pool->parallel_for(cfg_.d_model / kLutRows, one);
+  else
+    for (int64_t rb = 0; rb < cfg_.d_model / kLutRows; ++rb) one(rb, 0);
+}
+
+void FlashFfn::gather_down(int l, const std::vector<DownPart>& parts, int64_t K, ThreadPool& pool) {
+  const auto tg = Clock::now();
+  gather_into(l, parts, K, down_.data(), &pool);
   stats_.gather_s += secs(tg, Clock::now());
 }
 
-void FlashFfn::down_matmul(int l, const float* h, int64_t n, int64_t K, float* y, ThreadPool& pool) {
+void FlashFfn::down_matmul(int l, const float* h, int64_t n, int64_t K, float* y, ThreadPool& pool,
+                           const uint8_t* D) {
   const KernelTable& kt = kernels();
   const LutFormat dn = cfg_.down_format[size_t(l)];
   const int64_t d = cfg_.d_model, row_blocks = d / kLutRows;
@@ -262,7 +294,7 @@ void FlashFfn::down_matmul(int l, const float* h, int64_t n, int64_t K, float* y
   }
   down_in_.set(h, n, K);
   const LutAct* dacts = down_in_.lut(pool, dn.group);
-  const LutWeights W{down_.data(), d, K, dn};
+  const LutWeights W{D ? D : down_.data(), d, K, dn};
   const int64_t per = std::max<int64_t>(1, (row_blocks + pool.size() * 4 - 1) / (pool.size() * 4));
   const int64_t tasks = (row_blocks + per - 1) / per;
   LutGemvFn dgemv = kt.lut_gemv[dn.kind];

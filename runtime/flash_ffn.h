@@ -97,8 +97,11 @@ class FlashFfn {
     const uint8_t* data;  // the bundle's down part: d/16 row blocks of n/G group blocks
     int64_t k0, n;        // K offset and neuron count
   };
-  void gather_down(int layer, const std::vector<DownPart>& parts, int64_t K, ThreadPool& pool);
-  void down_matmul(int layer, const float* h, int64_t n, int64_t K, float* y, ThreadPool& pool);
+  void gather_into(int layer, const std::vector<DownPart>& parts, int64_t K, uint8_t* dst, ThreadPool* pool);
+  void gather_down(int layer, const std::vector<DownPart>& parts, int64_t K, ThreadPool& pool);  // into down_
+  // y = D x h with D the packed (d x K) down matrix (default: down_)
+  void down_matmul(int layer, const float* h, int64_t n, int64_t K, float* y, ThreadPool& pool,
+                   const uint8_t* D = nullptr);
 
   FlashFfnConfig cfg_;
   std::unique_ptr<FlashReader> reader_;
@@ -106,6 +109,7 @@ class FlashFfn {
   // RESIDENT: one buffer with every layer; DENSE_STREAM: two slots
   AlignedBuffer all_;
   std::vector<uint64_t> all_offset_;
+  std::vector<const uint8_t*> resident_down_;  // RESIDENT: each layer's gathered down matrix (in all_)
   AlignedBuffer slot_[2];
   int slot_layer_[2] = {-1, -1};
   ReadTicket slot_ticket_[2];

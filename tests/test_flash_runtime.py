@@ -96,6 +96,7 @@ def test_mem_budget_selects_mode_and_states_minimum(flash_pair):
     src, flash = flash_pair
     big = Engine(flash, n_ctx=64, n_threads=1, mem_budget=1 << 34)
     assert big.flash_info()["mode"] == "resident"
+    assert big.flash_info()["memory_bytes"] == big.memory_plan.ffn_memory == big.flash_layout.ffn_bytes()
     plan = big.memory_plan
     assert plan.minimum < plan.total
     lay = big.flash_layout

@@ -456,7 +456,7 @@ def plan_memory(file_size: int, lay: FlashLayout | None, cfg, n_ctx: int, n_batc
     resident = file_size - ffn
     staging = 2 * max(lay.layer_bytes(i) for i in range(lay.n_layer)) + down_max
     minimum = resident + staging + kv + scratch
-    full = resident + ffn + down_max + kv + scratch
+    full = resident + ffn + kv + scratch  # resident: bundles rearranged in place, down gathered once
     if mode in (None, "auto"):
         mode = "resident" if mem_budget is None or mem_budget >= full else "dense"
     if mode not in ("resident", "dense", "windowed"):
@@ -480,7 +480,7 @@ def plan_memory(file_size: int, lay: FlashLayout | None, cfg, n_ctx: int, n_batc
             raise ValueError(f"mem_budget {mem_budget} bytes is too small: this model needs at least {minimum} bytes "
                              f"(resident weights {resident} + FFN staging {staging} + KV cache and activations "
                              f"{kv + scratch} for n_ctx {n_ctx})" + (f"; {mode} mode needs {need}" if need != minimum else ""))
-    ffn_mem = ffn + down_max if mode == "resident" else staging
+    ffn_mem = ffn if mode == "resident" else staging
     return MemoryPlan(mode, resident, ffn_mem, kv + scratch, minimum)
 
 
