@@ -209,3 +209,34 @@ def test_cli_convert(tmp_path):
     assert "bundles of" in r.output and FlashLayout.from_gguf(GGUFFile(tmp_path / "o.gguf")) is not None
     r = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "p.gguf")])
     assert r.exit_code == 2 and "--flash" in r.output
+
+
+@pytest.mark.slow
+def test_qwen_mixed_types(tmp_path):
+    """Qwen2.5-Coder-0.5B mixes Q5_0 gate/up with Q4_K or Q6_K down: Q4_K repacks exactly (fp32
+    scales), Q5_0 and Q6_K are re-quantized and listed; every layer's bundles decode as documented."""
+    from lutllm.models import resolve_model
+
+    src_path = resolve_model("qwen2.5-coder-0.5b-instruct")
+    out = tmp_path / "qwen.flash.gguf"
+    lay = convert_flash(src_path, out, progress=False)
+    src, fl = GGUFFile(src_path), GGUFFile(out)
+    kinds = {src.tensor(f"blk.{i}.ffn_down.weight").type_name for i in range(lay.n_layer)}
+    assert kinds == {"Q4_K", "Q6_K"}
+    for i in range(lay.n_layer):
+        down_t = src.tensor(f"blk.{i}.ffn_down.weight")
+        assert (f"blk.{i}.ffn_down.weight" in lay.requantized) == (down_t.type_name != "Q4_K")
+        assert f"blk.{i}.ffn_gate.weight" in lay.requantized  # Q5_0
+        assert lay.bundle_bytes(i, lay.bundle_neurons) >= MIN_BUNDLE_BYTES
+    for i in (0, 1, 2, 3):  # both down kinds
+        gate, up, down = unbundle(fl, lay, i)
+        t = src.tensor(f"blk.{i}.ffn_down.weight")
+        raw = np.asarray(src.tensor_data(t.name)).view(np.uint8).reshape(-1)
+        w = gguf.quants.dequantize(raw, GQT(t.ggml_type)).reshape(lay.d_model, lay.d_ff)
+        got = _core.lut_unpack(np.ascontiguousarray(down), lay.down_format[i], lay.d_model, lay.d_ff)
+        if t.type_name == "Q4_K":
+            assert lay.down_format[i] == (4, 32, 4, 1)
+            np.testing.assert_array_equal(got, w)
+        else:
+            want, _ = _core.lut_quantize(np.ascontiguousarray(w.astype(np.float32)), 4, 32)
+            np.testing.assert_array_equal(down, want)
