@@ -3,6 +3,12 @@ outside (a memory cgroup per run) for lutllm resident / dense-stream / windowed-
 and llama-cpp-python with mmap under the same memory limit. Prints JSON lines + a table.
 
     python bench/flash.py -m qwen2.5-coder-1.5b-instruct [--budget-frac 0.5] [-n 32] [--windows 1,2,4,8]
+    python bench/flash.py -m smollm2-135m-instruct --quality [--densities 0.9,0.7,0.5]
+
+--quality instead measures what windowed-sparse thresholds cost: perplexity, mean KL divergence and
+top-1 agreement against the dense model, one token at a time (n_batch 1, so each token's own
+active set is used), thresholds calibrated on tests/data/tokenizer_corpus.txt and evaluated on
+tests/data/ppl_text.txt (different texts).
 
 Each arm runs in its own process inside a fresh memory cgroup (v2: memory.max / memory.peak; v1: a
 child of this process's group, memory.limit_in_bytes / memory.max_usage_in_bytes) whose limit is the
@@ -180,6 +186,42 @@ def llama_worker(job: dict) -> dict:
             "read_bytes_per_token": (_read_bytes() - r0) / n}
 
 
+def quality(flash: str, densities: list[float], window: int, threads: int, n_ctx: int, chunks: int) -> None:
+    import numpy as np
+
+    from lutllm.convert import calibrate_thresholds
+    from lutllm.engine import Engine
+
+    data = HERE.parent / "tests" / "data"
+    e = Engine(flash, n_ctx=n_ctx, n_threads=threads, n_batch=1, flash_mode="windowed", flash_window=window)
+    calib = e.tokenizer.encode((data / "tokenizer_corpus.txt").read_text(), add_special=True, parse_special=False)
+    toks = e.tokenizer.encode((data / "ppl_text.txt").read_text(), add_special=True, parse_special=False)
+    if len(toks) < chunks * n_ctx:
+        raise SystemExit(f"evaluation text has {len(toks)} tokens, fewer than {chunks} x {n_ctx}")
+    ref = None
+    for density in [1.0] + densities:
+        e.flash_set_thresholds(calibrate_thresholds(e, calib[:n_ctx], density) if density < 1 else [])
+        e.flash_reset_stats()
+        rows, targets = [], []
+        for c in range(chunks):
+            chunk = toks[c * n_ctx:(c + 1) * n_ctx]
+            e.reset()
+            rows.append(e.eval(chunk, all_logits=True)[:-1].astype(np.float64))
+            targets.append(np.asarray(chunk[1:]))
+        r, t = np.concatenate(rows), np.concatenate(targets)
+        logp = r - (r.max(1) + np.log(np.exp(r - r.max(1)[:, None]).sum(1)))[:, None]
+        ppl = float(np.exp(-logp[np.arange(len(t)), t].mean()))
+        if ref is None:
+            ref = (logp, ppl)
+        kl = float((np.exp(ref[0]) * (ref[0] - logp)).sum(1).mean())
+        info = e.flash_info()
+        slots = info["layers_run"] * info["bundles_per_layer"]
+        print(json.dumps({"density": density, "window": window, "ppl": ppl, "dppl_pct": 100 * (ppl / ref[1] - 1),
+                          "mean_kl": kl, "top1_agree": float((ref[0].argmax(1) == logp.argmax(1)).mean()),
+                          "active_frac": info["bundles_active"] / slots,
+                          "loaded_frac": info["bundles_loaded"] / slots}), flush=True)
+
+
 # ---- driver --------------------------------------------------------------------------------------
 def run_arm(name: str, job: dict, limit: int | None, files: list[str], use_cgroup: bool) -> dict:
     for f in files:
@@ -217,6 +259,9 @@ def main():
     ap.add_argument("--windows", default="1,2,4,8")
     ap.add_argument("--density", type=float, default=0.5, help="fraction of bundles active (calibrated)")
     ap.add_argument("--no-llama", action="store_true")
+    ap.add_argument("--quality", action="store_true", help="measure sparsity cost instead of speed")
+    ap.add_argument("--densities", default="0.9,0.7,0.5")
+    ap.add_argument("--chunks", type=int, default=2)
     a = ap.parse_args()
     if a.worker:
         job = json.loads(a.worker)
@@ -231,6 +276,10 @@ def main():
     flash = a.flash_file or str(pathlib.Path(src).with_suffix(".flash.gguf"))
     if not os.path.exists(flash):
         convert_flash(src, flash)
+    if a.quality:
+        quality(flash, [float(x) for x in a.densities.split(",") if x], int(a.windows.split(",")[-1]), a.threads,
+                min(a.n_ctx, 256), a.chunks)
+        return
     size = os.path.getsize(src)
     budget = int(size * a.budget_frac)
     why = cgroup_usable()
