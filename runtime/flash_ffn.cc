@@ -246,7 +246,7 @@ void FlashFfn::compute(int l, const uint8_t* B, LinearInput& in, float* ff_a, fl
     if (n == 1) gemv(&w, acts, 0, nj, out);
     else gemm(&w, acts, n, 0, nj, out, dff);
   });
-  silu_mul(ff_a, ff_b, n * dff);
+  gated_activation(FfnAct::SILU, ff_a, ff_b, n * dff);
 
   if (resident) {
     down_matmul(l, ff_a, n, dff, y, pool, resident_down_[size_t(l)]);
@@ -456,7 +456,7 @@ void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b
       parts[size_t(r)] = DownPart{slot + gate_bytes(l, nj), k0[i], nj};
       run(slot, nj, ff_b + n0);
       for (int64_t t = 0; t < n; ++t) {
-        silu_mul(ff_a + t * dff + n0, ff_b + t * dff + n0, nj);
+        gated_activation(FfnAct::SILU, ff_a + t * dff + n0, ff_b + t * dff + n0, nj);
         std::memcpy(h_.data() + t * K + k0[i], ff_a + t * dff + n0, size_t(nj) * sizeof(float));
       }
     });
