@@ -123,6 +123,11 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
   if (b.has("output.weight")) output = b.proj("output", d, cfg.n_vocab).w;
   else output = Linear(tok_embd);  // tied embeddings
 
+  if (cfg.flash) {  // flash hook: the streamed FFN computes silu(gate) * up, then down, nothing else
+    if (cfg.ffn_act != FfnAct::SILU || parts.sub_norms)
+      throw Error(path + ": flash files support SiLU-gated FFNs without sub-norms (llama, qwen2), not '" + cfg.arch + "'");
+    flash_ffn = std::make_shared<FlashFfn>(*cfg.flash, cfg.n_layer, cfg.d_model, cfg.d_ff);
+  }
   layers.resize(size_t(cfg.n_layer));
   for (int i = 0; i < cfg.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
@@ -145,9 +150,11 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
       L.ffn_sub_norm = b.vec(p + "ffn_sub_norm.weight", cfg.d_ff);
     }
     L.ffn_norm = b.vec(p + "ffn_norm.weight", d);
-    L.w_gate = b.proj(p + "ffn_gate", d, cfg.d_ff);
-    L.w_up = b.proj(p + "ffn_up", d, cfg.d_ff);
-    L.w_down = b.proj(p + "ffn_down", cfg.d_ff, d);
+    if (!flash_ffn) {  // flash hook: a flash file's FFN has no resident matrices
+      L.w_gate = b.proj(p + "ffn_gate", d, cfg.d_ff);
+      L.w_up = b.proj(p + "ffn_up", d, cfg.d_ff);
+      L.w_down = b.proj(p + "ffn_down", cfg.d_ff, d);
+    }
     L.window = cfg.layer_window.empty() ? 0 : cfg.layer_window[size_t(i)];
     if (L.window < 0) throw Error(path + ": layer " + std::to_string(i) + " has a negative attention window");
     L.rope_base = cfg.layer_rope_base.empty() ? cfg.rope_base : cfg.layer_rope_base[size_t(i)];
@@ -257,12 +264,16 @@ void Context::forward_layer(int l, int64_t n, int64_t pos) {
   // feed-forward block: act(gate) * up, then down
   rms_norm(x, L.ffn_norm, n, d, eps, xn_.data());
   in_.set(xn_.data(), n, d);
-  L.w_gate.forward(in_, ff_a_.data(), pool);
-  L.w_up.forward(in_, ff_b_.data(), pool);
-  gated_activation(c.ffn_act, ff_a_.data(), ff_b_.data(), n * c.d_ff);
-  if (L.ffn_sub_norm) rms_norm(ff_a_.data(), L.ffn_sub_norm, n, c.d_ff, eps, ff_a_.data());
-  in_.set(ff_a_.data(), n, c.d_ff);
-  L.w_down.forward(in_, xn_.data(), pool);
+  if (M.flash_ffn) {  // flash hook: the FFN streams from storage (runtime/flash_ffn.h)
+    M.flash_ffn->forward(l, in_, ff_a_.data(), ff_b_.data(), xn_.data(), pool);
+  } else {
+    L.w_gate.forward(in_, ff_a_.data(), pool);
+    L.w_up.forward(in_, ff_b_.data(), pool);
+    gated_activation(c.ffn_act, ff_a_.data(), ff_b_.data(), n * c.d_ff);
+    if (L.ffn_sub_norm) rms_norm(ff_a_.data(), L.ffn_sub_norm, n, c.d_ff, eps, ff_a_.data());
+    in_.set(ff_a_.data(), n, c.d_ff);
+    L.w_down.forward(in_, xn_.data(), pool);
+  }
   if (L.post_ffn_norm) rms_norm(xn_.data(), L.post_ffn_norm, n, d, eps, xn_.data());
   for (int64_t i = 0; i < n * d; ++i) x[i] += xn_[size_t(i)];
 }

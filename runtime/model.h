@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "flash_ffn.h"
 #include "linear.h"
 #include "thread_pool.h"
 #include "weights.h"
@@ -38,6 +39,7 @@ struct ModelConfig {
   std::vector<int> layer_window;
   std::vector<float> layer_rope_base, layer_rope_freq_scale;
   bool use_lut = true;  // run <= 4-bit weights through the table-lookup kernels (repacked at load)
+  std::shared_ptr<const FlashFfnConfig> flash;  // set: FFN weights come from a flash file (flash_ffn.h)
 };
 
 // A projection y = scale * (W x) + bias; scale (bitnet's per-tensor scales) and bias (qwen2's q/k/v
@@ -80,6 +82,7 @@ class Model {
   const float* output_norm = nullptr;        // (d)
   Linear output;                             // (n_vocab x d); the embedding when tied
   std::vector<LayerWeights> layers;
+  std::shared_ptr<FlashFfn> flash_ffn;       // cfg.flash only: runs every FFN (w_gate/up/down unbound)
 
  private:
   ModelConfig cfg_;

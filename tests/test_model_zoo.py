@@ -254,3 +254,14 @@ def test_qwen15_perplexity_and_greedy_match_llama_cpp(qwen15_path):
     _assert_greedy_matches(_greedy(ctx, golden), golden, require_all=True)
     ppl, ref = _perplexity(ctx, golden)
     assert abs(ppl / ref - 1) < 0.01, (ppl, ref)
+
+
+def test_registry_figures_agree_with_golden_files():
+    """models/*.toml quote llama.cpp's perplexity; it must be the figure the tests compare against."""
+    from lutllm import models
+
+    for e in models.list_models():
+        ref = e.reference
+        golden = json.loads((DATA.parent.parent / ref["golden"]).read_text())
+        assert golden["perplexity"]["ppl"] == pytest.approx(ref["perplexity_llamacpp"], abs=1e-4), e.name
+        assert golden["perplexity"]["ctx"] == ref["perplexity_ctx"]

@@ -12,6 +12,8 @@
 #include "lutllm/kernels.h"
 #include "error.h"
 #include "model.h"
+#include "flash_ffn.h"  // flash-backed weights block
+#include "flash_io.h"   // flash-backed weights block
 
 namespace py = pybind11;
 using namespace lutllm;
@@ -134,6 +136,8 @@ py::array_t<float> run_matmul_f32(const std::string& name, const py::handle& w_o
 
 // ---- runtime conversions ----------------------------------------------------------------------
 
+std::shared_ptr<const FlashFfnConfig> flash_config_from_dict(const py::dict& d);  // flash block, below
+
 ModelConfig config_from_dict(const py::dict& d) {
   ModelConfig c;
   auto get_int = [&](const char* k) {
@@ -173,6 +177,7 @@ ModelConfig config_from_dict(const py::dict& d) {
     else if (m == "neox") c.rope_mode = RopeMode::NEOX;
     else throw Error("unknown rope_mode '" + m + "' (norm, neox)");
   }
+  if (d.contains("flash") && !d["flash"].is_none()) c.flash = flash_config_from_dict(d["flash"].cast<py::dict>());
   return c;
 }
 
@@ -209,6 +214,133 @@ const char* path_name(Linear::Path p) {
 }
 
 }  // namespace
+
+// ==== flash-backed weights (runtime/flash_*.h): bindings for tests and the engine ===============
+namespace {
+
+// Test entry point: reads ranges (offsets[i], lengths[i]) into one 4096-aligned staging buffer,
+// range i placed at a 4096-aligned slot plus dst_shift bytes (dst_shift != 0 forces bounce reads
+// under O_DIRECT), and returns one uint8 array per range.
+py::list flash_reader_read(FlashReader& r, const std::vector<uint64_t>& offsets, const std::vector<uint64_t>& lengths,
+                           size_t dst_shift) {
+  if (offsets.size() != lengths.size()) throw py::value_error("offsets and lengths differ in length");
+  if (dst_shift >= FlashReader::kAlign) throw py::value_error("dst_shift must be < 4096");
+  std::vector<size_t> slot(offsets.size());
+  size_t total = 0;
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    slot[i] = total + dst_shift;
+    total += (dst_shift + lengths[i] + FlashReader::kAlign - 1) / FlashReader::kAlign * FlashReader::kAlign;
+  }
+  AlignedBuffer buf(total);
+  std::vector<ReadRange> rr(offsets.size());
+  for (size_t i = 0; i < offsets.size(); ++i) rr[i] = ReadRange{offsets[i], lengths[i], buf.data() + slot[i]};
+  {
+    py::gil_scoped_release nogil;
+    r.read(rr.data(), rr.size());
+  }
+  py::list out;
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    py::array_t<uint8_t> a(py::ssize_t(lengths[i]));
+    if (lengths[i]) std::memcpy(a.mutable_data(), buf.data() + slot[i], lengths[i]);
+    out.append(a);
+  }
+  return out;
+}
+
+std::shared_ptr<const FlashFfnConfig> flash_config_from_dict(const py::dict& d) {
+  auto need = [&](const char* k) -> py::object {
+    if (!d.contains(k)) throw Error(std::string("flash config is missing '") + k + "'");
+    return d[k];
+  };
+  auto c = std::make_shared<FlashFfnConfig>();
+  c->path = need("path").cast<std::string>();
+  const std::string mode = d.contains("mode") ? d["mode"].cast<std::string>() : "dense";
+  if (mode == "dense") c->mode = FlashMode::DENSE_STREAM;
+  else if (mode == "resident") c->mode = FlashMode::RESIDENT;
+  else if (mode == "windowed") c->mode = FlashMode::WINDOWED;
+  else throw Error("unknown flash mode '" + mode + "' (dense, resident, windowed)");
+  if (d.contains("window")) c->window = d["window"].cast<int>();
+  if (d.contains("slab_bundles")) c->slab_bundles = d["slab_bundles"].cast<int>();
+  if (d.contains("threshold") && !d["threshold"].is_none()) c->threshold = d["threshold"].cast<std::vector<float>>();
+  c->io = io_backend_from_name(d.contains("io") ? d["io"].cast<std::string>() : "auto");
+  if (d.contains("io_threads")) c->io_threads = d["io_threads"].cast<int>();
+  c->n_layer = need("n_layer").cast<int>();
+  c->d_model = need("d_model").cast<int>();
+  c->d_ff = need("d_ff").cast<int>();
+  c->bundle_neurons = need("bundle_neurons").cast<int>();
+  auto fmts = [&](const char* k) {
+    std::vector<LutFormat> out;
+    for (const auto& f : need(k).cast<std::vector<std::vector<int>>>()) {
+      if (f.size() != 4) throw Error(std::string("flash config '") + k + "': formats have 4 entries");
+      out.push_back(LutFormat{f[0], f[1], f[2], f[3]});
+    }
+    return out;
+  };
+  c->gu_format = fmts("gu_format");
+  c->down_format = fmts("down_format");
+  c->bundle_stride = need("bundle_stride").cast<std::vector<uint64_t>>();
+  c->layer_offset = need("layer_offset").cast<std::vector<uint64_t>>();
+  return c;
+}
+
+void bind_flash(py::module_& m) {
+  py::class_<FlashReader>(m, "FlashReader")
+      .def(py::init([](const std::string& path, const std::string& backend, int threads, int depth) {
+             return std::make_unique<FlashReader>(path, io_backend_from_name(backend), threads, depth);
+           }),
+           py::arg("path"), py::arg("backend") = "auto", py::arg("threads") = 4, py::arg("depth") = 64)
+      .def_property_readonly("backend", [](const FlashReader& r) { return std::string(io_backend_name(r.backend())); })
+      .def_property_readonly("direct", &FlashReader::direct)
+      .def_property_readonly("file_size", &FlashReader::file_size)
+      .def_property_readonly("fallback_reason", &FlashReader::fallback_reason)
+      .def_property_readonly("bytes_issued", &FlashReader::bytes_issued)
+      .def("read", &flash_reader_read, py::arg("offsets"), py::arg("lengths"), py::arg("dst_shift") = 0,
+           "Read ranges -> list of uint8 arrays (one per range).");
+  m.def("model_flash_info", [](const Model& mdl) -> py::object {
+    if (!mdl.flash_ffn) return py::none();
+    const FlashFfn& f = *mdl.flash_ffn;
+    const FlashStats s = f.stats();
+    py::dict out;
+    out["mode"] = f.mode() == FlashMode::RESIDENT ? "resident" : f.mode() == FlashMode::WINDOWED ? "windowed" : "dense";
+    out["bundles_per_layer"] = f.bundle_count();
+    out["bundles_active"] = s.bundles_active;
+    out["bundles_loaded"] = s.bundles_loaded;
+    out["bundles_evicted"] = s.bundles_evicted;
+    out["cache_s"] = s.cache_s;
+    out["io"] = std::string(io_backend_name(f.io_backend()));
+    out["memory_bytes"] = f.memory_bytes();
+    out["bytes_read"] = s.bytes_read;
+    out["io_wait_s"] = s.io_wait_s;
+    out["compute_s"] = s.compute_s;
+    out["gather_s"] = s.gather_s;
+    out["layers_run"] = s.layers_run;
+    return out;
+  }, py::arg("model"), "Flash FFN mode, I/O backend, memory and counters since the last reset (None: no flash).");
+  m.def("model_flash_set_thresholds", [](Model& mdl, const std::vector<float>& t) {
+    if (!mdl.flash_ffn) throw py::value_error("the model has no flash FFN");
+    mdl.flash_ffn->set_thresholds(t);
+  }, py::arg("model"), py::arg("thresholds"), "Per-layer activation thresholds (windowed mode); [] = all active.");
+  m.def("model_flash_record_scores", [](Model& mdl, bool on) {
+    if (!mdl.flash_ffn) throw py::value_error("the model has no flash FFN");
+    mdl.flash_ffn->record_scores(on);
+  }, py::arg("model"), py::arg("on"));
+  m.def("model_flash_take_scores", [](Model& mdl) {
+    if (!mdl.flash_ffn) throw py::value_error("the model has no flash FFN");
+    py::list out;
+    for (auto& v : mdl.flash_ffn->take_scores()) {
+      py::array_t<float> a(py::ssize_t(v.size()));
+      if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(float));
+      out.append(a);
+    }
+    return out;
+  }, py::arg("model"), "Recorded per-bundle scores, one flat float32 array per layer (tokens x bundles).");
+  m.def("model_flash_reset_stats", [](Model& mdl) {
+    if (mdl.flash_ffn) mdl.flash_ffn->reset_stats();
+  }, py::arg("model"));
+}
+
+}  // namespace
+// ==== end flash-backed weights =================================================================
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lutllm native core (kernels + runtime)";
@@ -572,4 +704,5 @@ PYBIND11_MODULE(_core, m) {
         ctx.load_kv(n_past, p);
       }, py::arg("n_past"), py::arg("state"), "Restore K/V rows written by save_kv.");
   // (end runtime)
+  bind_flash(m);  // flash-backed weights block
 }

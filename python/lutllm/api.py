@@ -87,7 +87,9 @@ class Llama:
       * seed: None or -1 draws a random seed; a per-call seed reseeds only that call.
       * use_mmap: weights are always memory-mapped; use_mmap=False is accepted and ignored.
       * n_threads_batch: stored; one thread pool of n_threads serves prompt and generation.
-      * mem_budget: accepted and stored, reserved for streaming weights from flash; no effect yet.
+      * mem_budget: bytes of DRAM for weights, caches and staging. A flash file (`lutllm convert
+        --flash`) streams its FFN weights from storage when they do not fit; a budget below the
+        minimum (or an ordinary GGUF that does not fit) raises ValueError naming the minimum.
       * progress(done, total) (lutllm only): called after each layer is bound while loading.
       * memory_warning(message) (lutllm only): called instead of a MemoryFitWarning when the estimated
         memory need exceeds what is available (see lutllm.memory); loading goes on either way.
@@ -161,7 +163,8 @@ class Llama:
             from .engine import Engine
 
             self._engine = Engine(self.model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
-                                  verbose=verbose, progress=progress, memory_warning=memory_warning)
+                                  verbose=verbose, progress=progress, memory_warning=memory_warning,
+                                  mem_budget=mem_budget)
             self._gguf = self._engine.gguf
             self._tokenizer = self._engine.tokenizer
             self._n_ctx = self._engine.n_ctx

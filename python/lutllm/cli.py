@@ -1,4 +1,4 @@
-"""The `lutllm` command line (click): run, chat, serve, info, perplexity, bench, quantize, pull, list.
+"""The `lutllm` command line (click): run, chat, serve, info, perplexity, bench, quantize, pull, list, convert.
 
 Presentation only: loading, generation and scoring live in engine.py; options are validated here
 and turned into clear messages (exit code 2 for bad usage, 1 for failures).
@@ -19,12 +19,36 @@ def _model_option(f):
     )(f)
 
 
+class _Size(click.ParamType):
+    """A byte count with an optional K/M/G/T suffix (powers of 1024)."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        v = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(v[-1:], 1)
+        try:
+            n = float(v[:-1] if mult > 1 else v)
+        except ValueError:
+            self.fail(f"{value!r} is not a size (examples: 800M, 1.5G, 123456)", param, ctx)
+        if n <= 0:
+            self.fail(f"{value!r} must be positive", param, ctx)
+        return int(n * mult)
+
+
+_SIZE = _Size()
+
+
 def _common_options(f):
     opts = [
         click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads (default: physical cores)."),
         click.option("-c", "--ctx-size", type=click.IntRange(min=0), default=0, help="Context size (0 = min(model, 4096))."),
         click.option("-b", "--batch-size", type=click.IntRange(min=1), default=512, show_default=True, help="Prompt batch size."),
         click.option("--verbose", is_flag=True, help="Print prompt and generation speed."),
+        click.option("--mem-budget", "mem_budget", type=_SIZE, default=None,
+                     help="DRAM budget (e.g. 512M, 2G); a flash file streams its FFN weights to stay within it."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -84,7 +108,7 @@ def _load(kw, **extra):
     try:
         with _load_progress(kw.get("verbose")) as bar:
             return Engine(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"],
-                          progress=bar, memory_warning=_memory_warning, **extra)
+                          progress=bar, memory_warning=_memory_warning, mem_budget=kw.get("mem_budget"), **extra)
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
 
@@ -338,7 +362,7 @@ def serve(host, port, api_key, **kw):
     try:
         with _load_progress(kw["verbose"]) as bar:
             llm = Llama(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"],
-                        progress=bar, memory_warning=_memory_warning)
+                        progress=bar, memory_warning=_memory_warning, mem_budget=kw.get("mem_budget"))
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     try:
@@ -485,6 +509,26 @@ def pull(name):
     except (ValueError, OSError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(str(path))
+
+
+@main.command()
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--flash", is_flag=True, help="Write the flash layout (FFN weights as 4096-aligned neuron bundles).")
+@click.option("--bundle-neurons", type=click.IntRange(min=1), default=None,
+              help="Neurons per bundle (default: smallest with bundles >= 32 KiB and little padding).")
+def convert(src, out, flash, bundle_neurons):
+    """Convert the GGUF SRC into OUT (written atomically). Only --flash exists so far."""
+    from .convert import convert_flash
+
+    if not flash:
+        raise click.UsageError("choose the output layout: --flash")
+    try:
+        lay = convert_flash(src, out, bundle_neurons=bundle_neurons, log=lambda m: click.echo(m, err=True))
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{out}: {lay.n_layer} layers x {lay.n_bundles} bundles of {lay.bundle_neurons} neurons "
+               f"({lay.bundle_stride[0]} bytes each), {lay.ffn_bytes() / 2**20:.1f} MiB streamed")
 
 
 @main.command(name="list")

@@ -71,6 +71,10 @@ class Engine:
         lut: bool = True,
         progress: Callable[[int, int], None] | None = None,
         memory_warning: Callable[[str], None] | None = None,
+        mem_budget: int | None = None,
+        flash_mode: str | None = None,
+        flash_io: str | None = None,
+        flash_window: int = 4,
     ):
         """lut: run <= 4-bit weights (Q4_0, Q4_1, Q4_K, Q2_K, TQ1_0, TQ2_0) through the table-lookup
         kernels (repacked once at load, exactly); False keeps every weight mapped and uses the
@@ -79,14 +83,23 @@ class Engine:
         progress(done, total): called after each layer is bound (for a loading bar).
         memory_warning(message): called before loading when the estimated memory need (see
         memory.py; kept in `memory_estimate`) exceeds what is available; the default issues a
-        MemoryFitWarning. Loading goes on either way: mapped weights can page."""
+        MemoryFitWarning. Loading goes on either way: mapped weights can page.
+        mem_budget: bytes of DRAM for weights, caches and staging (None: no limit). A flash file
+        (`lutllm convert --flash`) keeps its FFN resident when it fits and streams it otherwise;
+        flash_mode forces "resident", "dense" (streamed) or "windowed" (sparse: gate resident, active
+        bundles cached for flash_window tokens; thresholds from flash_set_thresholds), flash_io an
+        I/O backend (auto, uring, pool, buffered). See convert.plan_memory."""
         from . import _core
 
         path = resolve_model(str(model))
         self.path = Path(path)
         self.gguf = GGUFFile(path)
         meta = self.gguf.metadata
-        self.config = model_config(meta, self.gguf.tensors, str(path))
+        from .convert import FlashLayout, flash_shape_view, plan_memory, repacked_bytes  # flash-backed weights
+
+        self.flash_layout = FlashLayout.from_gguf(self.gguf)
+        tensors = self.gguf.tensors if self.flash_layout is None else flash_shape_view(self.gguf.tensors, self.flash_layout)
+        self.config = model_config(meta, tensors, str(path))
         self.tokenizer = Tokenizer.from_metadata(meta)
         if self.tokenizer.n_vocab != self.config.n_vocab:
             raise ValueError(
@@ -102,7 +115,9 @@ class Engine:
             raise ValueError(f"n_batch must be >= 1, got {n_batch}")
         self.memory_estimate = estimate_memory(self.gguf, self.config, n_ctx, n_batch, lut=lut,
                                                n_threads=n_threads or default_threads())
-        advice = fit_advice(self.memory_estimate, available_memory())
+        # with a budget, plan_memory below decides what stays resident; without one, warn when the
+        # whole model will not fit in what the machine has
+        advice = None if mem_budget else fit_advice(self.memory_estimate, available_memory())
         if advice:
             if memory_warning is None:
                 warnings.warn(advice, MemoryFitWarning, stacklevel=2)
@@ -110,8 +125,18 @@ class Engine:
                 memory_warning(advice)
 
         descs = self.gguf.runtime_descs()  # packed LUT tensors carry their layout
-        self._model = _core.Model(str(path), dict(self.config.as_dict(), use_lut=bool(lut)), descs, n_threads or 0,
-                                  progress=progress)
+        cfg = dict(self.config.as_dict(), use_lut=bool(lut))
+        self.memory_plan = plan_memory(self.gguf.file_size, self.flash_layout, self.config, n_ctx, n_batch, mem_budget,
+                                       flash_mode, repacked_bytes(self.gguf.tensors, False) if lut else 0)
+        if self.flash_layout is not None:
+            if not lut:
+                raise ValueError(f"{path}: a flash file runs its FFN with the table-lookup kernels (lut=True)")
+            cfg["flash"] = dict(self.flash_layout.config(), path=str(path), mode=self.memory_plan.mode,
+                                io=flash_io or "auto", n_layer=self.flash_layout.n_layer,
+                                d_model=self.flash_layout.d_model, d_ff=self.flash_layout.d_ff,
+                                window=int(flash_window), slab_bundles=self.memory_plan.slab_bundles)
+        self.mem_budget = mem_budget
+        self._model = _core.Model(str(path), cfg, descs, n_threads or 0, progress=progress)
         self._ctx = _core.Context(self._model, n_ctx, n_batch)
         self.n_ctx = n_ctx
         self.n_batch = n_batch
@@ -128,6 +153,23 @@ class Engine:
     @property
     def n_vocab(self) -> int:
         return self.config.n_vocab
+
+    def flash_info(self) -> dict | None:
+        """Flash FFN mode, I/O backend, memory and counters (bytes read, I/O wait), or None."""
+        from . import _core
+
+        return _core.model_flash_info(self._model)
+
+    def flash_set_thresholds(self, thresholds) -> None:
+        """Windowed mode: per-layer thresholds on max |silu(gate)| of a bundle ([] = all active)."""
+        from . import _core
+
+        _core.model_flash_set_thresholds(self._model, [float(t) for t in thresholds])
+
+    def flash_reset_stats(self) -> None:
+        from . import _core
+
+        _core.model_flash_reset_stats(self._model)
 
     @property
     def n_threads(self) -> int:

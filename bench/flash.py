@@ -1,0 +1,316 @@
+"""Flash-backed weights benchmark: decode speed, bytes read per token and peak memory measured from
+outside (a memory cgroup per run) for lutllm resident / dense-stream / windowed-sparse (k in a list)
+and llama-cpp-python with mmap under the same memory limit. Prints JSON lines + a table.
+
+    python bench/flash.py -m qwen2.5-coder-1.5b-instruct [--budget-frac 0.5] [-n 32] [--windows 1,2,4,8]
+    python bench/flash.py -m smollm2-135m-instruct --quality [--densities 0.9,0.7,0.5]
+
+--quality instead measures what windowed-sparse thresholds cost: perplexity, mean KL divergence and
+top-1 agreement against the dense model, one token at a time (n_batch 1, so each token's own
+active set is used), thresholds calibrated on tests/data/tokenizer_corpus.txt and evaluated on
+tests/data/ppl_text.txt (different texts).
+
+Each arm runs in its own process inside a fresh memory cgroup (v2: memory.max / memory.peak; v1: a
+child of this process's group, memory.limit_in_bytes / memory.max_usage_in_bytes) whose limit is the
+budget plus --allowance for code, KV cache and Python; page cache is charged there too, so the mmap
+baseline gets the same memory. Every run starts cold: the model files are fsync'ed and dropped from
+the page cache with POSIX_FADV_DONTNEED first. Without a usable cgroup the runs go ahead unlimited
+and report peak RSS only (marked "cgroup": null). The flash file is made with `lutllm convert --flash`
+next to the cache (or --flash-file). Not a test: nothing here asserts speed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+LLAMA_PY = os.environ.get("LUTLLM_LLAMA_VENV", str(pathlib.Path.home() / ".cache/lutllm-bench/llama-venv")) + "/bin/python"
+CALIB_TEXT = ("The history of the city begins with a small fishing village on the river. Over the centuries "
+              "merchants, scholars and craftsmen settled there, and the town grew into a busy port. ") * 4
+PROMPT_TEXT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+# decode feeds these tokens one at a time (the same work as sampling, and the same for both engines)
+DECODE_TEXT = (" The keeper climbed the stairs at dusk, lit the lamp and watched the ships pass, until one"
+               " morning a green bottle rolled onto the rocks below the tower with a letter inside it.") * 8
+
+
+# ---- memory cgroups ------------------------------------------------------------------------------
+class Cgroup:
+    """A throw-away memory cgroup with a limit; `pid` joins it; peak() reads the high-water mark."""
+
+    def __init__(self, name: str, limit: int):
+        self.v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+        rel = _own_cgroup(self.v2)
+        root = "/sys/fs/cgroup" if self.v2 else "/sys/fs/cgroup/memory"
+        self.path = pathlib.Path(root + rel) / name
+        self.path.mkdir()
+        if self.v2:
+            (self.path / "memory.max").write_text(str(limit))
+            try:
+                (self.path / "memory.swap.max").write_text("0")
+            except OSError:
+                pass
+        else:
+            (self.path / "memory.limit_in_bytes").write_text(str(limit))
+
+    def join(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def peak(self) -> int:
+        return int((self.path / ("memory.peak" if self.v2 else "memory.max_usage_in_bytes")).read_text())
+
+    def events(self) -> dict:
+        if self.v2:
+            return dict(line.split() for line in (self.path / "memory.events").read_text().splitlines())
+        return {"failcnt": (self.path / "memory.failcnt").read_text().strip()}
+
+    def stat(self) -> dict:
+        keys = ("anon", "file", "file_mapped") if self.v2 else ("rss", "cache", "mapped_file")
+        out = {}
+        for line in (self.path / "memory.stat").read_text().splitlines():
+            k, v = line.split()
+            if k in keys:
+                out[k] = int(v)
+        return out
+
+    def remove(self) -> None:
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
+def _own_cgroup(v2: bool) -> str:
+    for line in open("/proc/self/cgroup"):
+        hid, ctrl, path = line.rstrip("\n").split(":", 2)
+        if (v2 and hid == "0") or (not v2 and "memory" in ctrl.split(",")):
+            return path.rstrip("/")
+    raise OSError("no memory cgroup for this process")
+
+
+def cgroup_usable() -> str | None:
+    """None if a child memory cgroup can be made and joined here, else why not."""
+    try:
+        cg = Cgroup(f"lutllm_probe_{os.getpid()}", 1 << 30)
+    except OSError as e:
+        return str(e)
+    try:
+        p = subprocess.Popen([sys.executable, "-c", "pass"], preexec_fn=lambda: cg.join(os.getpid()))
+        p.wait()
+        return None if p.returncode == 0 else f"probe exited {p.returncode}"
+    except OSError as e:
+        return str(e)
+    finally:
+        cg.remove()
+
+
+def drop_cache(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+# ---- workers (run in the child process) ----------------------------------------------------------
+def _read_bytes() -> int:
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
+def lutllm_worker(job: dict) -> dict:
+    sys.path.insert(0, str(HERE.parent / "python"))
+    from lutllm.convert import calibrate_thresholds
+    from lutllm.engine import Engine
+
+    t0 = time.perf_counter()
+    eng = Engine(job["model"], n_ctx=job["n_ctx"], n_threads=job["threads"], n_batch=64,
+                 mem_budget=job.get("budget"), flash_mode=job.get("mode"), flash_window=job.get("window", 4))
+    if job.get("density") is not None:
+        calib = eng.tokenizer.encode(CALIB_TEXT, add_special=True, parse_special=False)[: job["n_ctx"] // 2]
+        eng.flash_set_thresholds(calibrate_thresholds(eng, calib, job["density"]))
+    load_s = time.perf_counter() - t0
+    prompt = eng.tokenizer.encode(PROMPT_TEXT, add_special=True, parse_special=False)
+    decode = eng.tokenizer.encode(DECODE_TEXT, add_special=False, parse_special=False)[: job["n_gen"]]
+    if len(decode) < job["n_gen"]:
+        raise SystemExit(f"n_gen {job['n_gen']} exceeds the {len(decode)} decode tokens available")
+    hist = list(prompt)
+    eng.eval(hist)
+    if eng.flash_info():
+        eng.flash_reset_stats()
+    r0 = _read_bytes()
+    t1 = time.perf_counter()
+    for tok in decode:
+        hist.append(tok)
+        eng.eval(hist)
+    dt = time.perf_counter() - t1
+    n = job["n_gen"]
+    out = {"load_s": load_s, "tok_s": n / dt, "ms_per_token": 1e3 * dt / n,
+           "read_bytes_per_token": (_read_bytes() - r0) / n}
+    info = eng.flash_info()
+    if info:
+        out.update({"flash_mode": info["mode"], "io": info["io"],
+                    "ms_io": 1e3 * info["io_wait_s"] / n, "ms_cache": 1e3 * info["cache_s"] / n,
+                    "ms_ffn_compute": 1e3 * info["compute_s"] / n,
+                    "issued_bytes_per_token": info["bytes_read"] / n,
+                    "active_frac": (info["bundles_active"] / max(1, info["layers_run"] * info["bundles_per_layer"]))
+                    if info["mode"] == "windowed" else 1.0})
+    return out
+
+
+def llama_worker(job: dict) -> dict:
+    from llama_cpp import Llama
+
+    t0 = time.perf_counter()
+    llm = Llama(model_path=job["model"], n_ctx=job["n_ctx"], n_threads=job["threads"], n_threads_batch=job["threads"],
+                n_batch=64, use_mmap=True, verbose=False)
+    load_s = time.perf_counter() - t0
+    prompt = llm.tokenize(PROMPT_TEXT.encode(), add_bos=True)
+    decode = llm.tokenize(DECODE_TEXT.encode(), add_bos=False)[: job["n_gen"]]
+    llm.eval(prompt)
+    r0 = _read_bytes()
+    t1 = time.perf_counter()
+    for tok in decode:
+        llm.eval([tok])
+    dt = time.perf_counter() - t1
+    n = job["n_gen"]
+    return {"load_s": load_s, "tok_s": n / dt, "ms_per_token": 1e3 * dt / n,
+            "read_bytes_per_token": (_read_bytes() - r0) / n}
+
+
+def quality(flash: str, densities: list[float], window: int, threads: int, n_ctx: int, chunks: int) -> None:
+    import numpy as np
+
+    from lutllm.convert import calibrate_thresholds
+    from lutllm.engine import Engine
+
+    data = HERE.parent / "tests" / "data"
+    e = Engine(flash, n_ctx=n_ctx, n_threads=threads, n_batch=1, flash_mode="windowed", flash_window=window)
+    calib = e.tokenizer.encode((data / "tokenizer_corpus.txt").read_text(), add_special=True, parse_special=False)
+    toks = e.tokenizer.encode((data / "ppl_text.txt").read_text(), add_special=True, parse_special=False)
+    if len(toks) < chunks * n_ctx:
+        raise SystemExit(f"evaluation text has {len(toks)} tokens, fewer than {chunks} x {n_ctx}")
+    ref = None
+    for density in [1.0] + densities:
+        e.flash_set_thresholds(calibrate_thresholds(e, calib[:n_ctx], density) if density < 1 else [])
+        e.flash_reset_stats()
+        rows, targets = [], []
+        for c in range(chunks):
+            chunk = toks[c * n_ctx:(c + 1) * n_ctx]
+            e.reset()
+            rows.append(e.eval(chunk, all_logits=True)[:-1].astype(np.float64))
+            targets.append(np.asarray(chunk[1:]))
+        r, t = np.concatenate(rows), np.concatenate(targets)
+        logp = r - (r.max(1) + np.log(np.exp(r - r.max(1)[:, None]).sum(1)))[:, None]
+        ppl = float(np.exp(-logp[np.arange(len(t)), t].mean()))
+        if ref is None:
+            ref = (logp, ppl)
+        kl = float((np.exp(ref[0]) * (ref[0] - logp)).sum(1).mean())
+        info = e.flash_info()
+        slots = info["layers_run"] * info["bundles_per_layer"]
+        print(json.dumps({"density": density, "window": window, "ppl": ppl, "dppl_pct": 100 * (ppl / ref[1] - 1),
+                          "mean_kl": kl, "top1_agree": float((ref[0].argmax(1) == logp.argmax(1)).mean()),
+                          "active_frac": info["bundles_active"] / slots,
+                          "loaded_frac": info["bundles_loaded"] / slots}), flush=True)
+
+
+# ---- driver --------------------------------------------------------------------------------------
+def run_arm(name: str, job: dict, limit: int | None, files: list[str], use_cgroup: bool) -> dict:
+    for f in files:
+        drop_cache(f)
+    cmd = [LLAMA_PY if job["engine"] == "llama" else sys.executable, __file__, "--worker", json.dumps(job)]
+    cg = Cgroup(f"lutllm_bench_{os.getpid()}_{name}", limit) if use_cgroup and limit else None
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True,
+                           preexec_fn=(lambda: cg.join(os.getpid())) if cg else None)
+        res = {"arm": name, "limit": limit, "rc": p.returncode}
+        if p.returncode == 0:
+            res.update(json.loads(p.stdout.strip().splitlines()[-1]))
+        else:
+            res["error"] = p.stderr[-1500:]
+        if cg:
+            res["cgroup"] = {"peak": cg.peak(), "events": cg.events(), "stat": cg.stat()}
+        else:
+            res["cgroup"] = None
+        return res
+    finally:
+        if cg:
+            cg.remove()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("-m", "--model", default="qwen2.5-coder-1.5b-instruct")
+    ap.add_argument("--flash-file", default=None, help="flash layout of the model (made if missing)")
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("-n", "--n-gen", type=int, default=32)
+    ap.add_argument("-c", "--n-ctx", type=int, default=512)
+    ap.add_argument("--budget-frac", type=float, default=0.5, help="budget as a fraction of the GGUF size")
+    ap.add_argument("--allowance", type=int, default=160 << 20, help="cgroup limit = budget + this (code, Python)")
+    ap.add_argument("--windows", default="1,2,4,8")
+    ap.add_argument("--density", type=float, default=0.5, help="fraction of bundles active (calibrated)")
+    ap.add_argument("--no-llama", action="store_true")
+    ap.add_argument("--quality", action="store_true", help="measure sparsity cost instead of speed")
+    ap.add_argument("--densities", default="0.9,0.7,0.5")
+    ap.add_argument("--chunks", type=int, default=2)
+    a = ap.parse_args()
+    if a.worker:
+        job = json.loads(a.worker)
+        print(json.dumps(llama_worker(job) if job["engine"] == "llama" else lutllm_worker(job)))
+        return
+
+    sys.path.insert(0, str(HERE.parent / "python"))
+    from lutllm.convert import convert_flash
+    from lutllm.models import resolve_model
+
+    src = str(resolve_model(a.model))
+    flash = a.flash_file or str(pathlib.Path(src).with_suffix(".flash.gguf"))
+    if not os.path.exists(flash):
+        convert_flash(src, flash)
+    if a.quality:
+        quality(flash, [float(x) for x in a.densities.split(",") if x], int(a.windows.split(",")[-1]), a.threads,
+                min(a.n_ctx, 256), a.chunks)
+        return
+    size = os.path.getsize(src)
+    budget = int(size * a.budget_frac)
+    why = cgroup_usable()
+    if why:
+        print(f"# no memory cgroup ({why}): limits not enforced, peak from RSS only", file=sys.stderr)
+    base = {"threads": a.threads, "n_ctx": a.n_ctx, "n_gen": a.n_gen}
+    arms = [("lutllm-resident", dict(base, engine="lutllm", model=flash, mode="resident"), None, [flash])]
+    arms.append(("lutllm-dense", dict(base, engine="lutllm", model=flash, mode="dense", budget=budget),
+                 budget + a.allowance, [flash]))
+    for k in (int(x) for x in a.windows.split(",") if x):
+        arms.append((f"lutllm-windowed-k{k}", dict(base, engine="lutllm", model=flash, mode="windowed", window=k,
+                                                   budget=budget, density=a.density), budget + a.allowance, [flash]))
+    if not a.no_llama:
+        arms.append(("llama-mmap", dict(base, engine="llama", model=src), budget + a.allowance, [src]))
+    rows = []
+    for name, job, limit, files in arms:
+        r = run_arm(name, job, limit, files, why is None)
+        print(json.dumps(r), flush=True)
+        rows.append(r)
+    print(f"\nmodel {a.model}: {size / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB "
+          f"(+{a.allowance / 2**20:.0f} MiB allowance)")
+    print(f"{'arm':24} {'tok/s':>7} {'ms/tok':>8} {'io':>7} {'cache':>7} {'ffn':>7} {'MiB/tok':>8} {'peak MiB':>9}")
+    for r in rows:
+        peak = r["cgroup"]["peak"] / 2**20 if r.get("cgroup") else float("nan")
+        if r["rc"]:
+            print(f"{r['arm']:24} failed (rc {r['rc']})")
+            continue
+        print(f"{r['arm']:24} {r['tok_s']:7.2f} {r['ms_per_token']:8.1f} {r.get('ms_io', float('nan')):7.1f} "
+              f"{r.get('ms_cache', float('nan')):7.1f} {r.get('ms_ffn_compute', float('nan')):7.1f} "
+              f"{r['read_bytes_per_token'] / 2**20:8.1f} {peak:9.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,529 @@
+"""`lutllm convert IN.gguf OUT --flash`: rewrite a GGUF into the flash layout, where the FFN weights
+are stored as 4096-aligned neuron bundles that the runtime streams from storage (runtime/flash_ffn.h).
+This module writes and describes that layout; it does not run models.
+
+The flash file is itself a GGUF (readable by the `gguf` package) with general.alignment = 4096:
+
+* every tensor of the source except ffn_gate/ffn_up/ffn_down, unchanged (same type, same bytes),
+  first, in source order: the resident part (embeddings, attention, norms, output head);
+* one I8 tensor per layer, `blk.N.ffn_bundles`, holding that layer's FFN as bundles. Bundle j covers
+  neurons [j*Gn, min((j+1)*Gn, d_ff)) (n_j of them) and is, at byte offset j * bundle_stride[N]:
+
+      [gate rows n0..n0+n_j | up rows n0..n0+n_j | down columns n0..n0+n_j | zero padding]
+
+  all in the LUT layout of native/include/lutllm/lut.h. The gate (and up) part is rows n0..n0+n_j of
+  the packed (d_ff x d_model) matrix: n_j/16 whole row blocks, byte-identical to that slice of the
+  matrix the resident runtime repacks. The down part is the K-slice down[:, n0:n0+n_j] packed as a
+  (d_model x n_j) LUT matrix: for each of the d_model/16 row blocks, the n_j/G group blocks of that
+  K range. Because LUT groups run along K, the down parts of any set of bundles, concatenated per row
+  block in neuron order, form a valid LUT matrix with K = sum n_j -- the down product over just those
+  neurons -- and over all bundles it is the resident packed down matrix byte for byte.
+
+  Gn is a multiple of 16 (row blocks) and of the down group G, chosen so every bundle is >= 32 KiB
+  with the least padding (or set with bundle_neurons). bundle_stride is the largest bundle rounded up
+  to 4096, so every bundle starts 4096-aligned and a whole layer is one contiguous aligned range.
+
+Metadata (lutllm.flash.*): version (1), bundle_neurons (Gn), gu_format and down_format (int32,
+4 per layer: kind, group, scale_bytes, has_offset, as LutFormat), bundle_stride (uint64 per layer),
+requantized (names of source tensors that were re-quantized; absent when none), source (file name).
+
+Weight types: Q4_0, Q4_1, Q4_K, Q2_K, TQ1_0 and TQ2_0 repack exactly (lut_repack_ggml; the same
+bytes the resident runtime builds). Every other type (Q5_0, Q6_K, Q8_0, F16, ...) has no exact LUT
+form, so it is dequantized and re-quantized to 4 bits, group 32, fp16 scale + offset (round to
+nearest, lut_quantize). That is lossy: such a flash file is a different (smaller) model than its
+source, and the tensors are listed in lutllm.flash.requantized and reported by convert(). Streamed and
+resident runs of the *same flash file* are still bit-identical.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .gguf_file import GGUFFile, TensorInfo
+
+__all__ = ["FlashLayout", "ConvertError", "convert_flash", "lut_group_block_bytes", "ALIGN", "MIN_BUNDLE_BYTES"]
+
+FLASH_VERSION = 1
+ALIGN = 4096
+MIN_BUNDLE_BYTES = 32 * 1024
+TERNARY_GROUP = 64          # what runtime/linear.cc repacks TQ1_0/TQ2_0 with
+REQUANT_FORMAT = (4, 32, 2, 1)  # W4, group 32, fp16 scale + offset (lut_quantize's format)
+_FFN = ("ffn_gate", "ffn_up", "ffn_down")
+_KEY = "lutllm.flash."
+
+
+class ConvertError(ValueError):
+    """The input cannot be converted; the message names the file and tensor at fault."""
+
+
+# ---- LUT layout arithmetic (mirrors native/include/lutllm/lut.h) ---------------------------------
+def lut_group_block_bytes(fmt: tuple[int, int, int, int]) -> int:
+    kind, group, scale_bytes, has_offset = fmt
+    planes = 2 if kind == 5 else kind
+    return 2 * group * planes + 16 * scale_bytes * (1 + has_offset)
+
+
+def _row_block_bytes(fmt, k: int) -> int:
+    return (k // fmt[1]) * lut_group_block_bytes(fmt)
+
+
+@dataclass(frozen=True)
+class FlashLayout:
+    """Where each layer's bundles live and how they are packed (see the module docstring)."""
+
+    n_layer: int
+    d_model: int
+    d_ff: int
+    bundle_neurons: int
+    gu_format: tuple[tuple[int, int, int, int], ...]
+    down_format: tuple[tuple[int, int, int, int], ...]
+    bundle_stride: tuple[int, ...]
+    requantized: tuple[str, ...] = ()
+    layer_offset: tuple[int, ...] = field(default=())  # absolute file offsets (known once written)
+
+    @property
+    def n_bundles(self) -> int:
+        return -(-self.d_ff // self.bundle_neurons)
+
+    def bundle_size(self, j: int) -> int:
+        """Neurons in bundle j."""
+        return min(self.bundle_neurons, self.d_ff - j * self.bundle_neurons)
+
+    def gate_bytes(self, layer: int, n: int) -> int:
+        return n // 16 * _row_block_bytes(self.gu_format[layer], self.d_model)
+
+    def down_bytes(self, layer: int, n: int) -> int:
+        f = self.down_format[layer]
+        return self.d_model // 16 * (n // f[1]) * lut_group_block_bytes(f)
+
+    def bundle_bytes(self, layer: int, n: int) -> int:
+        return 2 * self.gate_bytes(layer, n) + self.down_bytes(layer, n)
+
+    def layer_bytes(self, layer: int) -> int:
+        return self.n_bundles * self.bundle_stride[layer]
+
+    def ffn_bytes(self) -> int:
+        return sum(self.layer_bytes(i) for i in range(self.n_layer))
+
+    def config(self) -> dict[str, Any]:
+        """The dict the C++ FlashFfn takes (python/csrc/module.cc)."""
+        return {
+            "bundle_neurons": self.bundle_neurons,
+            "gu_format": [list(f) for f in self.gu_format],
+            "down_format": [list(f) for f in self.down_format],
+            "bundle_stride": list(self.bundle_stride),
+            "layer_offset": list(self.layer_offset),
+        }
+
+    @staticmethod
+    def from_gguf(g: GGUFFile) -> "FlashLayout | None":
+        """The layout of a flash file, or None for an ordinary GGUF. Raises ConvertError when the
+        flash metadata is inconsistent."""
+        md = g.metadata
+        if _KEY + "version" not in md:
+            return None
+        where = f"{g.path}: flash layout"
+        if int(md[_KEY + "version"]) != FLASH_VERSION:
+            raise ConvertError(f"{where}: version {md[_KEY + 'version']} is not supported (expected {FLASH_VERSION}); "
+                               f"convert the model again")
+        arch = md.get("general.architecture")
+        try:
+            n_layer = int(md[f"{arch}.block_count"])
+            d_model = int(md[f"{arch}.embedding_length"])
+            d_ff = int(md[f"{arch}.feed_forward_length"])
+            gn = int(md[_KEY + "bundle_neurons"])
+            guf = np.asarray(md[_KEY + "gu_format"], dtype=np.int64).reshape(-1, 4)
+            dnf = np.asarray(md[_KEY + "down_format"], dtype=np.int64).reshape(-1, 4)
+            stride = [int(x) for x in md[_KEY + "bundle_stride"]]
+        except (KeyError, ValueError, TypeError) as e:
+            raise ConvertError(f"{where}: missing or malformed key ({e})") from None
+        if len(guf) != n_layer or len(dnf) != n_layer or len(stride) != n_layer:
+            raise ConvertError(f"{where}: per-layer arrays do not have {n_layer} entries")
+        offs = []
+        lay = FlashLayout(n_layer, d_model, d_ff, gn, tuple(tuple(int(v) for v in r) for r in guf),
+                          tuple(tuple(int(v) for v in r) for r in dnf), tuple(stride),
+                          tuple(md.get(_KEY + "requantized", ()) or ()))
+        for i in range(n_layer):
+            name = f"blk.{i}.ffn_bundles"
+            t = g.tensors.get(name)
+            if t is None:
+                raise ConvertError(f"{where}: tensor '{name}' is missing")
+            if t.nbytes != lay.layer_bytes(i) or t.offset % ALIGN:
+                raise ConvertError(f"{where}: tensor '{name}' has {t.nbytes} bytes at offset {t.offset}, expected "
+                                   f"{lay.layer_bytes(i)} bytes at a multiple of {ALIGN}")
+            if stride[i] % ALIGN or stride[i] < lay.bundle_bytes(i, gn):
+                raise ConvertError(f"{where}: layer {i} bundle stride {stride[i]} is too small or unaligned")
+            offs.append(t.offset)
+        return FlashLayout(lay.n_layer, lay.d_model, lay.d_ff, lay.bundle_neurons, lay.gu_format, lay.down_format,
+                           lay.bundle_stride, lay.requantized, tuple(offs))
+
+
+# ---- planning ----------------------------------------------------------------------------------
+def _lut_format(ggml_type: int):
+    from . import _core
+
+    try:
+        return tuple(_core.lut_format_for_ggml(ggml_type, TERNARY_GROUP))
+    except ValueError:
+        return None
+
+
+def _choose_bundle_neurons(d_model, d_ff, gu_fmts, dn_fmts, unit, forced=None) -> int:
+    def total(gn):
+        lay = FlashLayout(len(gu_fmts), d_model, d_ff, gn, gu_fmts, dn_fmts, (0,) * len(gu_fmts))
+        smallest = min(lay.bundle_bytes(i, gn) for i in range(lay.n_layer))
+        size = sum(lay.n_bundles * -(-lay.bundle_bytes(i, gn) // ALIGN) * ALIGN for i in range(lay.n_layer))
+        return smallest, size
+
+    if forced is not None:
+        if forced <= 0 or forced % unit:
+            raise ConvertError(f"bundle_neurons must be a positive multiple of {unit} for this model, got {forced}")
+        return min(forced, -(-d_ff // unit) * unit)
+    cands = list(range(unit, -(-d_ff // unit) * unit + 1, unit))
+    big = [g for g in cands if total(g)[0] >= MIN_BUNDLE_BYTES] or [cands[-1]]
+    first = big[0]
+    # least total bytes (padding) among sizes up to 2x the smallest that reaches 32 KiB
+    return min((g for g in big if g <= 2 * first), key=lambda g: (total(g)[1], g))
+
+
+@dataclass
+class _LayerSrc:
+    gate: TensorInfo
+    up: TensorInfo
+    down: TensorInfo
+    gu_fmt: tuple
+    dn_fmt: tuple
+    requant: set  # which of "gate", "up", "down" are re-quantized
+
+
+def _plan_layers(g: GGUFFile, n_layer: int, d_model: int, d_ff: int) -> list[_LayerSrc]:
+    out = []
+    for i in range(n_layer):
+        ts = []
+        for nm in _FFN:
+            name = f"blk.{i}.{nm}.weight"
+            t = g.tensors.get(name)
+            if t is None:
+                raise ConvertError(f"{g.path}: tensor '{name}' is missing (a flash conversion needs a gated FFN)")
+            want = (d_model, d_ff) if nm != "ffn_down" else (d_ff, d_model)
+            if tuple(t.shape) != want:
+                raise ConvertError(f"{g.path}: tensor '{name}' has shape {list(t.shape)}, expected {list(want)}")
+            ts.append(t)
+        fmts = [_lut_format(t.ggml_type) for t in ts]
+        requant = {nm for nm, f in zip(("gate", "up", "down"), fmts) if f is None}
+        fmts = [f or REQUANT_FORMAT for f in fmts]
+        if fmts[0] != fmts[1]:  # gate and up run as one matrix: they must share a format
+            requant |= {"gate", "up"}
+            fmts[0] = fmts[1] = REQUANT_FORMAT
+        if d_model % fmts[0][1]:
+            raise ConvertError(f"{g.path}: layer {i}: d_model {d_model} is not a multiple of the LUT group {fmts[0][1]}")
+        out.append(_LayerSrc(ts[0], ts[1], ts[2], fmts[0], fmts[2], requant))
+    return out
+
+
+# ---- packing -------------------------------------------------------------------------------------
+def _pack(g: GGUFFile, t: TensorInfo, requant: bool):
+    """(packed bytes, fmt) of one source matrix in the LUT layout."""
+    from . import _core
+
+    rows, k = t.shape[1], t.shape[0]
+    raw = np.ascontiguousarray(g.tensor_data(t.name)).view(np.uint8).reshape(-1)
+    if not requant:
+        packed, fmt = _core.lut_repack_ggml(t.ggml_type, raw, rows, k, TERNARY_GROUP)
+        return packed, tuple(fmt)
+    import gguf
+
+    w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(t.ggml_type)).reshape(rows, k).astype(np.float32)
+    packed, fmt = _core.lut_quantize(np.ascontiguousarray(w), REQUANT_FORMAT[0], REQUANT_FORMAT[1])
+    return packed, tuple(fmt)
+
+
+def layer_bundles(g: GGUFFile, lay: FlashLayout, src: _LayerSrc, layer: int) -> np.ndarray:
+    """The bytes of blk.<layer>.ffn_bundles (n_bundles * stride)."""
+    d, dff, gn = lay.d_model, lay.d_ff, lay.bundle_neurons
+    gate, f1 = _pack(g, src.gate, "gate" in src.requant)
+    up, f2 = _pack(g, src.up, "up" in src.requant)
+    down, f3 = _pack(g, src.down, "down" in src.requant)
+    if f1 != lay.gu_format[layer] or f2 != lay.gu_format[layer] or f3 != lay.down_format[layer]:
+        raise ConvertError(f"{g.path}: layer {layer}: packed formats {f1} {f2} {f3} differ from the plan")
+    rb = _row_block_bytes(f1, d)
+    gate = gate.reshape(dff // 16, rb)
+    up = up.reshape(dff // 16, rb)
+    gd, gbb = f3[1], lut_group_block_bytes(f3)
+    down = down.reshape(d // 16, dff // gd, gbb)
+    stride = lay.bundle_stride[layer]
+    out = np.zeros(lay.n_bundles * stride, dtype=np.uint8)
+    for j in range(lay.n_bundles):
+        n0, n = j * gn, lay.bundle_size(j)
+        b = out[j * stride : j * stride + lay.bundle_bytes(layer, n)]
+        gb = lay.gate_bytes(layer, n)
+        b[:gb] = gate[n0 // 16 : (n0 + n) // 16].reshape(-1)
+        b[gb : 2 * gb] = up[n0 // 16 : (n0 + n) // 16].reshape(-1)
+        b[2 * gb :] = down[:, n0 // gd : (n0 + n) // gd, :].reshape(-1)
+    return out
+
+
+# ---- GGUF writing (streamed, so the whole model never sits in memory) ----------------------------
+def _pack_value(vt: int, val: Any, item_vt: int | None) -> bytes:
+    import gguf
+
+    VT = gguf.GGUFValueType
+    fixed = {VT.UINT8: "<B", VT.INT8: "<b", VT.UINT16: "<H", VT.INT16: "<h", VT.UINT32: "<I", VT.INT32: "<i",
+             VT.FLOAT32: "<f", VT.BOOL: "<B", VT.UINT64: "<Q", VT.INT64: "<q", VT.FLOAT64: "<d"}
+    if vt == VT.STRING:
+        b = val.encode("utf-8", "surrogateescape") if isinstance(val, str) else bytes(val)
+        return struct.pack("<Q", len(b)) + b
+    if vt == VT.ARRAY:
+        head = struct.pack("<IQ", int(item_vt), len(val))
+        if item_vt == VT.STRING:
+            return head + b"".join(_pack_value(VT.STRING, s, None) for s in val)
+        dt = np.dtype(fixed[item_vt])
+        return head + np.asarray(val).astype(dt.newbyteorder("<")).tobytes()
+    return struct.pack(fixed[vt], int(val) if vt == VT.BOOL else val)
+
+
+def _kv(key: str, vt: int, val: Any, item_vt: int | None = None) -> bytes:
+    k = key.encode("utf-8")
+    return struct.pack("<Q", len(k)) + k + struct.pack("<I", int(vt)) + _pack_value(vt, val, item_vt)
+
+
+def _pad(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def convert_flash(
+    src_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    bundle_neurons: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> FlashLayout:
+    """Write the flash layout of `src_path` to `out_path` atomically (temporary file + rename).
+    Returns the layout written (with layer offsets)."""
+    import gguf
+
+    from .progress import Progress
+
+    src_path, out_path = Path(src_path), Path(out_path)
+    g = GGUFFile(src_path)
+    if out_path.exists() and out_path.resolve() == src_path.resolve():
+        raise ConvertError(f"{out_path}: output would overwrite the input")
+    if FlashLayout.from_gguf(g) is not None:
+        raise ConvertError(f"{src_path}: is already a flash file")
+    arch = g.architecture
+    try:
+        n_layer = int(g.require(f"{arch}.block_count"))
+        d_model = int(g.require(f"{arch}.embedding_length"))
+        d_ff = int(g.require(f"{arch}.feed_forward_length"))
+    except (KeyError, ValueError) as e:
+        raise ConvertError(str(e)) from None
+    if d_model % 16 or d_ff % 16:
+        raise ConvertError(f"{src_path}: d_model {d_model} and d_ff {d_ff} must be multiples of 16 for the LUT layout")
+    srcs = _plan_layers(g, n_layer, d_model, d_ff)
+    gu_fmts = tuple(s.gu_fmt for s in srcs)
+    dn_fmts = tuple(s.dn_fmt for s in srcs)
+    unit = max(16, max(f[1] for f in dn_fmts))
+    if d_ff % unit:
+        raise ConvertError(f"{src_path}: d_ff {d_ff} is not a multiple of {unit} (row block and LUT group)")
+    gn = _choose_bundle_neurons(d_model, d_ff, gu_fmts, dn_fmts, unit, bundle_neurons)
+    probe = FlashLayout(n_layer, d_model, d_ff, gn, gu_fmts, dn_fmts, (0,) * n_layer)
+    stride = tuple(_pad(probe.bundle_bytes(i, gn)) for i in range(n_layer))
+    requant = tuple(f"blk.{i}.{nm}.weight" for i, s in enumerate(srcs) for nm in _FFN if nm[4:] in s.requant)
+    lay = FlashLayout(n_layer, d_model, d_ff, gn, gu_fmts, dn_fmts, stride, requant)
+    if requant and log:
+        log(f"note: {len(requant)} FFN tensors have no exact 4-bit table-lookup form "
+            f"({', '.join(sorted({g.tensors[n].type_name for n in requant}))}) and are re-quantized to 4 bits "
+            f"(group 32): the flash model differs slightly from the source")
+
+    # tensors: resident ones as in the source, then the bundles of each layer
+    ffn_names = {f"blk.{i}.{nm}.weight" for i in range(n_layer) for nm in _FFN}
+    resident = [t for t in g.tensors.values() if t.name not in ffn_names]
+    VT = gguf.GGUFValueType
+    kvs = []
+    for key, val in g.metadata.items():
+        if key == "general.alignment" or key.startswith(_KEY):
+            continue
+        vt, item_vt = g.metadata_types[key]
+        kvs.append(_kv(key, vt, val, item_vt))
+    kvs.append(_kv("general.alignment", VT.UINT32, ALIGN))
+    kvs.append(_kv(_KEY + "version", VT.UINT32, FLASH_VERSION))
+    kvs.append(_kv(_KEY + "bundle_neurons", VT.UINT32, gn))
+    kvs.append(_kv(_KEY + "gu_format", VT.ARRAY, [v for f in gu_fmts for v in f], VT.INT32))
+    kvs.append(_kv(_KEY + "down_format", VT.ARRAY, [v for f in dn_fmts for v in f], VT.INT32))
+    kvs.append(_kv(_KEY + "bundle_stride", VT.ARRAY, list(stride), VT.UINT64))
+    kvs.append(_kv(_KEY + "source", VT.STRING, src_path.name))
+    if requant:
+        kvs.append(_kv(_KEY + "requantized", VT.ARRAY, list(requant), VT.STRING))
+
+    infos, rel, sizes = [], 0, []
+    entries = [(t.name, t.shape, t.ggml_type, t.nbytes) for t in resident]
+    entries += [(f"blk.{i}.ffn_bundles", (lay.layer_bytes(i),), int(gguf.GGMLQuantizationType.I8), lay.layer_bytes(i))
+                for i in range(n_layer)]
+    for name, shape, ty, nb in entries:
+        nm = name.encode("utf-8")
+        infos.append(struct.pack("<Q", len(nm)) + nm + struct.pack("<I", len(shape))
+                     + b"".join(struct.pack("<Q", int(s)) for s in shape) + struct.pack("<IQ", int(ty), rel))
+        sizes.append(nb)
+        rel += _pad(nb)
+    header = struct.pack("<4sIQQ", b"GGUF", 3, len(entries), len(kvs)) + b"".join(kvs) + b"".join(infos)
+    data_offset = _pad(len(header))
+
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    total = rel
+    try:
+        with open(tmp, "wb") as f, Progress(total=total, desc=f"convert {src_path.name}", enabled=progress) as bar:
+            f.write(header)
+            f.write(b"\0" * (data_offset - len(header)))
+            for t in resident:
+                data = np.ascontiguousarray(g.tensor_data(t.name)).view(np.uint8).reshape(-1)
+                f.write(data.tobytes())
+                f.write(b"\0" * (_pad(t.nbytes) - t.nbytes))
+                bar.update(_pad(t.nbytes))
+            for i in range(n_layer):
+                blob = layer_bundles(g, lay, srcs[i], i)
+                f.write(blob.tobytes())
+                bar.update(blob.nbytes)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    written = FlashLayout.from_gguf(GGUFFile(out_path))
+    assert written is not None
+    return written
+
+
+# ---- what the engine needs to load a flash file ---------------------------------------------------
+def flash_shape_view(tensors: dict, lay: FlashLayout) -> dict:
+    """The tensor table with shape-only stand-ins for the FFN matrices a flash file stores as bundles,
+    so architecture checks written for ordinary GGUFs apply unchanged (nothing reads their data)."""
+    import gguf
+
+    out = dict(tensors)
+    f32 = int(gguf.GGMLQuantizationType.F32)
+    for i in range(lay.n_layer):
+        for nm, shape in (("ffn_gate", (lay.d_model, lay.d_ff)), ("ffn_up", (lay.d_model, lay.d_ff)),
+                          ("ffn_down", (lay.d_ff, lay.d_model))):
+            name = f"blk.{i}.{nm}.weight"
+            out.setdefault(name, TensorInfo(name, f32, "F32", shape, 0, 0))
+    return out
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes a model needs resident, and the FFN mode a budget allows."""
+
+    mode: str            # "resident" (everything in DRAM), "dense" (FFN streamed per token) or
+                         # "windowed" (gate resident, active bundles cached in per-layer slabs)
+    resident: int        # mapped weights that always stay (embeddings, attention, norms, head)
+    ffn_memory: int      # FFN bytes held: all bundles (resident) or two staging layers + gather buffer
+    kv_and_scratch: int  # KV cache and activations
+    minimum: int         # the smallest budget that works (dense-stream)
+    slab_bundles: int = 0  # windowed: slab capacity per layer, in bundles
+
+    @property
+    def total(self) -> int:
+        return self.resident + self.ffn_memory + self.kv_and_scratch
+
+
+def repacked_bytes(tensors: dict, skip_ffn: bool) -> int:
+    """Bytes of the table-lookup copies the runtime makes at load (runtime/linear.cc repacks every
+    linear weight whose type has an exact LUT form; the embedding is only decoded, never repacked).
+    Their mapped source pages are then clean page cache the kernel may drop, so they are counted
+    once in the file size and once here."""
+    total = 0
+    for t in tensors.values():
+        if len(t.shape) != 2 or t.name == "token_embd.weight" or not t.name.endswith(".weight"):
+            continue
+        if skip_ffn and any(k in t.name for k in _FFN):
+            continue
+        fmt = _lut_format(t.ggml_type)
+        if fmt is None or t.shape[0] % fmt[1]:
+            continue
+        total += -(-t.shape[1] // 16) * _row_block_bytes(fmt, t.shape[0])
+    return total
+
+
+def plan_memory(file_size: int, lay: FlashLayout | None, cfg, n_ctx: int, n_batch: int,
+                mem_budget: int | None, mode: str | None = None, repacked: int = 0) -> MemoryPlan:
+    """Choose how to run within `mem_budget` bytes (None: no limit). mode forces "resident" or
+    "dense"; repacked: bytes of LUT copies made at load (repacked_bytes). Raises ValueError, saying
+    the minimum, when the budget cannot hold the resident part."""
+    file_size += repacked
+    kv = cfg.n_layer * 2 * n_ctx * cfg.n_head_kv * cfg.head_dim * 4
+    q_dim = cfg.n_head * cfg.head_dim
+    scratch = min(n_batch, n_ctx) * 4 * (2 * cfg.d_ff + 3 * max(cfg.d_model, q_dim) + 2 * q_dim)
+    if lay is None:
+        need = file_size + kv + scratch
+        if mem_budget is not None and mem_budget < need:
+            raise ValueError(f"mem_budget {mem_budget} bytes is below what this model needs fully resident "
+                             f"({need} bytes); convert it with `lutllm convert MODEL OUT --flash` to stream its "
+                             f"FFN weights from storage")
+        if mode not in (None, "auto", "resident"):
+            raise ValueError(f"flash mode {mode!r} needs a flash file (`lutllm convert MODEL OUT --flash`)")
+        return MemoryPlan("resident", file_size, 0, kv + scratch, need)
+    ffn = lay.ffn_bytes()
+    down_max = max(lay.d_model // 16 * (lay.d_ff // f[1]) * lut_group_block_bytes(f) for f in lay.down_format)
+    resident = file_size - ffn  # mapped resident tensors + their LUT copies
+    staging = 2 * max(lay.layer_bytes(i) for i in range(lay.n_layer)) + down_max
+    minimum = resident + staging + kv + scratch
+    full = resident + ffn + kv + scratch  # resident: bundles rearranged in place, down gathered once
+    if mode in (None, "auto"):
+        mode = "resident" if mem_budget is None or mem_budget >= full else "dense"
+    if mode not in ("resident", "dense", "windowed"):
+        raise ValueError(f"unknown flash mode {mode!r} (auto, resident, dense, windowed)")
+    if mode == "windowed":
+        gates = sum(lay.n_bundles * lay.gate_bytes(i, lay.bundle_neurons) for i in range(lay.n_layer))
+        slot = [_pad(lay.bundle_bytes(i, lay.bundle_neurons) - lay.gate_bytes(i, lay.bundle_neurons))
+                for i in range(lay.n_layer)]
+        fixed = resident + gates + down_max + kv + scratch
+        cap = lay.n_bundles
+        if mem_budget is not None:
+            cap = min(cap, (mem_budget - fixed) // sum(slot)) if mem_budget > fixed else 0
+            if cap < 1:
+                raise ValueError(f"mem_budget {mem_budget} bytes is too small for windowed mode: it needs at least "
+                                 f"{fixed + sum(slot)} bytes (resident weights {resident} + resident gate {gates} + "
+                                 f"one slab slot per layer {sum(slot)} + KV cache and activations {kv + scratch})")
+        return MemoryPlan(mode, resident, gates + down_max + cap * sum(slot), kv + scratch, minimum, int(cap))
+    if mem_budget is not None:
+        need = full if mode == "resident" else minimum
+        if mem_budget < need:
+            raise ValueError(f"mem_budget {mem_budget} bytes is too small: this model needs at least {minimum} bytes "
+                             f"(resident weights {resident} + FFN staging {staging} + KV cache and activations "
+                             f"{kv + scratch} for n_ctx {n_ctx})" + (f"; {mode} mode needs {need}" if need != minimum else ""))
+    ffn_mem = ffn if mode == "resident" else staging
+    return MemoryPlan(mode, resident, ffn_mem, kv + scratch, minimum)
+
+
+def calibrate_thresholds(engine, tokens, density: float) -> list[float]:
+    """Per-layer thresholds for windowed mode so that about `density` of each layer's bundles are
+    active on `tokens` (CATS-style: a quantile of the observed scores, max |silu(gate)| per bundle and
+    token, measured with every bundle active). Calibrate on a different text than you evaluate on.
+    The engine must be in windowed mode; its thresholds are left as they were."""
+    from . import _core
+
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    info = engine.flash_info()
+    if info is None or info["mode"] != "windowed":
+        raise ValueError("calibration needs an engine in windowed flash mode")
+    m = engine._model
+    _core.model_flash_set_thresholds(m, [])
+    _core.model_flash_record_scores(m, True)
+    try:
+        engine.reset()
+        engine.eval(list(tokens))
+        scores = _core.model_flash_take_scores(m)
+    finally:
+        _core.model_flash_record_scores(m, False)
+        engine.reset()
+    return [float(np.quantile(s, 1.0 - density)) if density < 1.0 else -1.0 for s in scores]
