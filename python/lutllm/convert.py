@@ -435,33 +435,15 @@ class MemoryPlan:
         return self.resident + self.ffn_memory + self.kv_and_scratch
 
 
-def repacked_bytes(tensors: dict, skip_ffn: bool) -> int:
-    """Bytes of the table-lookup copies the runtime makes at load (runtime/linear.cc repacks every
-    linear weight whose type has an exact LUT form; the embedding is only decoded, never repacked).
-    Their mapped source pages are then clean page cache the kernel may drop, so they are counted
-    once in the file size and once here."""
-    total = 0
-    for t in tensors.values():
-        if len(t.shape) != 2 or t.name == "token_embd.weight" or not t.name.endswith(".weight"):
-            continue
-        if skip_ffn and any(k in t.name for k in _FFN):
-            continue
-        fmt = _lut_format(t.ggml_type)
-        if fmt is None or t.shape[0] % fmt[1]:
-            continue
-        total += -(-t.shape[1] // 16) * _row_block_bytes(fmt, t.shape[0])
-    return total
-
-
-def plan_memory(file_size: int, lay: FlashLayout | None, cfg, n_ctx: int, n_batch: int,
-                mem_budget: int | None, mode: str | None = None, repacked: int = 0) -> MemoryPlan:
+def plan_memory(file_size: int, lay: FlashLayout | None, est, mem_budget: int | None,
+                mode: str | None = None) -> MemoryPlan:
     """Choose how to run within `mem_budget` bytes (None: no limit). mode forces "resident" or
-    "dense"; repacked: bytes of LUT copies made at load (repacked_bytes). Raises ValueError, saying
+    "dense"; est: memory.estimate_memory of the same file and context (LUT copies made at load, KV
+    cache, scratch). The LUT copies' mapped source pages become clean page cache the kernel may
+    drop, so they are counted once in the file size and once as copies. Raises ValueError, saying
     the minimum, when the budget cannot hold the resident part."""
-    file_size += repacked
-    kv = cfg.n_layer * 2 * n_ctx * cfg.n_head_kv * cfg.head_dim * 4
-    q_dim = cfg.n_head * cfg.head_dim
-    scratch = min(n_batch, n_ctx) * 4 * (2 * cfg.d_ff + 3 * max(cfg.d_model, q_dim) + 2 * q_dim)
+    file_size += est.repack
+    kv, scratch, n_ctx = est.kv_cache, est.scratch, est.n_ctx
     if lay is None:
         need = file_size + kv + scratch
         if mem_budget is not None and mem_budget < need:

@@ -95,7 +95,7 @@ class Engine:
         self.path = Path(path)
         self.gguf = GGUFFile(path)
         meta = self.gguf.metadata
-        from .convert import FlashLayout, flash_shape_view, plan_memory, repacked_bytes  # flash-backed weights
+        from .convert import FlashLayout, flash_shape_view, plan_memory  # flash-backed weights
 
         self.flash_layout = FlashLayout.from_gguf(self.gguf)
         tensors = self.gguf.tensors if self.flash_layout is None else flash_shape_view(self.gguf.tensors, self.flash_layout)
@@ -126,8 +126,8 @@ class Engine:
 
         descs = self.gguf.runtime_descs()  # packed LUT tensors carry their layout
         cfg = dict(self.config.as_dict(), use_lut=bool(lut))
-        self.memory_plan = plan_memory(self.gguf.file_size, self.flash_layout, self.config, n_ctx, n_batch, mem_budget,
-                                       flash_mode, repacked_bytes(self.gguf.tensors, False) if lut else 0)
+        self.memory_plan = plan_memory(self.gguf.file_size, self.flash_layout, self.memory_estimate, mem_budget,
+                                       flash_mode)
         if self.flash_layout is not None:
             if not lut:
                 raise ValueError(f"{path}: a flash file runs its FFN with the table-lookup kernels (lut=True)")
