@@ -49,6 +49,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="alternations lutllm/llama.cpp")
     ap.add_argument("--no-llama", action="store_true")
     ap.add_argument("--int8", action="store_true", help="also time lutllm's int8 path (Engine(lut=False))")
+    ap.add_argument("--llama-model", action="append", default=[],
+                    help="time llama.cpp on this GGUF instead of -m (repeatable: e.g. its Q2_K and TQ2_0 of the "
+                         "model lutllm runs at 2 bits); same token ids")
     a = ap.parse_args()
     from lutllm.bench import bench_token_ids
     from lutllm.gguf_file import GGUFFile
@@ -65,7 +68,12 @@ def main():
     if not a.no_llama:
         if not os.path.exists(LLAMA_PY):
             raise SystemExit(f"{LLAMA_PY} missing: run bench/setup_llama_venv.sh (or pass --no-llama)")
-        runners["llama.cpp"] = run_llama
+        if a.llama_model:
+            for other in a.llama_model:
+                p = str(resolve_model(other))
+                runners["llama.cpp:" + pathlib.Path(p).name] = lambda _m, *args, p=p: run_llama(p, *args)
+        else:
+            runners["llama.cpp"] = run_llama
     res = {k: [] for k in runners}
     for _ in range(a.rounds):
         for name, fn in runners.items():
@@ -75,15 +83,18 @@ def main():
                 print(json.dumps({"bench": "e2e", "runtime": name, "model": pathlib.Path(model).name,
                                   "threads": a.threads, "pp_tokens": a.n_prompt, "tg_tokens": a.n_gen,
                                   "pp_tps": round(pp, 2), "tg_tps": round(tg, 2)}), flush=True)
-    print(f"\n{'runtime':12s} {'pp' + str(a.n_prompt) + ' tok/s':>14s} {'tg' + str(a.n_gen) + ' tok/s':>14s}")
+    w = max(12, *(len(k) for k in res))
+    print(f"\n{'runtime':{w}s} {'pp' + str(a.n_prompt) + ' tok/s':>14s} {'tg' + str(a.n_gen) + ' tok/s':>14s}")
     med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in res.items()}
     for k, (pp, tg) in med.items():
-        print(f"{k:12s} {pp:14.1f} {tg:14.1f}")
-    if "llama.cpp" in med:
-        rp, rt = med["lutllm"][0] / med["llama.cpp"][0], med["lutllm"][1] / med["llama.cpp"][1]
-        print(f"{'ratio':12s} {rp:14.2f}x {rt:13.2f}x   (lutllm / llama.cpp, medians)")
-        print(json.dumps({"bench": "e2e_ratio", "model": pathlib.Path(model).name, "threads": a.threads,
-                          "pp_ratio": round(rp, 3), "tg_ratio": round(rt, 3)}))
+        print(f"{k:{w}s} {pp:14.1f} {tg:14.1f}")
+    for k in med:
+        if not k.startswith("llama.cpp"):
+            continue
+        rp, rt = med["lutllm"][0] / med[k][0], med["lutllm"][1] / med[k][1]
+        print(f"{'ratio':{w}s} {rp:14.2f}x {rt:13.2f}x   (lutllm / {k}, medians)")
+        print(json.dumps({"bench": "e2e_ratio", "model": pathlib.Path(model).name, "against": k,
+                          "threads": a.threads, "pp_ratio": round(rp, 3), "tg_ratio": round(rt, 3)}))
 
 
 if __name__ == "__main__":
