@@ -312,7 +312,10 @@ def test_ctrl_c_on_the_cli_leaves_no_file(smollm2_path, tmp_path):
     out = tmp_path / "q.gguf"
     env = dict(os.environ, LUTLLM_NO_PROGRESS="1")
     p = subprocess.Popen([sys.executable, "-m", "lutllm.cli", "quantize", smollm2_path, str(out), "--bits", "2",
-                          "-t", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                          "-t", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         # the default SIGINT disposition even when this runs as a background job
+                         # (a shell without job control makes those ignore SIGINT, and children inherit it)
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not any(tmp_path.iterdir()) and p.poll() is None:
         time.sleep(0.05)

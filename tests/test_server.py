@@ -210,7 +210,10 @@ def test_cli_serve_subprocess(smollm2_path, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", "from lutllm.cli import main; main()", "serve", "-m", smollm2_path, "-c", "128",
          "--host", "127.0.0.1", "--port", "0", "--api-key", "k"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True,
+        # a shell without job control starts background jobs with SIGINT ignored, and the child
+        # would inherit that; give it the default so Python turns SIGINT into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stderr.readline()  # the banner, printed once the socket is bound
         assert "http://127.0.0.1:" in line, line
