@@ -17,8 +17,14 @@ for _ in range(job["reps"]):
     t0 = time.perf_counter()
     llm.eval(job["prompt"])
     t1 = time.perf_counter()
+    per_token = []
     for tok in job["decode"]:
+        ta = time.perf_counter()
         llm.eval([tok])
+        per_token.append(time.perf_counter() - ta)
     t2 = time.perf_counter()
-    out.append({"prefill_s": t1 - t0, "decode_s": t2 - t1})
+    rec = {"prefill_s": t1 - t0, "decode_s": t2 - t1}
+    if job.get("per_token"):
+        rec["token_s"] = per_token
+    out.append(rec)
 print(json.dumps(out))

@@ -78,74 +78,105 @@ int64_t row_chunk(int64_t rows, int threads) {
 }
 }  // namespace
 
-void Linear::forward(LinearInput& in, float* y, ThreadPool& pool) const {
+struct Linear::Plan {
+  float* y = nullptr;
+  int64_t n = 0, tasks = 0;
+  int64_t per = 0;                // LUT: 16-row blocks per task; other paths: rows per task
+  const LutAct* acts = nullptr;   // LUT
+  const ActQ8* xq = nullptr;      // Q8
+  const float* x = nullptr;       // F32, DEQUANT
+};
+
+// Prepares the input form this layer's path reads (built at most once per input) and splits the
+// rows into tasks.
+void Linear::plan(LinearInput& in, float* y, ThreadPool& pool, Plan* p) const {
   const WeightTensor& w = *w_;
-  const int64_t rows = w.rows(), k = w.cols(), n = in.n();
+  const int64_t rows = w.rows(), k = w.cols();
+  if (path_ == Path::NONE) throw Error("linear layer used before it was bound to a weight");
   if (in.k() != k) throw Error("tensor '" + w.name + "': input has " + std::to_string(in.k()) + " features, weight expects " + std::to_string(k));
-  const int64_t chunk = row_chunk(rows, pool.size());
-  const int64_t n_chunks = (rows + chunk - 1) / chunk;
+  p->y = y;
+  p->n = in.n();
+  if (path_ == Path::LUT) {
+    p->acts = in.lut(pool, lut_.fmt.group);
+    const int64_t blocks = lut_row_blocks(rows);
+    // whole 16-row blocks per task (kernels compute blocks whole)
+    p->per = std::max<int64_t>(1, (blocks + pool.size() * 4 - 1) / (pool.size() * 4));
+    p->tasks = (blocks + p->per - 1) / p->per;
+    return;
+  }
+  p->per = row_chunk(rows, pool.size());
+  p->tasks = (rows + p->per - 1) / p->per;
+  if (path_ == Path::Q8) p->xq = in.q8(pool);
+  else p->x = in.x();
+}
+
+void Linear::run_task(const Plan& p, int64_t c) const {
+  const WeightTensor& w = *w_;
+  const int64_t rows = w.rows(), k = w.cols(), n = p.n;
+  float* y = p.y;
   const KernelTable& kt = kernels();
+  if (path_ == Path::LUT) {
+    const int64_t r0 = c * p.per * kLutRows, r1 = std::min(rows, (c + 1) * p.per * kLutRows);
+    if (n == 1) kt.lut_gemv[lut_.fmt.kind](&lut_, p.acts, r0, r1, y);
+    else kt.lut_gemm[lut_.fmt.kind](&lut_, p.acts, n, r0, r1, y, rows);
+    return;
+  }
+  const int64_t r0 = c * p.per, r1 = std::min(rows, r0 + p.per);
   switch (path_) {
-    case Path::LUT: {
-      const LutAct* acts = in.lut(pool, lut_.fmt.group);
-      const int64_t blocks = lut_row_blocks(rows);
-      // whole 16-row blocks per task (kernels compute blocks whole)
-      const int64_t per = std::max<int64_t>(1, (blocks + pool.size() * 4 - 1) / (pool.size() * 4));
-      const int64_t tasks = (blocks + per - 1) / per;
-      if (n == 1) {
-        LutGemvFn fn = kt.lut_gemv[lut_.fmt.kind];
-        pool.parallel_for(tasks, [&](int64_t c, int) {
-          const int64_t r0 = c * per * kLutRows, r1 = std::min(rows, (c + 1) * per * kLutRows);
-          fn(&lut_, acts, r0, r1, y);
-        });
-      } else {
-        LutGemmFn fn = kt.lut_gemm[lut_.fmt.kind];
-        pool.parallel_for(tasks, [&](int64_t c, int) {
-          const int64_t r0 = c * per * kLutRows, r1 = std::min(rows, (c + 1) * per * kLutRows);
-          fn(&lut_, acts, n, r0, r1, y, rows);
-        });
+    case Path::Q8:
+      kt.matmul_q8[int(w.type)](w.data + size_t(r0) * w.row_bytes, w.row_bytes, r1 - r0, k, p.xq, k / QK32, n, y + r0, rows);
+      break;
+    case Path::F32:
+      kt.matmul_f32[int(w.type)](w.data + size_t(r0) * w.row_bytes, w.row_bytes, r1 - r0, k, p.x, k, n, y + r0, rows);
+      break;
+    case Path::DEQUANT: {
+      DequantRowFn dq = kt.dequant[int(w.type)];
+      std::vector<float> row(static_cast<size_t>(k));
+      for (int64_t r = r0; r < r1; ++r) {
+        dq(w.data + size_t(r) * w.row_bytes, row.data(), k);
+        for (int64_t t = 0; t < n; ++t) {
+          const float* xt = p.x + t * k;
+          double acc = 0;
+          for (int64_t j = 0; j < k; ++j) acc += double(row[size_t(j)]) * xt[j];
+          y[t * rows + r] = float(acc);
+        }
       }
       break;
     }
-    case Path::Q8: {
-      const ActQ8* xq = in.q8(pool);
-      MatmulQ8Fn fn = kt.matmul_q8[int(w.type)];
-      pool.parallel_for(n_chunks, [&](int64_t c, int) {
-        const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
-        fn(w.data + size_t(r0) * w.row_bytes, w.row_bytes, r1 - r0, k, xq, k / QK32, n, y + r0, rows);
-      });
+    default:
       break;
-    }
-    case Path::F32: {
-      MatmulF32Fn fn = kt.matmul_f32[int(w.type)];
-      const float* x = in.x();
-      pool.parallel_for(n_chunks, [&](int64_t c, int) {
-        const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
-        fn(w.data + size_t(r0) * w.row_bytes, w.row_bytes, r1 - r0, k, x, k, n, y + r0, rows);
-      });
-      break;
-    }
-    case Path::DEQUANT: {
-      DequantRowFn dq = kt.dequant[int(w.type)];
-      const float* x = in.x();
-      pool.parallel_for(n_chunks, [&](int64_t c, int) {
-        std::vector<float> row(static_cast<size_t>(k));
-        const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
-        for (int64_t r = r0; r < r1; ++r) {
-          dq(w.data + size_t(r) * w.row_bytes, row.data(), k);
-          for (int64_t t = 0; t < n; ++t) {
-            const float* xt = x + t * k;
-            double acc = 0;
-            for (int64_t j = 0; j < k; ++j) acc += double(row[size_t(j)]) * xt[j];
-            y[t * rows + r] = float(acc);
-          }
-        }
-      });
-      break;
-    }
-    case Path::NONE:
-      throw Error("linear layer used before it was bound to a weight");
   }
+}
+
+void Linear::forward(LinearInput& in, float* y, ThreadPool& pool) const {
+  const Linear* self = this;
+  forward_many(&self, &y, 1, in, pool);
+}
+
+void Linear::forward_many(const Linear* const* layers, float* const* ys, int count, LinearInput& in, ThreadPool& pool) {
+  constexpr int kMax = 4;
+  if (count < 1 || count > kMax) throw Error("forward_many takes 1 to 4 layers");
+  // One shared LinearInput holds tables for one LUT group size at a time: layers that need
+  // different ones run one after the other.
+  int32_t group = 0;
+  for (int i = 0; i < count && count > 1; ++i) {
+    if (layers[i]->path_ != Path::LUT) continue;
+    if (group == 0) group = layers[i]->lut_.fmt.group;
+    if (layers[i]->lut_.fmt.group == group) continue;
+    for (int j = 0; j < count; ++j) forward_many(&layers[j], &ys[j], 1, in, pool);
+    return;
+  }
+  Plan plans[kMax];
+  int64_t first[kMax + 1] = {0};
+  for (int i = 0; i < count; ++i) {
+    layers[i]->plan(in, ys[i], pool, &plans[i]);
+    first[i + 1] = first[i] + plans[i].tasks;
+  }
+  pool.parallel_for(first[count], [&](int64_t task, int) {
+    int i = 0;
+    while (task >= first[i + 1]) ++i;
+    layers[i]->run_task(plans[i], task - first[i]);
+  });
 }
 
 }  // namespace lutllm

@@ -50,8 +50,15 @@ class Linear {
   Path path() const { return path_; }
   // y[t * out_features + r] = dot(W[r], x[t]) for t < in.n()
   void forward(LinearInput& in, float* y, ThreadPool& pool) const;
+  // The same for `count` layers reading one input (q/k/v, gate/up) in a single pool loop: one
+  // hand-off to the workers instead of `count`, and the short tails of small matrices overlap.
+  static void forward_many(const Linear* const* layers, float* const* ys, int count, LinearInput& in, ThreadPool& pool);
 
  private:
+  struct Plan;  // one layer's share of a pool loop (linear.cc)
+  void plan(LinearInput& in, float* y, ThreadPool& pool, Plan* p) const;
+  void run_task(const Plan& p, int64_t task) const;
+
   const WeightTensor* w_ = nullptr;
   Path path_ = Path::NONE;
   std::shared_ptr<std::vector<uint8_t>> lut_packed_;  // LUT path only: the repacked weights

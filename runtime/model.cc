@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "error.h"
 #include "ops.h"
@@ -84,17 +86,40 @@ const ArchParts& arch_parts(const std::string& path, const std::string& arch) {
 
 }  // namespace
 
-void Projection::forward(LinearInput& in, float* y, ThreadPool& pool) const {
-  w.forward(in, y, pool);
+namespace {
+// y = y * scale + bias on n rows of a projection's output (each part only where the file has it)
+void scale_bias(const Projection& p, int64_t n, float* y) {
+  const float scale = p.scale;
+  const float* bias = p.bias;
   if (scale == 1.f && !bias) return;
-  const int64_t m = w.out_features();
-  for (int64_t t = 0; t < in.n(); ++t) {
+  const int64_t m = p.w.out_features();
+  for (int64_t t = 0; t < n; ++t) {
     float* yt = y + t * m;
     if (scale != 1.f)
       for (int64_t i = 0; i < m; ++i) yt[i] *= scale;
     if (bias)
       for (int64_t i = 0; i < m; ++i) yt[i] += bias[i];
   }
+}
+
+// Projections reading one input, in one pool loop (Linear::forward_many), then their epilogues.
+void forward_projections(std::initializer_list<std::pair<const Projection*, float*>> ps, LinearInput& in,
+                         ThreadPool& pool) {
+  const Linear* ls[4];
+  float* ys[4];
+  int n = 0;
+  for (const auto& p : ps) {
+    ls[n] = &p.first->w;
+    ys[n++] = p.second;
+  }
+  Linear::forward_many(ls, ys, n, in, pool);
+  for (const auto& p : ps) scale_bias(*p.first, in.n(), p.second);
+}
+}  // namespace
+
+void Projection::forward(LinearInput& in, float* y, ThreadPool& pool) const {
+  w.forward(in, y, pool);
+  scale_bias(*this, in.n(), y);
 }
 
 Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors, int n_threads,
@@ -243,9 +268,7 @@ void Context::forward_layer(int l, int64_t n, int64_t pos) {
   // attention block
   rms_norm(x, L.attn_norm, n, d, eps, xn_.data());
   in_.set(xn_.data(), n, d);
-  L.wq.forward(in_, q_.data(), pool);
-  L.wk.forward(in_, k_.data(), pool);
-  L.wv.forward(in_, v_.data(), pool);
+  forward_projections({{&L.wq, q_.data()}, {&L.wk, k_.data()}, {&L.wv, v_.data()}}, in_, pool);
   if (L.q_norm) rms_norm(q_.data(), L.q_norm, n * c.n_head, hd, eps, q_.data());
   if (L.k_norm) rms_norm(k_.data(), L.k_norm, n * c.n_head_kv, hd, eps, k_.data());
   rope(q_.data(), n, c.n_head, int(hd), c.rope_dim, pos, L.rope_base, L.rope_freq_scale, c.rope_mode);
@@ -267,8 +290,7 @@ void Context::forward_layer(int l, int64_t n, int64_t pos) {
   if (M.flash_ffn) {  // flash hook: the FFN streams from storage (runtime/flash_ffn.h)
     M.flash_ffn->forward(l, in_, ff_a_.data(), ff_b_.data(), xn_.data(), pool);
   } else {
-    L.w_gate.forward(in_, ff_a_.data(), pool);
-    L.w_up.forward(in_, ff_b_.data(), pool);
+    forward_projections({{&L.w_gate, ff_a_.data()}, {&L.w_up, ff_b_.data()}}, in_, pool);
     gated_activation(c.ffn_act, ff_a_.data(), ff_b_.data(), n * c.d_ff);
     if (L.ffn_sub_norm) rms_norm(ff_a_.data(), L.ffn_sub_norm, n, c.d_ff, eps, ff_a_.data());
     in_.set(ff_a_.data(), n, c.d_ff);

@@ -5,7 +5,7 @@
 //  * n_tok < kRowLaneMinTok (decode, GEMV): "element lanes": per row, maddubs + madd give 8 int32
 //    partial sums of a block; 8 rows are reduced together into one vector of 8 row sums, and the float
 //    steps of THE ORDER run with one lane per row. The legacy types do this straight from the weight
-//    blocks (gemv_fused8), the K-quants from a decoded tile.
+//    blocks (gemv_fused8), Q6_K likewise (gemv_q6k_fused8), the other K-quants from a decoded tile.
 //  * otherwise (prefill): "row lanes": the tile is transposed so a vector holds 4 codes of each of the
 //    8 rows; each 4-code group is multiplied with the token's 4 activation codes (broadcast), pair
 //    sums are accumulated in int16 while they cannot overflow, and the whole tile is reused for every
@@ -149,6 +149,73 @@ void rowlane_chunk(const Tile& t, const uint8_t* uT, const int8_t* wsT, const Ac
   for (int j = 0; j < NT; ++j) store_rows(yt[j], add_min<Dec>(t, xt[j], acc[j]), nr);
 }
 
+// ---- Q6_K element lanes straight from the blocks (decode, one token) --------------------------
+// Rows r0..r0+nr-1 (nr <= 8; rows past nr repeat row r0 and are not stored) against one token.
+// Per 32-element block j of a super-block and row: p16 = maddubs(q6, x) - maddubs(32, x) (exact,
+// |pair| <= 24130), madd with ones -> int32 half sums; the hadd tree leaves H0 (elements 0..15) and H1
+// (16..31) of the 8 rows in two vectors, and P_b = H0 * sc[2j] + H1 * sc[2j+1] is formed exactly in
+// float (each product < 2^24, fma rounds the exact sum P_b once and |P_b| < 2^24). Then THE ORDER:
+// acc = fma(float(P_b), d * x[b].d, acc). The scales and d of the 8 rows come in by dword gathers.
+void gemv_q6k_fused8(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, const ActQ8* xt, float* yt) {
+  const uint8_t* rp[8];
+  alignas(32) int32_t off[8];
+  for (int r = 0; r < 8; ++r) {
+    const size_t rr = size_t(r < nr ? r : 0);
+    rp[r] = w0 + rr * row_bytes;
+    off[r] = int32_t(rr * row_bytes);
+  }
+  const __m256i offs = _mm256_load_si256(reinterpret_cast<const __m256i*>(off));
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x03), m30 = _mm256_set1_epi8(0x30);
+  const __m256i c32 = _mm256_set1_epi8(32), ones16 = _mm256_set1_epi16(1);
+  const size_t ahead = 8 * row_bytes;  // prefetch the next tile's rows at the same position
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb / 8; ++i) {
+    const size_t sbo = size_t(i) * 210;
+    for (int r = 0; r < 8; ++r)
+      for (int l = 0; l < 210; l += 64) _mm_prefetch(reinterpret_cast<const char*>(rp[r] + sbo + ahead + l), _MM_HINT_T0);
+    // d: fp16 in bytes 208..209 = high half of the dword at 206 (no read past the block)
+    const __m256i gd = _mm256_srli_epi32(_mm256_i32gather_epi32(reinterpret_cast<const int*>(w0 + sbo + 206), offs, 1), 16);
+    const __m256i dpk = _mm256_permute4x64_epi64(_mm256_packus_epi32(gd, gd), _MM_SHUFFLE(3, 1, 2, 0));
+    const __m256 d = _mm256_cvtph_ps(_mm256_castsi256_si128(dpk));
+    __m256i gs[4];  // int8 scales 4m..4m+3 of each row
+    for (int m = 0; m < 4; ++m)
+      gs[m] = _mm256_i32gather_epi32(reinterpret_cast<const int*>(w0 + sbo + 192 + 4 * m), offs, 1);
+    for (int j = 0; j < 8; ++j) {
+      const int h = j / 4, q = j % 4;
+      const int64_t b = i * 8 + j;
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt[b].qs));
+      const __m256i ox = _mm256_maddubs_epi16(c32, x);
+      __m256i p[8];
+      for (int r = 0; r < 8; ++r) {
+        const uint8_t* blk = rp[r] + sbo;
+        const __m256i src = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32 * (q % 2)));
+        const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
+        const __m256i lo = (q / 2) ? _mm256_and_si256(_mm256_srli_epi16(src, 4), m4) : _mm256_and_si256(src, m4);
+        __m256i hi;  // (qh >> 2q) & 3, moved to bits 4..5
+        switch (q) {
+          case 0: hi = _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4); break;
+          case 1: hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4); break;
+          case 2: hi = _mm256_and_si256(hb, m30); break;
+          default: hi = _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30); break;
+        }
+        const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(_mm256_or_si256(lo, hi), x), ox);
+        p[r] = _mm256_madd_epi16(p16, ones16);
+      }
+      const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
+      const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
+      const __m256i a = _mm256_hadd_epi32(h01, h23), c = _mm256_hadd_epi32(h45, h67);
+      const __m256 H0 = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(a, c, 0x20));
+      const __m256 H1 = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(a, c, 0x31));
+      const __m256i g = gs[j / 2];  // bytes: sc[2j'] sc[2j'+1] sc[2j'+2] sc[2j'+3], j' = j & ~1
+      const __m256 S0 = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(g, (j % 2) ? 8 : 24), 24));
+      const __m256 S1 = _mm256_cvtepi32_ps((j % 2) ? _mm256_srai_epi32(g, 24) : _mm256_srai_epi32(_mm256_slli_epi32(g, 16), 24));
+      const __m256 pf = _mm256_fmadd_ps(H0, S0, _mm256_mul_ps(H1, S1));
+      acc = _mm256_fmadd_ps(pf, _mm256_mul_ps(d, _mm256_set1_ps(xt[b].d)), acc);
+    }
+  }
+  store_rows(yt, acc, nr);
+}
+
 template <class Dec>
 void matmul_q8_avx2(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x,
                     int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride) {
@@ -162,6 +229,15 @@ void matmul_q8_avx2(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k,
   int8_t* wsT = reinterpret_cast<int8_t*>(uT + ub);
   int32_t* xs = reinterpret_cast<int32_t*>(uT + 2 * ub);
   if (rowlane) act_half_sums(x, x_stride, n_tok, nb, xs);
+  if constexpr (std::is_same<Dec, DecQ6_K>::value) {
+    if (!rowlane) {
+      for (int64_t r0 = 0; r0 < rows; r0 += 8)
+        for (int64_t tok = 0; tok < n_tok; ++tok)
+          gemv_q6k_fused8(w + size_t(r0) * row_bytes, row_bytes, int(rows - r0 < 8 ? rows - r0 : 8), nb,
+                          x + tok * x_stride, y + tok * y_stride + r0);
+      return;
+    }
+  }
   if constexpr (Dec::kFused) {
     if (!rowlane) {
       using Dot = typename std::conditional<Dec::kSigned, DotSigned, DotMaddubs<Dec::kOff>>::type;
