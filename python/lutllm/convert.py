@@ -435,14 +435,13 @@ class MemoryPlan:
         return self.resident + self.ffn_memory + self.kv_and_scratch
 
 
-def plan_memory(file_size: int, lay: FlashLayout | None, est, mem_budget: int | None,
-                mode: str | None = None) -> MemoryPlan:
+def plan_memory(lay: FlashLayout | None, est, mem_budget: int | None, mode: str | None = None) -> MemoryPlan:
     """Choose how to run within `mem_budget` bytes (None: no limit). mode forces "resident" or
     "dense"; est: memory.estimate_memory of the same file and context (LUT copies made at load, KV
-    cache, scratch). The LUT copies' mapped source pages become clean page cache the kernel may
-    drop, so they are counted once in the file size and once as copies. Raises ValueError, saying
-    the minimum, when the budget cannot hold the resident part."""
-    file_size += est.repack
+    cache, scratch). Weights count as the mapped bytes read every token plus the LUT copies: a
+    copy's source pages are read once at load and are then clean page cache the kernel drops under
+    pressure. Raises ValueError, saying the minimum, when the budget cannot hold the resident part."""
+    file_size = est.weights_mapped_hot + est.repack
     kv, scratch, n_ctx = est.kv_cache, est.scratch, est.n_ctx
     if lay is None:
         need = file_size + kv + scratch

@@ -126,8 +126,7 @@ class Engine:
 
         descs = self.gguf.runtime_descs()  # packed LUT tensors carry their layout
         cfg = dict(self.config.as_dict(), use_lut=bool(lut))
-        self.memory_plan = plan_memory(self.gguf.file_size, self.flash_layout, self.memory_estimate, mem_budget,
-                                       flash_mode)
+        self.memory_plan = plan_memory(self.flash_layout, self.memory_estimate, mem_budget, flash_mode)
         if self.flash_layout is not None:
             if not lut:
                 raise ValueError(f"{path}: a flash file runs its FFN with the table-lookup kernels (lut=True)")
