@@ -145,6 +145,22 @@ class ReferenceModel:
         return x @ self.w["output.weight"].T
 
 
+def log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def mean_kl(ref, other):
+    """Mean over rows of KL(softmax(ref) || softmax(other)), in nats."""
+    p, q = log_softmax(ref), log_softmax(other)
+    return float((np.exp(p) * (p - q)).sum(axis=1).mean())
+
+
+def rel_error(a, b):
+    """||a - b|| / ||b||."""
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
 def quantize_act_q8(x):
     """int8 activation quantization per 32 values, as llama.cpp's q8 formats: d = max|x|/127,
     q = round-half-away(x/d); returns the dequantized values d*q."""

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from reference_model import ReferenceModel, quantize_act_q8
+from reference_model import ReferenceModel, mean_kl as _kl, quantize_act_q8, rel_error as _rel
 
 DATA = pathlib.Path(__file__).parent / "data"
 GOLDEN = json.loads((DATA / "llama_golden_smollm2.json").read_text())
@@ -56,20 +56,6 @@ def test_every_linear_layer_has_a_kernel(engine, engine_q8):
     assert list(paths.values()).count("lut") == 210
     assert paths["token_embd.weight"] == "q8"
     assert set(engine_q8._model.linear_paths().values()) == {"q8"}
-
-
-def _logp(z):
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
-def _kl(ref, other):
-    p, q = _logp(ref), _logp(other)
-    return float((np.exp(p) * (p - q)).sum(axis=1).mean())
-
-
-def _rel(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)

@@ -15,7 +15,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from reference_model import ReferenceModel, quantize_act_q8
+from reference_model import ReferenceModel, mean_kl as _kl, quantize_act_q8, rel_error as _rel
 from synthetic_models import T, write_model
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -37,20 +37,6 @@ def _runtime(path, lut=True, n_ctx=512):
 
 def _eval(ctx, tokens, pos=0, all_logits=True):
     return ctx.eval(np.asarray(tokens, dtype=np.int32), pos, all_logits).astype(np.float64)
-
-
-def _logp(z):
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
-def _kl(ref, other):
-    p, q = _logp(ref), _logp(other)
-    return float((np.exp(p) * (p - q)).sum(axis=1).mean())
-
-
-def _rel(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def _assert_close_to_reference(ours, ref, toks):
