@@ -228,6 +228,16 @@ class Engine:
         self._cancel_event.set()
         self._ctx.request_cancel()
 
+    def _eval_unless_cancelled(self, tokens):
+        """Logits of the last token, or None when cancel() interrupted the evaluation (a
+        KeyboardInterrupt that cancel() did not cause propagates)."""
+        try:
+            return self.eval(tokens)[-1]
+        except KeyboardInterrupt:
+            if not self._cancel_event.is_set():
+                raise
+            return None
+
     def generate(
         self,
         prompt: Sequence[int],
@@ -260,11 +270,8 @@ class Engine:
         self._cancel_event.clear()
         self.timings = Timings()
         t0 = time.perf_counter()
-        try:
-            logits = self.eval(history)[-1]
-        except KeyboardInterrupt:
-            if not self._cancel_event.is_set():
-                raise
+        logits = self._eval_unless_cancelled(history)
+        if logits is None:
             result.finish_reason = "stop"
             return
         t1 = time.perf_counter()
@@ -292,11 +299,8 @@ class Engine:
                 yield tok
                 if len(result.tokens) >= limit:  # also where the context is full (limit <= room)
                     break
-                try:
-                    logits = self.eval(history)[-1]
-                except KeyboardInterrupt:
-                    if not self._cancel_event.is_set():
-                        raise
+                logits = self._eval_unless_cancelled(history)
+                if logits is None:
                     result.finish_reason = "stop"
                     return
             result.finish_reason = "length"
