@@ -182,6 +182,7 @@ const char* op_name(KernelOp op) {
     case KernelOp::LUT_BUILD: return "lut_build";
     case KernelOp::LUT_GEMV: return "lut_gemv";
     case KernelOp::LUT_GEMM: return "lut_gemm";
+    case KernelOp::ATTN_HEAD: return "attn_head";
   }
   return "?";
 }
@@ -206,6 +207,8 @@ const std::vector<KernelInfo>& kernel_registry() {
   v.push_back({KernelOp::LUT_GEMV, int(LutKind::kind), #fn, Isa::isa, reinterpret_cast<void*>(&fn)});
 #define LUTLLM_LUT_GEMM(kind, fn, isa) \
   v.push_back({KernelOp::LUT_GEMM, int(LutKind::kind), #fn, Isa::isa, reinterpret_cast<void*>(&fn)});
+#define LUTLLM_ATTN_HEAD(fn, isa) \
+  v.push_back({KernelOp::ATTN_HEAD, -1, #fn, Isa::isa, reinterpret_cast<void*>(&fn)});
 #include "kernels.inc"
     return v;
   }();
@@ -235,7 +238,7 @@ void fill_table(Isa cap) {
   t.isa_cap = cap;
   int best_q8[kGgmlTypeCount], best_f32[kGgmlTypeCount], best_dq[kGgmlTypeCount], best_qa = -1;
   for (int i = 0; i < kGgmlTypeCount; ++i) best_q8[i] = best_f32[i] = best_dq[i] = -1;
-  int best_lb = -1, best_lv[kLutKindCount], best_lm[kLutKindCount];
+  int best_lb = -1, best_at = -1, best_lv[kLutKindCount], best_lm[kLutKindCount];
   for (int i = 0; i < kLutKindCount; ++i) best_lv[i] = best_lm[i] = -1;
   for (const auto& k : kernel_registry()) {
     if (!isa_supported(k.isa) || !isa_allowed(k.isa, cap)) continue;
@@ -261,6 +264,9 @@ void fill_table(Isa cap) {
         break;
       case KernelOp::LUT_GEMM:
         if (r > best_lm[k.wtype]) { best_lm[k.wtype] = r; t.lut_gemm[k.wtype] = reinterpret_cast<LutGemmFn>(k.fn); }
+        break;
+      case KernelOp::ATTN_HEAD:
+        if (r > best_at) { best_at = r; t.attn_head = reinterpret_cast<AttnHeadFn>(k.fn); }
         break;
     }
   }

@@ -1,6 +1,6 @@
 // Context state save/load: copies the first n_past cached key/value rows of every layer out of or
-// into a flat float32 buffer. It does not serialise tokens or files; callers own that framing.
-#include <cstring>
+// into a flat float32 buffer (the cache itself is fp16). It does not serialise tokens or files;
+// callers own that framing.
 #include <string>
 
 #include "error.h"
@@ -27,9 +27,9 @@ void Context::save_kv(int64_t n_past, float* out) const {
   const size_t kv_dim = size_t(c.n_head_kv) * size_t(c.head_dim), rows = size_t(n_past) * kv_dim;
   for (int l = 0; l < c.n_layer; ++l) {
     const size_t base = size_t(l) * size_t(n_ctx_) * kv_dim;
-    std::memcpy(out, k_cache_.data() + base, rows * sizeof(float));
+    for (size_t i = 0; i < rows; ++i) out[i] = fp16_to_f32(k_cache_[base + i]);
     out += rows;
-    std::memcpy(out, v_cache_.data() + base, rows * sizeof(float));
+    for (size_t i = 0; i < rows; ++i) out[i] = fp16_to_f32(v_cache_[base + i]);
     out += rows;
   }
 }
@@ -40,9 +40,9 @@ void Context::load_kv(int64_t n_past, const float* in) {
   const size_t kv_dim = size_t(c.n_head_kv) * size_t(c.head_dim), rows = size_t(n_past) * kv_dim;
   for (int l = 0; l < c.n_layer; ++l) {
     const size_t base = size_t(l) * size_t(n_ctx_) * kv_dim;
-    std::memcpy(k_cache_.data() + base, in, rows * sizeof(float));
+    for (size_t i = 0; i < rows; ++i) k_cache_[base + i] = f32_to_fp16(in[i]);
     in += rows;
-    std::memcpy(v_cache_.data() + base, in, rows * sizeof(float));
+    for (size_t i = 0; i < rows; ++i) v_cache_[base + i] = f32_to_fp16(in[i]);
     in += rows;
   }
 }

@@ -196,8 +196,8 @@ Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch) : m
   n_ctx_ = n_ctx;
   n_batch_ = std::min(n_batch, n_ctx);
   const size_t kv_dim = size_t(c.n_head_kv) * size_t(c.head_dim);
-  k_cache_.assign(size_t(c.n_layer) * size_t(n_ctx_) * kv_dim, 0.f);
-  v_cache_.assign(k_cache_.size(), 0.f);
+  k_cache_.assign(size_t(c.n_layer) * size_t(n_ctx_) * kv_dim, fp16_t(0));
+  v_cache_.assign(k_cache_.size(), fp16_t(0));
   const size_t nb = size_t(n_batch_), q_dim = size_t(c.n_head) * size_t(c.head_dim);
   x_.resize(nb * size_t(c.d_model));
   xn_.resize(nb * std::max(size_t(c.d_model), q_dim));
@@ -262,8 +262,8 @@ void Context::forward_layer(int l, int64_t n, int64_t pos) {
   const int64_t d = c.d_model, hd = c.head_dim, q_dim = int64_t(c.n_head) * hd, kv_dim = int64_t(c.n_head_kv) * hd;
   const float eps = c.norm_eps;
   float* x = x_.data();
-  float* kc = k_cache_.data() + size_t(l) * size_t(n_ctx_) * size_t(kv_dim);
-  float* vc = v_cache_.data() + size_t(l) * size_t(n_ctx_) * size_t(kv_dim);
+  fp16_t* kc = k_cache_.data() + size_t(l) * size_t(n_ctx_) * size_t(kv_dim);
+  fp16_t* vc = v_cache_.data() + size_t(l) * size_t(n_ctx_) * size_t(kv_dim);
 
   // attention block
   rms_norm(x, L.attn_norm, n, d, eps, xn_.data());
@@ -273,8 +273,10 @@ void Context::forward_layer(int l, int64_t n, int64_t pos) {
   if (L.k_norm) rms_norm(k_.data(), L.k_norm, n * c.n_head_kv, hd, eps, k_.data());
   rope(q_.data(), n, c.n_head, int(hd), c.rope_dim, pos, L.rope_base, L.rope_freq_scale, c.rope_mode);
   rope(k_.data(), n, c.n_head_kv, int(hd), c.rope_dim, pos, L.rope_base, L.rope_freq_scale, c.rope_mode);
-  std::memcpy(kc + pos * kv_dim, k_.data(), size_t(n * kv_dim) * sizeof(float));
-  std::memcpy(vc + pos * kv_dim, v_.data(), size_t(n * kv_dim) * sizeof(float));
+  for (int64_t i = 0; i < n * kv_dim; ++i) {
+    kc[pos * kv_dim + i] = f32_to_fp16(k_[size_t(i)]);
+    vc[pos * kv_dim + i] = f32_to_fp16(v_[size_t(i)]);
+  }
   const float scale = c.attn_scale != 0.f ? c.attn_scale : 1.f / std::sqrt(float(hd));
   attention(q_.data(), kc, vc, n, pos, c.n_head, c.n_head_kv, int(hd), n_ctx_, L.window, scale, attn_.data(),
             att_scores_.data(), pool);

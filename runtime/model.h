@@ -102,7 +102,8 @@ class Context {
   void eval(const int32_t* tokens, int64_t n, int64_t pos, bool all_logits, float* logits);
   void request_cancel() { cancel_.store(true); }
   // KV-cache state (runtime/context_state.cc): the first n_past positions of every layer's keys
-  // and values, laid out (n_layer, 2 [K, V], n_past, n_head_kv * head_dim) as float32.
+  // and values, laid out (n_layer, 2 [K, V], n_past, n_head_kv * head_dim) as float32 (the cache
+  // holds fp16, so saving is exact and loading rounds to fp16).
   int64_t kv_state_floats(int64_t n_past) const;
   void save_kv(int64_t n_past, float* out) const;
   void load_kv(int64_t n_past, const float* in);
@@ -113,7 +114,9 @@ class Context {
 
   std::shared_ptr<const Model> model_;
   int n_ctx_, n_batch_;
-  std::vector<float> k_cache_, v_cache_;  // (n_layer, n_ctx, n_head_kv * head_dim)
+  // (n_layer, n_ctx, n_head_kv * head_dim) in fp16, as llama.cpp keeps it by default: half the
+  // memory and half the attention reads of float32, at a rounding far below the weights' own.
+  std::vector<fp16_t> k_cache_, v_cache_;
   // scratch, sized for n_batch tokens
   std::vector<float> x_, xn_, q_, k_, v_, attn_, ff_a_, ff_b_, att_scores_;
   LinearInput in_;

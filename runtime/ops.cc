@@ -1,24 +1,14 @@
 // Implementations of the shared transformer building blocks (see ops.h).
 #include "ops.h"
 
+#include "lutllm/kernels.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 namespace lutllm {
 
-namespace {
-// 8 independent partial sums let the compiler vectorise without reassociation flags.
-inline float dot(const float* a, const float* b, int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-}  // namespace
 
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* out) {
   for (int64_t t = 0; t < n; ++t) {
@@ -78,38 +68,20 @@ void gated_activation(FfnAct act, float* a, const float* b, int64_t n) {
   }
 }
 
-void attention(const float* q, const float* kc, const float* vc, int64_t n, int64_t pos0, int n_head, int n_kv,
+void attention(const float* q, const fp16_t* kc, const fp16_t* vc, int64_t n, int64_t pos0, int n_head, int n_kv,
                int hd, int n_ctx, int window, float scale, float* out, float* scores, ThreadPool& pool) {
   const int group = n_head / n_kv;
   const int64_t kv_stride = int64_t(n_kv) * hd;
+  const AttnHeadFn head = kernels().attn_head;
   pool.parallel_for(n * n_head, [&](int64_t task, int thread) {
     const int64_t t = task / n_head;
     const int h = int(task % n_head), kvh = h / group;
     // causal: keys first..pos0+t, where a window keeps only the last `window` of them
     const int64_t first = window > 0 ? std::max<int64_t>(0, pos0 + t + 1 - window) : 0;
     const int64_t len = pos0 + t + 1 - first;
-    const float* qh = q + (t * n_head + h) * int64_t(hd);
-    const float* kbase = kc + first * kv_stride + int64_t(kvh) * hd;
-    const float* vbase = vc + first * kv_stride + int64_t(kvh) * hd;
-    float* s = scores + int64_t(thread) * n_ctx;
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < len; ++j) {
-      s[j] = dot(qh, kbase + j * kv_stride, hd) * scale;
-      mx = std::max(mx, s[j]);
-    }
-    double sum = 0;
-    for (int64_t j = 0; j < len; ++j) {
-      s[j] = std::exp(s[j] - mx);
-      sum += s[j];
-    }
-    const float inv = float(1.0 / sum);
-    float* o = out + (t * n_head + h) * int64_t(hd);
-    std::fill(o, o + hd, 0.f);
-    for (int64_t j = 0; j < len; ++j) {
-      const float p = s[j] * inv;
-      const float* vj = vbase + j * kv_stride;
-      for (int i = 0; i < hd; ++i) o[i] += p * vj[i];
-    }
+    head(q + (t * n_head + h) * int64_t(hd), kc + first * kv_stride + int64_t(kvh) * hd,
+         vc + first * kv_stride + int64_t(kvh) * hd, len, kv_stride, hd, scale, scores + int64_t(thread) * n_ctx,
+         out + (t * n_head + h) * int64_t(hd));
   });
 }
 

@@ -72,6 +72,33 @@ py::array_t<float> run_dequant(const std::string& name, const py::handle& src_ob
   return out;
 }
 
+// One query head against an fp16 cache: q (hd,) float32; k, v (len, stride) uint16 holding fp16 bits,
+// the head's hd values at the start of each row. Returns out (hd,).
+py::array_t<float> run_attn_head(const std::string& name, const py::handle& q_obj, const py::handle& k_obj,
+                                 const py::handle& v_obj, float scale) {
+  const KernelInfo& kinfo = kernel_by_name(name, KernelOp::ATTN_HEAD);
+  auto q = exact_array<float>(q_obj, "q");
+  auto k = exact_array<uint16_t>(k_obj, "k");
+  auto v = exact_array<uint16_t>(v_obj, "v");
+  if (q.ndim() != 1 || q.shape(0) <= 0) throw py::value_error("q must be a non-empty 1-D array");
+  if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1) || k.shape(0) <= 0)
+    throw py::value_error("k and v must be 2-D arrays of the same shape (len, stride), len >= 1");
+  const int hd = int(q.shape(0));
+  if (k.shape(1) < hd) throw py::value_error("k/v rows are shorter than q");
+  const int64_t len = k.shape(0), stride = k.shape(1);
+  py::array_t<float> out(hd);
+  std::vector<float> scores(static_cast<size_t>(len));
+  const float* qp = q.data();
+  const fp16_t* kp = k.data();
+  const fp16_t* vp = v.data();
+  float* op = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    reinterpret_cast<AttnHeadFn>(kinfo.fn)(qp, kp, vp, len, stride, hd, scale, scores.data(), op);
+  }
+  return out;
+}
+
 // x: (n_tok, k) float32 -> bytes of n_tok * k/32 ActQ8 blocks
 py::array_t<uint8_t> run_quantize_act(const std::string& name, const py::handle& x_obj) {
   const KernelInfo& kn = kernel_by_name(name, KernelOp::QUANT_ACT);
@@ -376,6 +403,7 @@ PYBIND11_MODULE(_core, m) {
     const TypeTraits& tt = type_traits(uint32_t(t));
     return py::make_tuple(tt.name, tt.block_elems, tt.block_bytes);
   }, "(name, block_elems, block_bytes) of a GGUF tensor type id.");
+  m.def("run_attn_head", &run_attn_head, py::arg("name"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"));
   m.def("run_dequant", &run_dequant, py::arg("name"), py::arg("src"), py::arg("n"));
   m.def("run_quantize_act", &run_quantize_act, py::arg("name"), py::arg("x"));
   m.def("run_matmul_q8", &run_matmul_q8, py::arg("name"), py::arg("w"), py::arg("rows"), py::arg("k"), py::arg("xq"));

@@ -16,6 +16,7 @@ from pathlib import Path
 _LINEAR = re.compile(r"^(output|blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down))\.weight$")
 _TERNARY_GROUP = 64  # the group runtime/linear.cc repacks TQ1_0 / TQ2_0 with
 _F32 = 4
+_F16 = 2  # the KV cache holds fp16
 _ACT_Q8_BYTES = 40  # sizeof(ActQ8): one block of 32 int8 activations + 2 floats (kernels.h)
 _LUT_ACT_BYTES = 40  # sizeof(LutAct) (lut.h)
 _MIN_GROUP = 16  # smallest LUT group (Q2_K): the most activation-table scales per row
@@ -34,7 +35,7 @@ class MemoryEstimate:
     repack: int  # anonymous copies of the weights repacked for the LUT kernels
     repack_transient: int  # temporary buffers while one tensor is repacked (load time only)
     n_repacked: int  # tensors repacked
-    kv_cache: int  # keys + values, f32, for n_ctx positions
+    kv_cache: int  # keys + values, fp16, for n_ctx positions
     kv_per_token: int  # kv_cache / n_ctx
     scratch: int  # activations, attention scores, activation tables, one logits row
     n_ctx: int
@@ -86,7 +87,7 @@ def estimate_memory(gguf, config, n_ctx: int, n_batch: int = 512, lut: bool = Tr
     - weights: every tensor is mapped; with lut, <= 4-bit linear weights (Q4_0, Q4_1, Q4_K, Q2_K,
       TQ1_0, TQ2_0) are read once and copied into the packed LUT layout (owned, anonymous memory),
       so only the other tensors' mapped pages stay hot.
-    - KV cache: n_layer * n_ctx * n_head_kv * head_dim * 2 (K and V) * 4 bytes (f32).
+    - KV cache: n_layer * n_ctx * n_head_kv * head_dim * 2 (K and V) * 2 bytes (fp16).
     - scratch: the Context's per-batch buffers for min(n_batch, n_ctx) tokens, attention scores
       per thread, the int8 and LUT activation buffers of the widest linear input, one logits row.
     """
@@ -110,7 +111,7 @@ def estimate_memory(gguf, config, n_ctx: int, n_batch: int = 512, lut: bool = Tr
             # lut_repack_ggml unpacks to one byte per weight plus f32 scale and offset per group
             transient = max(transient, rows * k + 2 * rows * (k // _MIN_GROUP) * _F32)
     kv_dim = c.n_head_kv * c.head_dim
-    kv_per_token = c.n_layer * kv_dim * 2 * _F32
+    kv_per_token = c.n_layer * kv_dim * 2 * _F16
     nb = max(1, min(n_batch, n_ctx))
     q_dim = c.n_head * c.head_dim
     floats = nb * (c.d_model + max(c.d_model, q_dim) + 2 * q_dim + 2 * kv_dim + 2 * c.d_ff)
@@ -280,7 +281,7 @@ def describe_estimate(est: MemoryEstimate, avail: MemoryAvailable | None) -> str
         f"read every token)",
         f"  LUT repack        {human_bytes(est.repack):>10}  ({est.n_repacked} tensors copied to the LUT layout; "
         f"+{human_bytes(est.repack_transient)} while loading)",
-        f"  KV cache          {human_bytes(est.kv_cache):>10}  ({human_bytes(est.kv_per_token)} per token, f32)",
+        f"  KV cache          {human_bytes(est.kv_cache):>10}  ({human_bytes(est.kv_per_token)} per token, fp16)",
         f"  scratch           {human_bytes(est.scratch):>10}",
         f"  total             {human_bytes(est.total):>10}  ({human_bytes(est.anonymous)} anonymous)",
     ]

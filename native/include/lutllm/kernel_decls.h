@@ -20,5 +20,8 @@ namespace lutllm {
 #define LUTLLM_LUT_GEMM(kind, fn, isa)                                                        \
   void fn(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin, int64_t row_end, \
           float* y, int64_t y_stride);
+#define LUTLLM_ATTN_HEAD(fn, isa)                                                             \
+  void fn(const float* q, const fp16_t* k, const fp16_t* v, int64_t len, int64_t kv_stride, int hd, float scale, \
+          float* scores, float* out);
 #include "../../kernels.inc"
 }  // namespace lutllm

@@ -40,7 +40,22 @@ using MatmulQ8Fn = void (*)(const uint8_t* w, size_t row_bytes, int64_t rows, in
 using MatmulF32Fn = void (*)(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k,
                              const float* x, int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride);
 
-enum class KernelOp : int { DEQUANT = 0, QUANT_ACT = 1, MATMUL_Q8 = 2, MATMUL_F32 = 3, LUT_BUILD = 4, LUT_GEMV = 5, LUT_GEMM = 6 };
+// Attention of one query head over `len` cached positions (K and V cache rows in fp16, kv_stride
+// elements apart): scores[j] = scale * dot(q, k_j), p = softmax(scores), out[0..hd) = sum_j p_j v_j.
+// scores is caller scratch of len floats. Every ISA gives the same bits, by this fixed order:
+//   dot: 8 lanes, lane l sums q[i]*k[i] for i = l, l+8, ... (float multiply, then add; no fma), in
+//        order of i; then r_j = lane_j + lane_{j+4} (j < 4), s_j = r_j + r_{j+2} (j < 2), dot = s_0 + s_1.
+//   softmax: mx = max_j scores; e_j = expf(scores_j - mx); sum of e_j in double, in order of j;
+//            p_j = e_j * float(1 / sum).
+//   out[i] = (((p_0 v_0[i]) + p_1 v_1[i]) + ...) in order of j, multiply then add, starting from 0.
+using AttnHeadFn = void (*)(const float* q, const fp16_t* k, const fp16_t* v, int64_t len, int64_t kv_stride, int hd,
+                            float scale, float* scores, float* out);
+// The softmax step above, shared by every attn_head kernel (baseline code in native/ref/attention.cc):
+// scores[j] becomes p_j.
+void attn_softmax(float* scores, int64_t len);
+
+enum class KernelOp : int { DEQUANT = 0, QUANT_ACT = 1, MATMUL_Q8 = 2, MATMUL_F32 = 3, LUT_BUILD = 4, LUT_GEMV = 5, LUT_GEMM = 6,
+                            ATTN_HEAD = 7 };
 const char* op_name(KernelOp op);
 
 // One row of the registry (kernels.inc), as seen by tests and benchmarks.
@@ -64,6 +79,7 @@ struct KernelTable {
   LutBuildFn lut_build;                 // LUT kernels (lut.h), indexed by LutKind
   LutGemvFn lut_gemv[kLutKindCount];
   LutGemmFn lut_gemm[kLutKindCount];
+  AttnHeadFn attn_head;
 };
 // Filled once on first use from kernels.inc: best supported ISA not above LUTLLM_ISA (if set).
 const KernelTable& kernels();
