@@ -8,7 +8,13 @@ and llama-cpp-python with mmap under the same memory limit. Prints JSON lines + 
 --quality instead measures what windowed-sparse thresholds cost: perplexity, mean KL divergence and
 top-1 agreement against the dense model, one token at a time (n_batch 1, so each token's own
 active set is used), thresholds calibrated on tests/data/tokenizer_corpus.txt and evaluated on
-tests/data/ppl_text.txt (different texts).
+tests/data/ppl_text.txt (different texts). The flash file's neurons are ordered by activation
+frequency on the calibration text (convert_flash(order_text=...)) unless --no-order.
+
+The llama.cpp arm loads with use_extra_bufts = false (llama_model_params): otherwise llama.cpp
+repacks Q4_K / Q4_0 weights into anonymous memory on AVX2 CPUs (its CPU_REPACK buffer type), which
+cannot page back to the file and is killed under the limit; without it the weights stay in the mmap.
+--llama-repack keeps llama.cpp's default.
 
 Each arm runs in its own process inside a fresh memory cgroup (v2: memory.max / memory.peak; v1: a
 child of this process's group, memory.limit_in_bytes / memory.max_usage_in_bytes) whose limit is the
@@ -30,8 +36,7 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 LLAMA_PY = os.environ.get("LUTLLM_LLAMA_VENV", str(pathlib.Path.home() / ".cache/lutllm-bench/llama-venv")) + "/bin/python"
-CALIB_TEXT = ("The history of the city begins with a small fishing village on the river. Over the centuries "
-              "merchants, scholars and craftsmen settled there, and the town grew into a busy port. ") * 4
+CALIB_FILE = HERE.parent / "tests" / "data" / "tokenizer_corpus.txt"  # neuron order and thresholds
 PROMPT_TEXT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 # decode feeds these tokens one at a time (the same work as sampling, and the same for both engines)
 DECODE_TEXT = (" The keeper climbed the stairs at dusk, lit the lamp and watched the ships pass, until one"
@@ -135,7 +140,7 @@ def lutllm_worker(job: dict) -> dict:
     eng = Engine(job["model"], n_ctx=job["n_ctx"], n_threads=job["threads"], n_batch=64,
                  mem_budget=job.get("budget"), flash_mode=job.get("mode"), flash_window=job.get("window", 4))
     if job.get("density") is not None:
-        calib = eng.tokenizer.encode(CALIB_TEXT, add_special=True, parse_special=False)[: job["n_ctx"] // 2]
+        calib = eng.tokenizer.encode(CALIB_FILE.read_text(), add_special=True, parse_special=False)[: job["n_ctx"] // 2]
         eng.flash_set_thresholds(calibrate_thresholds(eng, calib, job["density"]))
     load_s = time.perf_counter() - t0
     prompt = eng.tokenizer.encode(PROMPT_TEXT, add_special=True, parse_special=False)
@@ -157,7 +162,9 @@ def lutllm_worker(job: dict) -> dict:
            "read_bytes_per_token": (_read_bytes() - r0) / n}
     info = eng.flash_info()
     if info:
-        out.update({"flash_mode": info["mode"], "io": info["io"],
+        out.update({"flash_mode": info["mode"], "io": info["io"], "flash_memory": info["memory_bytes"],
+                    "resident_bundles": eng.memory_plan.resident_bundles, "bundles": info["bundles_per_layer"],
+                    "ms_gather": 1e3 * info["gather_s"] / n,
                     "ms_io": 1e3 * info["io_wait_s"] / n, "ms_cache": 1e3 * info["cache_s"] / n,
                     "ms_ffn_compute": 1e3 * info["compute_s"] / n,
                     "issued_bytes_per_token": info["bytes_read"] / n,
@@ -167,8 +174,18 @@ def lutllm_worker(job: dict) -> dict:
 
 
 def llama_worker(job: dict) -> dict:
+    import llama_cpp.llama_cpp as lc
     from llama_cpp import Llama
 
+    if not job.get("repack", False):
+        default = lc.llama_model_default_params
+
+        def no_repack():
+            p = default()
+            p.use_extra_bufts = False  # keep the weights in the mmap (no CPU_REPACK anonymous copy)
+            return p
+
+        lc.llama_model_default_params = no_repack
     t0 = time.perf_counter()
     llm = Llama(model_path=job["model"], n_ctx=job["n_ctx"], n_threads=job["threads"], n_threads_batch=job["threads"],
                 n_batch=64, use_mmap=True, verbose=False)
@@ -183,7 +200,7 @@ def llama_worker(job: dict) -> dict:
     dt = time.perf_counter() - t1
     n = job["n_gen"]
     return {"load_s": load_s, "tok_s": n / dt, "ms_per_token": 1e3 * dt / n,
-            "read_bytes_per_token": (_read_bytes() - r0) / n}
+            "read_bytes_per_token": (_read_bytes() - r0) / n, "use_extra_bufts": bool(llm.model_params.use_extra_bufts)}
 
 
 def quality(flash: str, densities: list[float], window: int, threads: int, n_ctx: int, chunks: int) -> None:
@@ -262,6 +279,9 @@ def main():
     ap.add_argument("--quality", action="store_true", help="measure sparsity cost instead of speed")
     ap.add_argument("--densities", default="0.9,0.7,0.5")
     ap.add_argument("--chunks", type=int, default=2)
+    ap.add_argument("--no-order", action="store_true", help="flash file in the source neuron order")
+    ap.add_argument("--llama-repack", action="store_true", help="let llama.cpp repack weights (its default)")
+    ap.add_argument("--arms", default=None, help="comma-separated subset of arm names to run")
     a = ap.parse_args()
     if a.worker:
         job = json.loads(a.worker)
@@ -273,9 +293,9 @@ def main():
     from lutllm.models import resolve_model
 
     src = str(resolve_model(a.model))
-    flash = a.flash_file or str(pathlib.Path(src).with_suffix(".flash.gguf"))
+    flash = a.flash_file or str(pathlib.Path(src).with_suffix(".flash.gguf" if a.no_order else ".flash-ordered.gguf"))
     if not os.path.exists(flash):
-        convert_flash(src, flash)
+        convert_flash(src, flash, order_text=None if a.no_order else CALIB_FILE.read_text())
     if a.quality:
         quality(flash, [float(x) for x in a.densities.split(",") if x], int(a.windows.split(",")[-1]), a.threads,
                 min(a.n_ctx, 256), a.chunks)
@@ -289,11 +309,18 @@ def main():
     arms = [("lutllm-resident", dict(base, engine="lutllm", model=flash, mode="resident"), None, [flash])]
     arms.append(("lutllm-dense", dict(base, engine="lutllm", model=flash, mode="dense", budget=budget),
                  budget + a.allowance, [flash]))
+    # the same streaming with nothing kept resident (no budget given to the engine; same cgroup limit)
+    arms.append(("lutllm-dense-all-streamed", dict(base, engine="lutllm", model=flash, mode="dense"),
+                 budget + a.allowance, [flash]))
     for k in (int(x) for x in a.windows.split(",") if x):
         arms.append((f"lutllm-windowed-k{k}", dict(base, engine="lutllm", model=flash, mode="windowed", window=k,
                                                    budget=budget, density=a.density), budget + a.allowance, [flash]))
     if not a.no_llama:
-        arms.append(("llama-mmap", dict(base, engine="llama", model=src), budget + a.allowance, [src]))
+        arms.append(("llama-mmap", dict(base, engine="llama", model=src, repack=a.llama_repack), budget + a.allowance,
+                     [src]))
+    if a.arms:
+        keep = set(a.arms.split(","))
+        arms = [x for x in arms if x[0] in keep]
     rows = []
     for name, job, limit, files in arms:
         r = run_arm(name, job, limit, files, why is None)
