@@ -114,3 +114,31 @@ def test_hot_bundles_come_first_on_another_text(ordered):
     pe = Engine(plain_path, n_ctx=512, n_threads=2, flash_mode="windowed")
     pact = np.stack(_bundle_activity(plain_path, calibrate_thresholds(pe, calib, 0.5), toks))
     assert abs(pact[:, :q].mean() - pact[:, -q:].mean()) < (first - last) / 4
+
+
+def test_cli_order_text_and_bad_order_metadata(ordered, tmp_path):
+    from click.testing import CliRunner
+
+    from lutllm.cli import main
+    from lutllm.convert import ConvertError, FlashLayout
+
+    src, _, _, path, lay = ordered
+    out = tmp_path / "cli.gguf"
+    r = CliRunner().invoke(main, ["convert", src, str(out), "--flash", "--order-text",
+                                  str(DATA / "tokenizer_corpus.txt")])
+    assert r.exit_code == 0, r.output
+    got = FlashLayout.from_gguf(GGUFFile(out))
+    assert got.unit_order == lay.unit_order  # same text, same order
+    # an order that is not a permutation is refused with the file named
+    data = bytearray(open(path, "rb").read())
+    g = GGUFFile(path)
+    import struct
+
+    key = b"lutllm.flash.unit_order"
+    at = data.index(key) + len(key) + 4 + 4 + 8  # value type, item type, count
+    struct.pack_into("<i", data, at, struct.unpack_from("<i", data, at + 4)[0])  # duplicate an entry
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    assert g.metadata["lutllm.flash.unit_order"][0] != GGUFFile(bad).metadata["lutllm.flash.unit_order"][0]
+    with pytest.raises(ConvertError, match=r"bad\.gguf.*not a permutation"):
+        FlashLayout.from_gguf(GGUFFile(bad))
