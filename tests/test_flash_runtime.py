@@ -184,3 +184,26 @@ def test_cli_mem_budget(flash_pair):
     assert r.exit_code == 1 and "at least" in r.output
     r = run(main, args + ["-m", flash, "--mem-budget", "lots"])
     assert r.exit_code == 2 and "not a size" in r.output
+
+
+def test_untied_token_embedding_is_not_counted_hot(smollm2_path):
+    """Budget accounting (memory.estimate_memory, used by plan_memory): a token embedding with its own
+    output head is read one row per token, so it is mapped but not hot; a tied one is the head."""
+    from types import SimpleNamespace
+
+    from lutllm.arch import model_config
+    from lutllm.gguf_file import GGUFFile, TensorInfo
+    from lutllm.memory import estimate_memory, repacked_bytes
+
+    g = GGUFFile(smollm2_path)
+    cfg = model_config(g.metadata, g.tensors, smollm2_path)
+    tied = estimate_memory(g, cfg, 64)
+    emb = g.tensors["token_embd.weight"]
+    assert "output.weight" not in g.tensors and tied.weights_lookup == 0
+    head = TensorInfo("output.weight", emb.ggml_type, emb.type_name, emb.shape, 0, emb.nbytes)
+    untied = estimate_memory(SimpleNamespace(tensors=dict(g.tensors, **{"output.weight": head})), cfg, 64)
+    assert untied.weights_lookup == emb.nbytes
+    # the embedding left the hot bytes; the new head is hot or, if 4-bit, copied to the LUT layout
+    packed = repacked_bytes(emb.ggml_type, emb.shape[1], emb.shape[0])
+    assert untied.weights_mapped_hot == tied.weights_mapped_hot - emb.nbytes + (emb.nbytes if packed is None else 0)
+    assert untied.repack == tied.repack + (packed or 0)
