@@ -319,8 +319,11 @@ def main():
         arms.append(("llama-mmap", dict(base, engine="llama", model=src, repack=a.llama_repack), budget + a.allowance,
                      [src]))
     if a.arms:
-        keep = set(a.arms.split(","))
-        arms = [x for x in arms if x[0] in keep]
+        by_name = {x[0]: x for x in arms}
+        unknown = [n for n in a.arms.split(",") if n not in by_name]
+        if unknown:
+            raise SystemExit(f"unknown arms {unknown}; known: {', '.join(by_name)}")
+        arms = [by_name[n] for n in a.arms.split(",")]  # in the order given, repeats allowed
     rows = []
     for name, job, limit, files in arms:
         r = run_arm(name, job, limit, files, why is None)
