@@ -131,6 +131,18 @@ def _read_bytes() -> int:
     return 0
 
 
+def _own_memory() -> dict:
+    """This process's peak resident set and its anonymous part now (MiB), from /proc/self/status:
+    what the process itself holds, next to the cgroup peak that also counts clean page cache."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmHWM", "RssAnon", "RssFile"):
+                out[k] = int(v.split()[0]) / 1024
+    return out
+
+
 def lutllm_worker(job: dict) -> dict:
     sys.path.insert(0, str(HERE.parent / "python"))
     from lutllm.convert import calibrate_thresholds
@@ -159,7 +171,7 @@ def lutllm_worker(job: dict) -> dict:
     dt = time.perf_counter() - t1
     n = job["n_gen"]
     out = {"load_s": load_s, "tok_s": n / dt, "ms_per_token": 1e3 * dt / n,
-           "read_bytes_per_token": (_read_bytes() - r0) / n}
+           "read_bytes_per_token": (_read_bytes() - r0) / n, "proc_mib": _own_memory()}
     info = eng.flash_info()
     if info:
         out.update({"flash_mode": info["mode"], "io": info["io"], "flash_memory": info["memory_bytes"],
@@ -200,7 +212,8 @@ def llama_worker(job: dict) -> dict:
     dt = time.perf_counter() - t1
     n = job["n_gen"]
     return {"load_s": load_s, "tok_s": n / dt, "ms_per_token": 1e3 * dt / n,
-            "read_bytes_per_token": (_read_bytes() - r0) / n, "use_extra_bufts": bool(llm.model_params.use_extra_bufts)}
+            "read_bytes_per_token": (_read_bytes() - r0) / n, "use_extra_bufts": bool(llm.model_params.use_extra_bufts),
+            "proc_mib": _own_memory()}
 
 
 def quality(flash: str, densities: list[float], window: int, threads: int, n_ctx: int, chunks: int) -> None:
@@ -331,7 +344,8 @@ def main():
         rows.append(r)
     print(f"\nmodel {a.model}: {size / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB "
           f"(+{a.allowance / 2**20:.0f} MiB allowance)")
-    print(f"{'arm':24} {'tok/s':>7} {'ms/tok':>8} {'io':>7} {'cache':>7} {'ffn':>7} {'MiB/tok':>8} {'peak MiB':>9}")
+    print(f"{'arm':24} {'tok/s':>7} {'ms/tok':>8} {'io':>7} {'cache':>7} {'ffn':>7} {'MiB/tok':>8} {'peak MiB':>9} "
+          f"{'anon MiB':>9}")
     for r in rows:
         peak = r["cgroup"]["peak"] / 2**20 if r.get("cgroup") else float("nan")
         if r["rc"]:
@@ -339,7 +353,7 @@ def main():
             continue
         print(f"{r['arm']:24} {r['tok_s']:7.2f} {r['ms_per_token']:8.1f} {r.get('ms_io', float('nan')):7.1f} "
               f"{r.get('ms_cache', float('nan')):7.1f} {r.get('ms_ffn_compute', float('nan')):7.1f} "
-              f"{r['read_bytes_per_token'] / 2**20:8.1f} {peak:9.0f}")
+              f"{r['read_bytes_per_token'] / 2**20:8.1f} {peak:9.0f} {r.get('proc_mib', {}).get('RssAnon', float('nan')):9.0f}")
 
 
 if __name__ == "__main__":

@@ -523,7 +523,11 @@ def plan_memory(lay: FlashLayout | None, est, mem_budget: int | None, mode: str 
     "dense"; est: memory.estimate_memory of the same file and context (LUT copies made at load, KV
     cache, scratch). Weights count as the mapped bytes read every token plus the LUT copies: a
     copy's source pages are read once at load and are then clean page cache the kernel drops under
-    pressure. Raises ValueError, saying the minimum, when the budget cannot hold the resident part."""
+    pressure (so does an untied token embedding, read a row per token). In dense mode the budget left
+    after the resident part, KV cache and staging goes to whole bundles kept in memory: the same
+    number per layer, the first ones (the most often active when the file's neurons are ordered);
+    only the rest is read every token. Raises ValueError, saying the minimum, when the budget cannot
+    hold the resident part."""
     file_size = est.weights_mapped_hot + est.repack
     kv, scratch, n_ctx = est.kv_cache, est.scratch, est.n_ctx
     if lay is None:
