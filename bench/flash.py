@@ -8,7 +8,13 @@ and llama-cpp-python with mmap under the same memory limit. Prints JSON lines + 
 --quality instead measures what windowed-sparse thresholds cost: perplexity, mean KL divergence and
 top-1 agreement against the dense model, one token at a time (n_batch 1, so each token's own
 active set is used), thresholds calibrated on tests/data/tokenizer_corpus.txt and evaluated on
-tests/data/ppl_text.txt (different texts).
+tests/data/ppl_text.txt (different texts). The flash file's neurons are ordered by activation
+frequency on the calibration text (convert_flash(order_text=...)) unless --no-order.
+
+The llama.cpp arm loads with use_extra_bufts = false (llama_model_params): otherwise llama.cpp
+repacks Q4_K / Q4_0 weights into anonymous memory on AVX2 CPUs (its CPU_REPACK buffer type), which
+cannot page back to the file and is killed under the limit; without it the weights stay in the mmap.
+--llama-repack keeps llama.cpp's default.
 
 Each arm runs in its own process inside a fresh memory cgroup (v2: memory.max / memory.peak; v1: a
 child of this process's group, memory.limit_in_bytes / memory.max_usage_in_bytes) whose limit is the
@@ -30,8 +36,7 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 LLAMA_PY = os.environ.get("LUTLLM_LLAMA_VENV", str(pathlib.Path.home() / ".cache/lutllm-bench/llama-venv")) + "/bin/python"
-CALIB_TEXT = ("The history of the city begins with a small fishing village on the river. Over the centuries "
-              "merchants, scholars and craftsmen settled there, and the town grew into a busy port. ") * 4
+CALIB_FILE = HERE.parent / "tests" / "data" / "tokenizer_corpus.txt"  # neuron order and thresholds
 PROMPT_TEXT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 # decode feeds these tokens one at a time (the same work as sampling, and the same for both engines)
 DECODE_TEXT = (" The keeper climbed the stairs at dusk, lit the lamp and watched the ships pass, until one"
@@ -126,6 +131,18 @@ def _read_bytes() -> int:
     return 0
 
 
+def _own_memory() -> dict:
+    """This process's peak resident set and its anonymous part now (MiB), from /proc/self/status:
+    what the process itself holds, next to the cgroup peak that also counts clean page cache."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmHWM", "RssAnon", "RssFile"):
+                out[k] = int(v.split()[0]) / 1024
+    return out
+
+
 def lutllm_worker(job: dict) -> dict:
     sys.path.insert(0, str(HERE.parent / "python"))
     from lutllm.convert import calibrate_thresholds
@@ -135,7 +152,7 @@ def lutllm_worker(job: dict) -> dict:
     eng = Engine(job["model"], n_ctx=job["n_ctx"], n_threads=job["threads"], n_batch=64,
                  mem_budget=job.get("budget"), flash_mode=job.get("mode"), flash_window=job.get("window", 4))
     if job.get("density") is not None:
-        calib = eng.tokenizer.encode(CALIB_TEXT, add_special=True, parse_special=False)[: job["n_ctx"] // 2]
+        calib = eng.tokenizer.encode(CALIB_FILE.read_text(), add_special=True, parse_special=False)[: job["n_ctx"] // 2]
         eng.flash_set_thresholds(calibrate_thresholds(eng, calib, job["density"]))
     load_s = time.perf_counter() - t0
     prompt = eng.tokenizer.encode(PROMPT_TEXT, add_special=True, parse_special=False)
@@ -154,10 +171,12 @@ def lutllm_worker(job: dict) -> dict:
     dt = time.perf_counter() - t1
     n = job["n_gen"]
     out = {"load_s": load_s, "tok_s": n / dt, "ms_per_token": 1e3 * dt / n,
-           "read_bytes_per_token": (_read_bytes() - r0) / n}
+           "read_bytes_per_token": (_read_bytes() - r0) / n, "proc_mib": _own_memory()}
     info = eng.flash_info()
     if info:
-        out.update({"flash_mode": info["mode"], "io": info["io"],
+        out.update({"flash_mode": info["mode"], "io": info["io"], "flash_memory": info["memory_bytes"],
+                    "resident_bundles": eng.memory_plan.resident_bundles, "bundles": info["bundles_per_layer"],
+                    "ms_gather": 1e3 * info["gather_s"] / n,
                     "ms_io": 1e3 * info["io_wait_s"] / n, "ms_cache": 1e3 * info["cache_s"] / n,
                     "ms_ffn_compute": 1e3 * info["compute_s"] / n,
                     "issued_bytes_per_token": info["bytes_read"] / n,
@@ -167,8 +186,18 @@ def lutllm_worker(job: dict) -> dict:
 
 
 def llama_worker(job: dict) -> dict:
+    import llama_cpp.llama_cpp as lc
     from llama_cpp import Llama
 
+    if not job.get("repack", False):
+        default = lc.llama_model_default_params
+
+        def no_repack():
+            p = default()
+            p.use_extra_bufts = False  # keep the weights in the mmap (no CPU_REPACK anonymous copy)
+            return p
+
+        lc.llama_model_default_params = no_repack
     t0 = time.perf_counter()
     llm = Llama(model_path=job["model"], n_ctx=job["n_ctx"], n_threads=job["threads"], n_threads_batch=job["threads"],
                 n_batch=64, use_mmap=True, verbose=False)
@@ -183,7 +212,8 @@ def llama_worker(job: dict) -> dict:
     dt = time.perf_counter() - t1
     n = job["n_gen"]
     return {"load_s": load_s, "tok_s": n / dt, "ms_per_token": 1e3 * dt / n,
-            "read_bytes_per_token": (_read_bytes() - r0) / n}
+            "read_bytes_per_token": (_read_bytes() - r0) / n, "use_extra_bufts": bool(llm.model_params.use_extra_bufts),
+            "proc_mib": _own_memory()}
 
 
 def quality(flash: str, densities: list[float], window: int, threads: int, n_ctx: int, chunks: int) -> None:
@@ -262,6 +292,9 @@ def main():
     ap.add_argument("--quality", action="store_true", help="measure sparsity cost instead of speed")
     ap.add_argument("--densities", default="0.9,0.7,0.5")
     ap.add_argument("--chunks", type=int, default=2)
+    ap.add_argument("--no-order", action="store_true", help="flash file in the source neuron order")
+    ap.add_argument("--llama-repack", action="store_true", help="let llama.cpp repack weights (its default)")
+    ap.add_argument("--arms", default=None, help="comma-separated subset of arm names to run")
     a = ap.parse_args()
     if a.worker:
         job = json.loads(a.worker)
@@ -273,9 +306,9 @@ def main():
     from lutllm.models import resolve_model
 
     src = str(resolve_model(a.model))
-    flash = a.flash_file or str(pathlib.Path(src).with_suffix(".flash.gguf"))
+    flash = a.flash_file or str(pathlib.Path(src).with_suffix(".flash.gguf" if a.no_order else ".flash-ordered.gguf"))
     if not os.path.exists(flash):
-        convert_flash(src, flash)
+        convert_flash(src, flash, order_text=None if a.no_order else CALIB_FILE.read_text())
     if a.quality:
         quality(flash, [float(x) for x in a.densities.split(",") if x], int(a.windows.split(",")[-1]), a.threads,
                 min(a.n_ctx, 256), a.chunks)
@@ -289,11 +322,21 @@ def main():
     arms = [("lutllm-resident", dict(base, engine="lutllm", model=flash, mode="resident"), None, [flash])]
     arms.append(("lutllm-dense", dict(base, engine="lutllm", model=flash, mode="dense", budget=budget),
                  budget + a.allowance, [flash]))
+    # the same streaming with nothing kept resident (no budget given to the engine; same cgroup limit)
+    arms.append(("lutllm-dense-all-streamed", dict(base, engine="lutllm", model=flash, mode="dense"),
+                 budget + a.allowance, [flash]))
     for k in (int(x) for x in a.windows.split(",") if x):
         arms.append((f"lutllm-windowed-k{k}", dict(base, engine="lutllm", model=flash, mode="windowed", window=k,
                                                    budget=budget, density=a.density), budget + a.allowance, [flash]))
     if not a.no_llama:
-        arms.append(("llama-mmap", dict(base, engine="llama", model=src), budget + a.allowance, [src]))
+        arms.append(("llama-mmap", dict(base, engine="llama", model=src, repack=a.llama_repack), budget + a.allowance,
+                     [src]))
+    if a.arms:
+        by_name = {x[0]: x for x in arms}
+        unknown = [n for n in a.arms.split(",") if n not in by_name]
+        if unknown:
+            raise SystemExit(f"unknown arms {unknown}; known: {', '.join(by_name)}")
+        arms = [by_name[n] for n in a.arms.split(",")]  # in the order given, repeats allowed
     rows = []
     for name, job, limit, files in arms:
         r = run_arm(name, job, limit, files, why is None)
@@ -301,7 +344,8 @@ def main():
         rows.append(r)
     print(f"\nmodel {a.model}: {size / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB "
           f"(+{a.allowance / 2**20:.0f} MiB allowance)")
-    print(f"{'arm':24} {'tok/s':>7} {'ms/tok':>8} {'io':>7} {'cache':>7} {'ffn':>7} {'MiB/tok':>8} {'peak MiB':>9}")
+    print(f"{'arm':24} {'tok/s':>7} {'ms/tok':>8} {'io':>7} {'cache':>7} {'ffn':>7} {'MiB/tok':>8} {'peak MiB':>9} "
+          f"{'anon MiB':>9}")
     for r in rows:
         peak = r["cgroup"]["peak"] / 2**20 if r.get("cgroup") else float("nan")
         if r["rc"]:
@@ -309,7 +353,7 @@ def main():
             continue
         print(f"{r['arm']:24} {r['tok_s']:7.2f} {r['ms_per_token']:8.1f} {r.get('ms_io', float('nan')):7.1f} "
               f"{r.get('ms_cache', float('nan')):7.1f} {r.get('ms_ffn_compute', float('nan')):7.1f} "
-              f"{r['read_bytes_per_token'] / 2**20:8.1f} {peak:9.0f}")
+              f"{r['read_bytes_per_token'] / 2**20:8.1f} {peak:9.0f} {r.get('proc_mib', {}).get('RssAnon', float('nan')):9.0f}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,36 @@ size_t FlashFfn::down_bytes(int l, int64_t n) const {
 }
 uint64_t FlashFfn::layer_bytes(int l) const { return uint64_t(bundle_count()) * cfg_.bundle_stride[size_t(l)]; }
 
+// Units: the granularity of the neuron order (a whole bundle when the file keeps the source order).
+namespace {
+struct Units {
+  int64_t size, d_ff;
+  int64_t first(int64_t n0) const { return n0 / size; }
+  int64_t end(int64_t n0, int64_t nj) const { return (n0 + nj + size - 1) / size; }
+  int64_t count(int64_t u) const { return std::min(size, d_ff - u * size); }
+};
+}  // namespace
+
+template <class KPos>
+void FlashFfn::bundle_parts(int l, int j, const uint8_t* down, KPos kpos, std::vector<DownPart>& out) const {
+  const LutFormat& dn = cfg_.down_format[size_t(l)];
+  const int64_t n0 = int64_t(j) * cfg_.bundle_neurons, nj = bundle_size(j);
+  const Units U{cfg_.unit_order.empty() ? cfg_.bundle_neurons : cfg_.unit_neurons, cfg_.d_ff};
+  const size_t gbb = lut_group_block_bytes(dn), stride = size_t(nj / dn.group) * gbb;
+  for (int64_t u = U.first(n0); u < U.end(n0, nj); ++u)
+    out.push_back(DownPart{down + size_t((u * U.size - n0) / dn.group) * gbb, kpos(u), U.count(u), stride});
+}
+
+const float* FlashFfn::unpermute(int l, const float* h, int64_t n) {
+  if (cfg_.unit_order.empty()) return h;
+  const int64_t U = cfg_.unit_neurons, dff = cfg_.d_ff;
+  hperm_.resize(size_t(n * dff));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t u = 0; u < dff / U; ++u)
+      std::memcpy(hperm_.data() + t * dff + int64_t(unit_src(l, int(u))) * U, h + t * dff + u * U, size_t(U) * sizeof(float));
+  return hperm_.data();
+}
+
 FlashFfn::FlashFfn(const FlashFfnConfig& cfg, int n_layer, int d_model, int d_ff) : cfg_(cfg) {
   const std::string where = cfg.path + ": flash layout";
   if (cfg.n_layer != n_layer || cfg.d_model != d_model || cfg.d_ff != d_ff)
@@ -69,9 +99,30 @@ FlashFfn::FlashFfn(const FlashFfnConfig& cfg, int n_layer, int d_model, int d_ff
       throw Error(at + ": bundles [offset " + std::to_string(off) + ", " + std::to_string(layer_bytes(l)) +
                   " bytes] are unaligned or extend past the end of the file (size " +
                   std::to_string(reader_->file_size()) + ")");
-    max_layer = std::max(max_layer, layer_bytes(l));
+    max_layer = std::max(max_layer, layer_bytes(l) - uint64_t(cfg.resident_bundles) * stride);
     max_down = std::max(max_down, lut_packed_bytes(dn, d_model, d_ff));
   }
+  if (!cfg.unit_order.empty()) {
+    const int U = cfg.unit_neurons;
+    if (U <= 0 || U % kLutRows || cfg.bundle_neurons % U || d_ff % U)
+      throw Error(where + ": neuron unit " + std::to_string(U) + " must be a multiple of 16 dividing the bundle size and d_ff");
+    if (cfg.unit_order.size() != L) throw Error(where + ": one neuron order per layer needed");
+    for (int l = 0; l < n_layer; ++l) {
+      const auto& o = cfg.unit_order[size_t(l)];
+      std::vector<char> seen(size_t(d_ff / U), 0);
+      bool ok = o.size() == seen.size() && U % cfg.down_format[size_t(l)].group == 0;
+      for (size_t i = 0; ok && i < o.size(); ++i) {
+        ok = o[i] >= 0 && size_t(o[i]) < seen.size() && !seen[size_t(o[i])];
+        if (ok) seen[size_t(o[i])] = 1;
+      }
+      if (!ok) throw Error(where + ", layer " + std::to_string(l) + ": the neuron order is not a permutation of " +
+                           std::to_string(d_ff / U) + " units");
+    }
+  }
+  if (cfg.resident_bundles < 0 || cfg.resident_bundles > bundle_count() ||
+      (cfg.resident_bundles && cfg.mode != FlashMode::DENSE_STREAM))
+    throw Error(where + ": resident_bundles " + std::to_string(cfg.resident_bundles) + " must be in [0, " +
+                std::to_string(bundle_count()) + "] and is for dense mode only");
   if (cfg.mode != FlashMode::RESIDENT) down_.resize(max_down);
   if (cfg.mode == FlashMode::RESIDENT) {
     uint64_t total = 0;
@@ -93,20 +144,34 @@ FlashFfn::FlashFfn(const FlashFfnConfig& cfg, int n_layer, int d_model, int d_ff
       const int nb = bundle_count();
       const size_t gu = 2 * gate_bytes(l, cfg.bundle_neurons);
       std::vector<DownPart> parts;
-      int64_t k0 = 0;
+      const int64_t U = cfg.unit_order.empty() ? cfg.bundle_neurons : cfg.unit_neurons;
       for (int j = 0; j < nb; ++j) {
         const int64_t nj = bundle_size(j);
         const uint8_t* b = tmp.data() + size_t(j) * cfg.bundle_stride[size_t(l)];
         std::memcpy(base + size_t(j) * gu, b, 2 * gate_bytes(l, nj));
-        parts.push_back(DownPart{b + 2 * gate_bytes(l, nj), k0, nj});
-        k0 += nj;
+        bundle_parts(l, j, b + 2 * gate_bytes(l, nj), [&](int64_t u) { return int64_t(unit_src(l, int(u))) * U; }, parts);
       }
       gather_into(l, parts, d_ff, base + size_t(nb) * gu, nullptr);
       resident_down_.push_back(base + size_t(nb) * gu);
     }
   } else if (cfg.mode == FlashMode::DENSE_STREAM) {
-    slot_[0] = AlignedBuffer(size_t(max_layer));
-    slot_[1] = AlignedBuffer(size_t(max_layer));
+    if (cfg.resident_bundles > 0) {
+      uint64_t total = 0;
+      for (int l = 0; l < n_layer; ++l) {
+        hot_offset_.push_back(total);
+        total += uint64_t(cfg.resident_bundles) * cfg.bundle_stride[size_t(l)];
+      }
+      hot_ = AlignedBuffer(size_t(total));
+      std::vector<ReadRange> rr;
+      for (int l = 0; l < n_layer; ++l)
+        rr.push_back(ReadRange{cfg.layer_offset[size_t(l)], uint64_t(cfg.resident_bundles) * cfg.bundle_stride[size_t(l)],
+                               hot_.data() + hot_offset_[size_t(l)]});
+      reader_->read(rr.data(), rr.size());
+    }
+    if (max_layer > 0) {
+      slot_[0] = AlignedBuffer(size_t(max_layer));
+      slot_[1] = AlignedBuffer(size_t(max_layer));
+    }
   } else {
     if (cfg.window < 1) throw Error(where + ": window must be >= 1, got " + std::to_string(cfg.window));
     if (!cfg.threshold.empty() && cfg.threshold.size() != L) throw Error(where + ": one threshold per layer needed");
@@ -151,7 +216,7 @@ FlashFfn::~FlashFfn() {
 uint64_t FlashFfn::memory_bytes() const {
   uint64_t slabs = 0;
   for (const Slab& S : slabs_) slabs += S.buf.size();
-  return all_.size() + slot_[0].size() + slot_[1].size() + down_.size() + gates_.size() + slabs;
+  return all_.size() + hot_.size() + slot_[0].size() + slot_[1].size() + down_.size() + gates_.size() + slabs;
 }
 
 FlashStats FlashFfn::stats() const {
@@ -168,6 +233,12 @@ void FlashFfn::reset_stats() {
 
 const uint8_t* FlashFfn::stage(int l) {
   if (cfg_.mode == FlashMode::RESIDENT) return all_.data() + all_offset_[size_t(l)];
+  if (cfg_.resident_bundles == bundle_count()) return nullptr;  // nothing streamed
+  // the streamed part of a layer: bundles [resident_bundles, nb), one contiguous aligned range
+  auto range = [&](int layer, uint8_t* dst) {
+    const uint64_t skip = uint64_t(cfg_.resident_bundles) * cfg_.bundle_stride[size_t(layer)];
+    return ReadRange{cfg_.layer_offset[size_t(layer)] + skip, layer_bytes(layer) - skip, dst};
+  };
   int s = slot_layer_[0] == l ? 0 : (slot_layer_[1] == l ? 1 : -1);
   if (s < 0) {
     // not prefetched (first call, or a pass that stopped early): read it now into a free slot
@@ -177,7 +248,7 @@ const uint8_t* FlashFfn::stage(int l) {
       try { reader_->wait(slot_ticket_[s]); } catch (const Error&) {}
       slot_ticket_[s].reset();
     }
-    const ReadRange r{cfg_.layer_offset[size_t(l)], layer_bytes(l), slot_[s].data()};
+    const ReadRange r = range(l, slot_[s].data());
     slot_layer_[s] = l;
     slot_ticket_[s] = reader_->submit(&r, 1);
   }
@@ -200,7 +271,7 @@ const uint8_t* FlashFfn::stage(int l) {
       try { reader_->wait(slot_ticket_[o]); } catch (const Error&) {}
       slot_ticket_[o].reset();
     }
-    const ReadRange r{cfg_.layer_offset[size_t(next)], layer_bytes(next), slot_[o].data()};
+    const ReadRange r = range(next, slot_[o].data());
     slot_layer_[o] = next;
     slot_ticket_[o] = reader_->submit(&r, 1);
   }
@@ -232,6 +303,10 @@ void FlashFfn::compute(int l, const uint8_t* B, LinearInput& in, float* ff_a, fl
   const int nb = bundle_count();
   const bool resident = cfg_.mode == FlashMode::RESIDENT;  // [gate|up]... then the gathered down
   const uint64_t stride = resident ? 2 * gate_bytes(l, cfg_.bundle_neurons) : cfg_.bundle_stride[size_t(l)];
+  // bundle j: resident bundles first (DENSE_STREAM), the streamed rest in the staged range
+  const int R = resident ? nb : cfg_.resident_bundles;
+  const uint8_t* hot = resident ? B : hot_.data() + (R ? hot_offset_[size_t(l)] : 0);
+  auto bundle = [&](int j) { return j < R ? hot + size_t(j) * stride : B + size_t(j - R) * stride; };
 
   // gate and up, bundle by bundle: rows n0..n0+nj of each matrix, whole 16-row blocks
   const LutAct* acts = in.lut(pool, gu.group);
@@ -241,26 +316,24 @@ void FlashFfn::compute(int l, const uint8_t* B, LinearInput& in, float* ff_a, fl
     const int j = int(task / 2);
     const bool up = task & 1;
     const int64_t n0 = int64_t(j) * cfg_.bundle_neurons, nj = bundle_size(j);
-    const LutWeights w{B + size_t(j) * stride + (up ? gate_bytes(l, nj) : 0), nj, d, gu};
+    const LutWeights w{bundle(j) + (up ? gate_bytes(l, nj) : 0), nj, d, gu};
     float* out = (up ? ff_b : ff_a) + n0;
     if (n == 1) gemv(&w, acts, 0, nj, out);
     else gemm(&w, acts, n, 0, nj, out, dff);
   });
   gated_activation(FfnAct::SILU, ff_a, ff_b, n * dff);
 
+  const float* h = unpermute(l, ff_a, n);  // the down matrix is gathered in the original order
   if (resident) {
-    down_matmul(l, ff_a, n, dff, y, pool, resident_down_[size_t(l)]);
+    down_matmul(l, h, n, dff, y, pool, resident_down_[size_t(l)]);
     return;
   }
   std::vector<DownPart> parts;
-  int64_t K = 0;
-  for (int j = 0; j < nb; ++j) {
-    const int64_t nj = bundle_size(j);
-    parts.push_back(DownPart{B + size_t(j) * stride + 2 * gate_bytes(l, nj), K, nj});
-    K += nj;
-  }
+  const int64_t U = cfg_.unit_order.empty() ? cfg_.bundle_neurons : cfg_.unit_neurons;
+  for (int j = 0; j < nb; ++j)
+    bundle_parts(l, j, bundle(j) + 2 * gate_bytes(l, bundle_size(j)), [&](int64_t u) { return int64_t(unit_src(l, int(u))) * U; }, parts);
   gather_down(l, parts, dff, pool);
-  down_matmul(l, ff_a, n, dff, y, pool);
+  down_matmul(l, h, n, dff, y, pool);
 }
 
 void FlashFfn::gather_into(int l, const std::vector<DownPart>& parts, int64_t K, uint8_t* D, ThreadPool* pool) {
@@ -269,7 +342,7 @@ void FlashFfn::gather_into(int l, const std::vector<DownPart>& parts, int64_t K,
   auto one = [&](int64_t rb, int) {
     for (const DownPart& p : parts) {
       const size_t slice = size_t(p.n / dn.group) * gbb;
-      std::memcpy(D + size_t(rb) * row_block + size_t(p.k0 / dn.group) * gbb, p.data + size_t(rb) * slice, slice);
+      std::memcpy(D + size_t(rb) * row_block + size_t(p.k0 / dn.group) * gbb, p.data + size_t(rb) * p.stride, slice);
     }
   };
   if (pool) pool->parallel_for(cfg_.d_model / kLutRows, one);
@@ -395,11 +468,20 @@ void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b
   //    synchronously, runs up + SwiGLU, and places the bundles' down K-slices and activations at
   //    their K offsets (ascending bundle order). One round unless the slab is smaller than the
   //    active set.
+  //    K positions: the active bundles' units in their original order (so with every bundle active
+  //    the down matrix is the resident one byte for byte)
+  const Units U{cfg_.unit_order.empty() ? cfg_.bundle_neurons : cfg_.unit_neurons, dff};
+  std::vector<std::pair<int, int64_t>> units;  // (original unit, file unit)
+  for (int j : act) {
+    const int64_t n0 = int64_t(j) * cfg_.bundle_neurons;
+    for (int64_t u = U.first(n0); u < U.end(n0, bundle_size(j)); ++u) units.emplace_back(unit_src(l, int(u)), u);
+  }
+  std::sort(units.begin(), units.end());
+  std::vector<int64_t> kpos(size_t(U.end(0, dff)), -1);
   int64_t K = 0;
-  std::vector<int64_t> k0(act.size());
-  for (size_t i = 0; i < act.size(); ++i) {
-    k0[i] = K;
-    K += bundle_size(act[i]);
+  for (const auto& su : units) {
+    kpos[size_t(su.second)] = K;
+    K += U.count(su.second);
   }
   h_.resize(size_t(n * K));
   std::vector<char> done(act.size(), 0), in_round(size_t(nb), 0);
@@ -447,19 +529,22 @@ void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b
     }
     // up rows into ff_b's columns n0.., SwiGLU into ff_a, activations to h_ at k0 (n x K)
     const auto t1 = Clock::now();
-    std::vector<DownPart> parts(round.size());
+    std::vector<std::vector<DownPart>> rparts(round.size());
     pool.parallel_for(int64_t(round.size()), [&](int64_t r, int) {
       const size_t i = round[size_t(r)];
       const int j = act[i];
       const int64_t n0 = int64_t(j) * cfg_.bundle_neurons, nj = bundle_size(j);
       const uint8_t* slot = S.buf.data() + size_t(S.bundle_slot[size_t(j)]) * ud;
-      parts[size_t(r)] = DownPart{slot + gate_bytes(l, nj), k0[i], nj};
+      bundle_parts(l, j, slot + gate_bytes(l, nj), [&](int64_t u) { return kpos[size_t(u)]; }, rparts[size_t(r)]);
       run(slot, nj, ff_b + n0);
       for (int64_t t = 0; t < n; ++t) {
         gated_activation(FfnAct::SILU, ff_a + t * dff + n0, ff_b + t * dff + n0, nj);
-        std::memcpy(h_.data() + t * K + k0[i], ff_a + t * dff + n0, size_t(nj) * sizeof(float));
+        for (int64_t u = U.first(n0); u < U.end(n0, nj); ++u)
+          std::memcpy(h_.data() + t * K + kpos[size_t(u)], ff_a + t * dff + u * U.size, size_t(U.count(u)) * sizeof(float));
       }
     });
+    std::vector<DownPart> parts;
+    for (auto& v : rparts) parts.insert(parts.end(), v.begin(), v.end());
     stats_.compute_s += secs(t1, Clock::now());
     gather_down(l, parts, K, pool);
     for (size_t i : round) {

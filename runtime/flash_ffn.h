@@ -1,7 +1,8 @@
 // The FFN of every layer, run from a flash file's neuron bundles (layout: python/lutllm/convert.py)
 // instead of resident matrices: gate/up/SwiGLU/down with the LUT kernels on staged bundle bytes.
-// Modes: RESIDENT (all bundles read once at load), DENSE_STREAM (each layer's bundles read per
-// token with the next layer prefetched into a second buffer) and WINDOWED (gate rows resident; only
+// Modes: RESIDENT (all bundles read once at load), DENSE_STREAM (the first `resident_bundles` of
+// each layer read once at load, the rest read per token with the next layer prefetched into a second
+// buffer) and WINDOWED (gate rows resident; only
 // the up/down parts of bundles whose gate activation clears a per-layer threshold are used, kept in
 // a per-layer slab while active within the last `window` tokens, misses read synchronously).
 // RESIDENT and DENSE_STREAM give exactly the logits of the resident runtime on the same packed
@@ -35,6 +36,13 @@ struct FlashFfnConfig {
   std::vector<LutFormat> down_format;     // per layer: down K-slices
   std::vector<uint64_t> bundle_stride;    // per layer, multiple of 4096
   std::vector<uint64_t> layer_offset;     // per layer: absolute file offset of bundle 0
+  // Neuron order: the file stores units of `unit_neurons` neurons in a permuted order (hot units
+  // first); unit_order[l][u] is the original unit index of file unit u (empty: identity). The down
+  // product puts every unit back at its original K position, so the order never changes a result.
+  int unit_neurons = 0;
+  std::vector<std::vector<int32_t>> unit_order;
+  // DENSE_STREAM: bundles [0, resident_bundles) of every layer stay in memory (read once at load)
+  int resident_bundles = 0;
   // WINDOWED only
   int window = 4;                         // a bundle stays cached while active in the last `window` tokens
   int slab_bundles = 0;                   // slab capacity per layer in bundles (0: all of them)
@@ -94,9 +102,19 @@ class FlashFfn {
   // LUT matrix (K offsets in ascending bundle order), so over every bundle it is the resident down
   // matrix byte for byte; h holds the (n x K) activations of the same neurons in the same order.
   struct DownPart {
-    const uint8_t* data;  // the bundle's down part: d/16 row blocks of n/G group blocks
+    const uint8_t* data;  // d/16 row-block slices of n/G group blocks, `stride` bytes apart
     int64_t k0, n;        // K offset and neuron count
+    size_t stride;
   };
+  // The down parts of bundle j (its down part at `down`): one per unit, each at K offset kpos(unit
+  // index in the file) -- its original position when the units are permuted.
+  template <class KPos>
+  void bundle_parts(int layer, int j, const uint8_t* down, KPos kpos, std::vector<DownPart>& out) const;
+  int unit_src(int layer, int file_unit) const {
+    return cfg_.unit_order.empty() ? file_unit : cfg_.unit_order[size_t(layer)][size_t(file_unit)];
+  }
+  // (n x d_ff) activations in file order -> original order (identity: returns `h` itself)
+  const float* unpermute(int layer, const float* h, int64_t n);
   void gather_into(int layer, const std::vector<DownPart>& parts, int64_t K, uint8_t* dst, ThreadPool* pool);
   void gather_down(int layer, const std::vector<DownPart>& parts, int64_t K, ThreadPool& pool);  // into down_
   // y = D x h with D the packed (d x K) down matrix (default: down_)
@@ -110,6 +128,8 @@ class FlashFfn {
   AlignedBuffer all_;
   std::vector<uint64_t> all_offset_;
   std::vector<const uint8_t*> resident_down_;  // RESIDENT: each layer's gathered down matrix (in all_)
+  AlignedBuffer hot_;                  // DENSE_STREAM: each layer's resident bundles
+  std::vector<uint64_t> hot_offset_;
   AlignedBuffer slot_[2];
   int slot_layer_[2] = {-1, -1};
   ReadTicket slot_ticket_[2];
@@ -136,6 +156,7 @@ class FlashFfn {
   std::vector<std::vector<float>> scores_;
   std::vector<float> score_tmp_;
   std::vector<float> h_;               // compacted activations of the active neurons (n x K)
+  std::vector<float> hperm_;           // activations put back in the original neuron order
 };
 
 }  // namespace lutllm

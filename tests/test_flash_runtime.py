@@ -92,6 +92,38 @@ def test_read_bytes_per_token_match_layout(flash_pair, io):
     assert e.flash_info()["bytes_read"] == n * analytic  # what the reader issued: exactly the layout
 
 
+@pytest.mark.parametrize("io", ["uring", "pool"])
+def test_partly_resident_dense_is_identical_and_reads_only_the_rest(flash_pair, reference, io):
+    """A budget between the dense minimum and the model size keeps the first bundles of every layer
+    in memory: logits stay bit-identical to the resident runtime, and each token reads exactly the
+    other bundles (/proc/self/io within 10 %)."""
+    _, flash = flash_pair
+    toks, ref_prompt, seq, ref_steps = reference
+    probe = Engine(flash, n_ctx=128, n_threads=1, flash_mode="dense")
+    lay = probe.flash_layout
+    budget = probe.memory_plan.minimum + lay.ffn_bytes() // 2
+    try:
+        e = Engine(flash, n_ctx=128, n_threads=2, n_batch=8, flash_mode="dense", flash_io=io, mem_budget=budget)
+    except ValueError as err:
+        pytest.skip(str(err))
+    r = e.memory_plan.resident_bundles
+    assert 0 < r < lay.n_bundles and e.memory_plan.total <= budget
+    prompt_logits, steps = _run(e, toks, seq)
+    np.testing.assert_array_equal(prompt_logits, ref_prompt)
+    for got, want in zip(steps, ref_steps):
+        np.testing.assert_array_equal(got, want)
+    e.reset()
+    e.eval(toks[:2])
+    e.flash_reset_stats()
+    r0 = _read_bytes()
+    for i in range(3, 9):
+        e.eval(toks[:i])
+    per_token = (_read_bytes() - r0) / 6
+    streamed = sum(lay.layer_bytes(i) - r * lay.bundle_stride[i] for i in range(lay.n_layer))
+    assert e.flash_info()["bytes_read"] == 6 * streamed
+    assert abs(per_token - streamed) <= 0.10 * streamed, (per_token, streamed)
+
+
 def test_mem_budget_selects_mode_and_states_minimum(flash_pair):
     src, flash = flash_pair
     big = Engine(flash, n_ctx=64, n_threads=1, mem_budget=1 << 34)
@@ -105,8 +137,17 @@ def test_mem_budget_selects_mode_and_states_minimum(flash_pair):
     e = Engine(flash, n_ctx=64, n_threads=1, mem_budget=budget)
     info = e.flash_info()
     assert info["mode"] == "dense"
-    # the FFN executor holds its staging (two layers + the gather buffer), not the whole FFN
-    assert info["memory_bytes"] == e.memory_plan.ffn_memory < lay.ffn_bytes() / 4
+    # the FFN executor holds what the plan counts: the bundles the budget leaves room for (read once)
+    # plus the staging of the streamed rest, and the whole plan stays within the budget
+    p = e.memory_plan
+    assert 0 < p.resident_bundles < lay.n_bundles
+    assert info["memory_bytes"] == p.ffn_memory and p.total <= budget
+    assert p.ffn_memory > p.resident_bundles * sum(lay.bundle_stride)
+    # one bundle more per layer would not fit
+    assert p.total + sum(lay.bundle_stride) - 2 * max(lay.bundle_stride) > budget
+    at_min = Engine(flash, n_ctx=64, n_threads=1, mem_budget=plan.minimum)
+    assert at_min.memory_plan.resident_bundles == 0
+    assert at_min.flash_info()["memory_bytes"] < lay.ffn_bytes() / 4  # two layers + the gather buffer
     with pytest.raises(ValueError, match=rf"at least {plan.minimum} bytes"):
         Engine(flash, n_ctx=64, n_threads=1, mem_budget=plan.minimum - 1)
     with pytest.raises(ValueError, match="lutllm convert"):
@@ -143,3 +184,26 @@ def test_cli_mem_budget(flash_pair):
     assert r.exit_code == 1 and "at least" in r.output
     r = run(main, args + ["-m", flash, "--mem-budget", "lots"])
     assert r.exit_code == 2 and "not a size" in r.output
+
+
+def test_untied_token_embedding_is_not_counted_hot(smollm2_path):
+    """Budget accounting (memory.estimate_memory, used by plan_memory): a token embedding with its own
+    output head is read one row per token, so it is mapped but not hot; a tied one is the head."""
+    from types import SimpleNamespace
+
+    from lutllm.arch import model_config
+    from lutllm.gguf_file import GGUFFile, TensorInfo
+    from lutllm.memory import estimate_memory, repacked_bytes
+
+    g = GGUFFile(smollm2_path)
+    cfg = model_config(g.metadata, g.tensors, smollm2_path)
+    tied = estimate_memory(g, cfg, 64)
+    emb = g.tensors["token_embd.weight"]
+    assert "output.weight" not in g.tensors and tied.weights_lookup == 0
+    head = TensorInfo("output.weight", emb.ggml_type, emb.type_name, emb.shape, 0, emb.nbytes)
+    untied = estimate_memory(SimpleNamespace(tensors=dict(g.tensors, **{"output.weight": head})), cfg, 64)
+    assert untied.weights_lookup == emb.nbytes
+    # the embedding left the hot bytes; the new head is hot or, if 4-bit, copied to the LUT layout
+    packed = repacked_bytes(emb.ggml_type, emb.shape[1], emb.shape[0])
+    assert untied.weights_mapped_hot == tied.weights_mapped_hot - emb.nbytes + (emb.nbytes if packed is None else 0)
+    assert untied.repack == tied.repack + (packed or 0)

@@ -307,6 +307,11 @@ std::shared_ptr<const FlashFfnConfig> flash_config_from_dict(const py::dict& d) 
   c->down_format = fmts("down_format");
   c->bundle_stride = need("bundle_stride").cast<std::vector<uint64_t>>();
   c->layer_offset = need("layer_offset").cast<std::vector<uint64_t>>();
+  if (d.contains("resident_bundles")) c->resident_bundles = d["resident_bundles"].cast<int>();
+  if (d.contains("unit_order") && !d["unit_order"].is_none()) {
+    c->unit_neurons = need("unit_neurons").cast<int>();
+    c->unit_order = d["unit_order"].cast<std::vector<std::vector<int32_t>>>();
+  }
   return c;
 }
 

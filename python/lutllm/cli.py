@@ -517,14 +517,18 @@ def pull(name):
 @click.option("--flash", is_flag=True, help="Write the flash layout (FFN weights as 4096-aligned neuron bundles).")
 @click.option("--bundle-neurons", type=click.IntRange(min=1), default=None,
               help="Neurons per bundle (default: smallest with bundles >= 32 KiB and little padding).")
-def convert(src, out, flash, bundle_neurons):
+@click.option("--order-text", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Text file: order neurons by how often they are active on it (hot bundles first).")
+def convert(src, out, flash, bundle_neurons, order_text):
     """Convert the GGUF SRC into OUT (written atomically). Only --flash exists so far."""
     from .convert import convert_flash
 
     if not flash:
         raise click.UsageError("choose the output layout: --flash")
     try:
-        lay = convert_flash(src, out, bundle_neurons=bundle_neurons, log=lambda m: click.echo(m, err=True))
+        text = None if order_text is None else open(order_text, encoding="utf-8").read()
+        lay = convert_flash(src, out, bundle_neurons=bundle_neurons, log=lambda m: click.echo(m, err=True),
+                            order_text=text)
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{out}: {lay.n_layer} layers x {lay.n_bundles} bundles of {lay.bundle_neurons} neurons "

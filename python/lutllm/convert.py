@@ -25,7 +25,17 @@ The flash file is itself a GGUF (readable by the `gguf` package) with general.al
 
 Metadata (lutllm.flash.*): version (1), bundle_neurons (Gn), gu_format and down_format (int32,
 4 per layer: kind, group, scale_bytes, has_offset, as LutFormat), bundle_stride (uint64 per layer),
-requantized (names of source tensors that were re-quantized; absent when none), source (file name).
+requantized (names of source tensors that were re-quantized; absent when none), source (file name),
+and, when the neurons are reordered, unit_neurons (U) and unit_order (int32, d_ff/U per layer).
+
+Neuron order (convert_flash(order_text=...)): neurons move in units of U (a multiple of 16 and of
+every down group, so a unit is whole gate/up row blocks and whole down K groups; U divides Gn).
+File unit u of layer N holds the source neurons [unit_order[N][u]*U, +U): gate/up row blocks and down
+K-group blocks are moved as bytes, nothing is re-quantized. Units are sorted by how often they are
+active on a calibration text (most often first), so the hot neurons share the first bundles (the ones
+dense mode keeps resident, and the ones windowed mode finds active) and the last bundles are cold.
+The runtime puts every unit back at its original K position in the down product, so a reordered
+file gives exactly the logits of the source order.
 
 Weight types: Q4_0, Q4_1, Q4_K, Q2_K, TQ1_0 and TQ2_0 repack exactly (lut_repack_ggml; the same
 bytes the resident runtime builds). Every other type (Q5_0, Q6_K, Q8_0, F16, ...) has no exact LUT
@@ -85,6 +95,8 @@ class FlashLayout:
     bundle_stride: tuple[int, ...]
     requantized: tuple[str, ...] = ()
     layer_offset: tuple[int, ...] = field(default=())  # absolute file offsets (known once written)
+    unit_neurons: int = 0                               # neuron order unit (0: source order)
+    unit_order: tuple[tuple[int, ...], ...] = ()        # per layer: original unit of each file unit
 
     @property
     def n_bundles(self) -> int:
@@ -112,13 +124,16 @@ class FlashLayout:
 
     def config(self) -> dict[str, Any]:
         """The dict the C++ FlashFfn takes (python/csrc/module.cc)."""
-        return {
+        out = {
             "bundle_neurons": self.bundle_neurons,
             "gu_format": [list(f) for f in self.gu_format],
             "down_format": [list(f) for f in self.down_format],
             "bundle_stride": list(self.bundle_stride),
             "layer_offset": list(self.layer_offset),
         }
+        if self.unit_order:
+            out.update(unit_neurons=self.unit_neurons, unit_order=[list(o) for o in self.unit_order])
+        return out
 
     @staticmethod
     def from_gguf(g: GGUFFile) -> "FlashLayout | None":
@@ -159,8 +174,21 @@ class FlashLayout:
             if stride[i] % ALIGN or stride[i] < lay.bundle_bytes(i, gn):
                 raise ConvertError(f"{where}: layer {i} bundle stride {stride[i]} is too small or unaligned")
             offs.append(t.offset)
+        unit, order = 0, ()
+        if _KEY + "unit_order" in md:
+            try:
+                unit = int(md[_KEY + "unit_neurons"])
+                flat = np.asarray(md[_KEY + "unit_order"], dtype=np.int64)
+            except (KeyError, ValueError, TypeError) as e:
+                raise ConvertError(f"{where}: missing or malformed neuron order ({e})") from None
+            n_units = d_ff // unit if unit > 0 and d_ff % unit == 0 and gn % unit == 0 else -1
+            if n_units < 0 or flat.size != n_layer * n_units or any(
+                    not np.array_equal(np.sort(r), np.arange(n_units)) for r in flat.reshape(n_layer, -1)):
+                raise ConvertError(f"{where}: the neuron order is not a permutation of units of {unit} neurons "
+                                   f"per layer")
+            order = tuple(tuple(int(v) for v in r) for r in flat.reshape(n_layer, -1))
         return FlashLayout(lay.n_layer, lay.d_model, lay.d_ff, lay.bundle_neurons, lay.gu_format, lay.down_format,
-                           lay.bundle_stride, lay.requantized, tuple(offs))
+                           lay.bundle_stride, lay.requantized, tuple(offs), unit, order)
 
 
 # ---- planning ----------------------------------------------------------------------------------
@@ -256,6 +284,11 @@ def layer_bundles(g: GGUFFile, lay: FlashLayout, src: _LayerSrc, layer: int) -> 
     up = up.reshape(dff // 16, rb)
     gd, gbb = f3[1], lut_group_block_bytes(f3)
     down = down.reshape(d // 16, dff // gd, gbb)
+    if lay.unit_order:  # move whole units: U/16 gate/up row blocks, U/G down group blocks
+        u, order = lay.unit_neurons, np.asarray(lay.unit_order[layer])
+        gate = gate.reshape(dff // u, -1)[order].reshape(dff // 16, rb)
+        up = up.reshape(dff // u, -1)[order].reshape(dff // 16, rb)
+        down = down.reshape(d // 16, dff // u, u // gd, gbb)[:, order].reshape(d // 16, dff // gd, gbb)
     stride = lay.bundle_stride[layer]
     out = np.zeros(lay.n_bundles * stride, dtype=np.uint8)
     for j in range(lay.n_bundles):
@@ -302,9 +335,13 @@ def convert_flash(
     bundle_neurons: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    order_text: str | None = None,
+    order_density: float = 0.5,
 ) -> FlashLayout:
     """Write the flash layout of `src_path` to `out_path` atomically (temporary file + rename).
-    Returns the layout written (with layer offsets)."""
+    Returns the layout written (with layer offsets). With `order_text`, neurons are reordered by how
+    often they are active on that text (see neuron_order; calibrate windowed thresholds on the same
+    text, evaluate on another)."""
     import gguf
 
     from .progress import Progress
@@ -334,7 +371,11 @@ def convert_flash(
     probe = FlashLayout(n_layer, d_model, d_ff, gn, gu_fmts, dn_fmts, (0,) * n_layer)
     stride = tuple(_pad(probe.bundle_bytes(i, gn)) for i in range(n_layer))
     requant = tuple(f"blk.{i}.{nm}.weight" for i, s in enumerate(srcs) for nm in _FFN if nm[4:] in s.requant)
-    lay = FlashLayout(n_layer, d_model, d_ff, gn, gu_fmts, dn_fmts, stride, requant)
+    unit_order: tuple = ()
+    if order_text is not None:
+        unit_order = neuron_order(src_path, out_path, order_text, unit, order_density, log)
+    lay = FlashLayout(n_layer, d_model, d_ff, gn, gu_fmts, dn_fmts, stride, requant, (),
+                      unit if unit_order else 0, unit_order)
     if requant and log:
         log(f"note: {len(requant)} FFN tensors have no exact 4-bit table-lookup form "
             f"({', '.join(sorted({g.tensors[n].type_name for n in requant}))}) and are re-quantized to 4 bits "
@@ -359,6 +400,9 @@ def convert_flash(
     kvs.append(_kv(_KEY + "source", VT.STRING, src_path.name))
     if requant:
         kvs.append(_kv(_KEY + "requantized", VT.ARRAY, list(requant), VT.STRING))
+    if unit_order:
+        kvs.append(_kv(_KEY + "unit_neurons", VT.UINT32, unit))
+        kvs.append(_kv(_KEY + "unit_order", VT.ARRAY, [v for o in unit_order for v in o], VT.INT32))
 
     infos, rel, sizes = [], 0, []
     entries = [(t.name, t.shape, t.ggml_type, t.nbytes) for t in resident]
@@ -402,6 +446,44 @@ def convert_flash(
     return written
 
 
+def neuron_order(src_path, out_path, text: str, unit: int, density: float = 0.5,
+                 log: Callable[[str], None] | None = None, max_tokens: int = 512) -> tuple[tuple[int, ...], ...]:
+    """Per layer, the source units (of `unit` neurons) sorted by activation frequency on `text`:
+    a unit is active on a token when its score, max |silu(gate)| over its neurons, exceeds the layer's
+    (1 - density) quantile of all unit scores on the text (the CATS-style rule windowed mode
+    applies per bundle). Ties (equal frequency) go by mean score. Measured by running the model on a
+    temporary flash file in the source order with one unit per bundle."""
+    from .engine import Engine
+
+    tmp = Path(out_path).with_name(f".{Path(out_path).name}.order-{os.getpid()}")
+    try:
+        convert_flash(src_path, tmp, bundle_neurons=unit, progress=False)
+        e = Engine(str(tmp), n_ctx=max_tokens + 8, n_threads=None, n_batch=64, flash_mode="windowed")
+        toks = e.tokenizer.encode(text, add_special=True, parse_special=False)[:max_tokens]
+        if len(toks) < 8:
+            raise ConvertError(f"the neuron-order text has {len(toks)} tokens; at least 8 are needed")
+        from . import _core
+
+        _core.model_flash_record_scores(e._model, True)
+        e.eval(list(toks))
+        scores = _core.model_flash_take_scores(e._model)
+        del e
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    out = []
+    for s in scores:
+        s = np.asarray(s, dtype=np.float64).reshape(len(toks), -1)
+        thr = np.quantile(s, 1.0 - density)
+        freq, mean = (s > thr).mean(0), s.mean(0)
+        out.append(tuple(int(i) for i in np.lexsort((-mean, -freq))))
+    if log:
+        log(f"neurons reordered by activation frequency on {len(toks)} tokens (units of {unit})")
+    return tuple(out)
+
+
 # ---- what the engine needs to load a flash file ---------------------------------------------------
 def flash_shape_view(tensors: dict, lay: FlashLayout) -> dict:
     """The tensor table with shape-only stand-ins for the FFN matrices a flash file stores as bundles,
@@ -429,6 +511,7 @@ class MemoryPlan:
     kv_and_scratch: int  # KV cache and activations
     minimum: int         # the smallest budget that works (dense-stream)
     slab_bundles: int = 0  # windowed: slab capacity per layer, in bundles
+    resident_bundles: int = 0  # dense: the first bundles of every layer kept in memory (read once)
 
     @property
     def total(self) -> int:
@@ -440,7 +523,11 @@ def plan_memory(lay: FlashLayout | None, est, mem_budget: int | None, mode: str 
     "dense"; est: memory.estimate_memory of the same file and context (LUT copies made at load, KV
     cache, scratch). Weights count as the mapped bytes read every token plus the LUT copies: a
     copy's source pages are read once at load and are then clean page cache the kernel drops under
-    pressure. Raises ValueError, saying the minimum, when the budget cannot hold the resident part."""
+    pressure (so does an untied token embedding, read a row per token). In dense mode the budget left
+    after the resident part, KV cache and staging goes to whole bundles kept in memory: the same
+    number per layer, the first ones (the most often active when the file's neurons are ordered);
+    only the rest is read every token. Raises ValueError, saying the minimum, when the budget cannot
+    hold the resident part."""
     file_size = est.weights_mapped_hot + est.repack
     kv, scratch, n_ctx = est.kv_cache, est.scratch, est.n_ctx
     if lay is None:
@@ -481,8 +568,19 @@ def plan_memory(lay: FlashLayout | None, est, mem_budget: int | None, mode: str 
             raise ValueError(f"mem_budget {mem_budget} bytes is too small: this model needs at least {minimum} bytes "
                              f"(resident weights {resident} + FFN staging {staging} + KV cache and activations "
                              f"{kv + scratch} for n_ctx {n_ctx})" + (f"; {mode} mode needs {need}" if need != minimum else ""))
-    ffn_mem = ffn if mode == "resident" else staging
-    return MemoryPlan(mode, resident, ffn_mem, kv + scratch, minimum)
+    if mode == "resident":
+        return MemoryPlan(mode, resident, ffn, kv + scratch, minimum)
+    # dense: keep as many whole bundles per layer resident as the budget leaves room for (the first
+    # ones: the hottest when the neurons are ordered); only the rest is read every token
+    hot = 0
+    if mem_budget is not None:
+        def ffn_held(r: int) -> int:
+            stage = 2 * max(lay.layer_bytes(i) - r * lay.bundle_stride[i] for i in range(lay.n_layer))
+            return r * sum(lay.bundle_stride) + stage + down_max
+        fixed = resident + kv + scratch
+        hot = max(r for r in range(lay.n_bundles + 1) if r == 0 or fixed + ffn_held(r) <= mem_budget)
+        staging = ffn_held(hot)
+    return MemoryPlan(mode, resident, staging, kv + scratch, minimum, 0, hot)
 
 
 def calibrate_thresholds(engine, tokens, density: float) -> list[float]:

@@ -133,7 +133,8 @@ class Engine:
             cfg["flash"] = dict(self.flash_layout.config(), path=str(path), mode=self.memory_plan.mode,
                                 io=flash_io or "auto", n_layer=self.flash_layout.n_layer,
                                 d_model=self.flash_layout.d_model, d_ff=self.flash_layout.d_ff,
-                                window=int(flash_window), slab_bundles=self.memory_plan.slab_bundles)
+                                window=int(flash_window), slab_bundles=self.memory_plan.slab_bundles,
+                                resident_bundles=self.memory_plan.resident_bundles)
         self.mem_budget = mem_budget
         self._model = _core.Model(str(path), cfg, descs, n_threads or 0, progress=progress)
         self._ctx = _core.Context(self._model, n_ctx, n_batch)

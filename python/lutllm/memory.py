@@ -40,6 +40,7 @@ class MemoryEstimate:
     scratch: int  # activations, attention scores, activation tables, one logits row
     n_ctx: int
     n_batch: int
+    weights_lookup: int = 0  # mapped tables read a few rows per token (an untied token embedding)
 
     @property
     def anonymous(self) -> int:
@@ -86,7 +87,8 @@ def estimate_memory(gguf, config, n_ctx: int, n_batch: int = 512, lut: bool = Tr
 
     - weights: every tensor is mapped; with lut, <= 4-bit linear weights (Q4_0, Q4_1, Q4_K, Q2_K,
       TQ1_0, TQ2_0) are read once and copied into the packed LUT layout (owned, anonymous memory),
-      so only the other tensors' mapped pages stay hot.
+      so only the other tensors' mapped pages stay hot. An untied token embedding (the model has its
+      own output.weight) is only read a row per token: it is mapped but not hot (weights_lookup).
     - KV cache: n_layer * n_ctx * n_head_kv * head_dim * 2 (K and V) * 2 bytes (fp16).
     - scratch: the Context's per-batch buffers for min(n_batch, n_ctx) tokens, attention scores
       per thread, the int8 and LUT activation buffers of the widest linear input, one logits row.
@@ -96,7 +98,11 @@ def estimate_memory(gguf, config, n_ctx: int, n_batch: int = 512, lut: bool = Tr
     repack = 0
     transient = 0
     n_repacked = 0
+    lookup = 0
     for t in gguf.tensors.values():
+        if t.name == "token_embd.weight" and "output.weight" in gguf.tensors:
+            lookup += int(t.nbytes)
+            continue
         packed = None
         if lut and _LINEAR.match(t.name) and len(t.shape) >= 2:
             k, rows = int(t.shape[0]), 1
@@ -126,7 +132,7 @@ def estimate_memory(gguf, config, n_ctx: int, n_batch: int = 512, lut: bool = Tr
         weights_file=sum(int(t.nbytes) for t in gguf.tensors.values()),
         weights_mapped_hot=hot, repack=repack, repack_transient=transient, n_repacked=n_repacked,
         kv_cache=kv_per_token * n_ctx, kv_per_token=kv_per_token, scratch=scratch,
-        n_ctx=n_ctx, n_batch=n_batch,
+        n_ctx=n_ctx, n_batch=n_batch, weights_lookup=lookup,
     )
 
 
