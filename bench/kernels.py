@@ -31,7 +31,8 @@ Q6_K_BLOCK = 210  # bytes per 256 weights: ql[128] qh[64] scales[16] d(fp16)
 
 
 def dram_read_gbps(threads=1):
-    """Compile and run the small read-bandwidth probe (bench/membw.c); None if no C compiler."""
+    """Compile and run the small read-bandwidth probe (bench/membw.c) -> its JSON record (gbps = the better of
+    plain and software-prefetching reads); None if no C compiler."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         return None
@@ -40,7 +41,7 @@ def dram_read_gbps(threads=1):
         exe = os.path.join(d, "membw")
         subprocess.run([cc, "-O2", "-pthread", "-o", exe, src], check=True)
         out = subprocess.run([exe, str(threads), "512", "5"], check=True, capture_output=True, text=True).stdout
-    return json.loads(out)["gbps"]
+    return json.loads(out)
 
 
 def cold_copies(packed):
@@ -91,8 +92,9 @@ def main():
     shapes = SHAPES if args.shapes == "all" else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     bw = {}
     for th in threads:
-        bw[th] = dram_read_gbps(th)
-        print(json.dumps({"probe": "dram_read", "threads": th, "gbps": bw[th]}), flush=True)
+        probe = dram_read_gbps(th)
+        bw[th] = probe["gbps"] if probe else None
+        print(json.dumps(probe or {"probe": "dram_read", "threads": th, "gbps": None}), flush=True)
     rng = np.random.default_rng(0)
     rows_out = []
 
