@@ -1,10 +1,14 @@
 """Kernel benchmark: LUT GEMV/GEMM per ISA, bit width and shape, as µs per call and GB/s of weights
 streamed, beside the machine's measured DRAM read bandwidth (bench/membw.c). A script, not a test.
 
-    PYTHONPATH=python python3 bench/kernels.py [--quick] [--isa avx2,avx512] [--n 1,8,64,256]
+    PYTHONPATH=python python3 bench/kernels.py [--quick] [--isa avx2,avx512] [--n 1,8,64,256] [--threads 1,2]
 
 Weights are cold: each call reads the next of several copies whose total exceeds the last-level
-cache. One thread. Output: one JSON object per line, then a short table.
+cache. With T threads the rows are split into tasks the way runtime/linear.cc splits them (LUT: whole
+16-row blocks, about 4 tasks per thread) and the roofline is the probe run with T threads. Besides
+the LUT kernels it times the int8 path: Q4_0 / Q8_0 on the same shapes and Q6_K GEMV on the shapes
+of a Qwen2.5-1.5B output head and ffn_down (Q6_K_SHAPES). Output: one JSON object per line, then a
+short table.
 """
 import argparse
 import json
@@ -13,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -23,10 +26,13 @@ SHAPES = [(576, 1536), (1536, 576), (1536, 8960), (8960, 1536), (4096, 4096), (1
 KINDS = {1: "w1", 2: "w2", 3: "w3", 4: "w4", 5: "wt"}
 GROUP = 128  # LUT weight group (64 where K is not a multiple of 128); the table-scale group matches it
 COLD_BYTES = 256 << 20  # LLC here is 32 MiB; rotate through at least 8x that
+Q6_K_SHAPES = [(151936, 1536), (1536, 8960)]  # tied embedding / output head and ffn_down of Qwen2.5-1.5B
+Q6_K_BLOCK = 210  # bytes per 256 weights: ql[128] qh[64] scales[16] d(fp16)
 
 
 def dram_read_gbps(threads=1):
-    """Compile and run the small read-bandwidth probe (bench/membw.c); None if no C compiler."""
+    """Compile and run the small read-bandwidth probe (bench/membw.c) -> its JSON record (gbps = the better of
+    plain and software-prefetching reads); None if no C compiler."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         return None
@@ -35,7 +41,7 @@ def dram_read_gbps(threads=1):
         exe = os.path.join(d, "membw")
         subprocess.run([cc, "-O2", "-pthread", "-o", exe, src], check=True)
         out = subprocess.run([exe, str(threads), "512", "5"], check=True, capture_output=True, text=True).stdout
-    return json.loads(out)["gbps"]
+    return json.loads(out)
 
 
 def cold_copies(packed):
@@ -43,18 +49,28 @@ def cold_copies(packed):
     return [packed.copy() for _ in range(n)]
 
 
-def time_lut(name, copies, fmt, rows, k, tables, iters):
-    ts = _core.lut_time_calls(name, copies, fmt, rows, k, *tables, fmt[1], iters)
+def time_lut(name, copies, fmt, rows, k, tables, iters, threads):
+    ts = _core.lut_time_calls(name, copies, fmt, rows, k, *tables, fmt[1], iters, threads)
     return float(np.median(ts[1:] if len(ts) > 2 else ts))
 
 
-def time_q8(name, copies, rows, k, xq, iters):
-    ts = []
-    for i in range(iters):
-        t0 = time.perf_counter()
-        _core.run_matmul_q8(name, copies[i % len(copies)], rows, k, xq)
-        ts.append(time.perf_counter() - t0)
+def time_q8(name, copies, rows, k, xq, iters, threads):
+    ts = _core.q8_time_calls(name, copies, rows, k, xq, iters, threads)
     return float(np.median(ts[1:] if len(ts) > 2 else ts))
+
+
+def random_q6_k(rng, rows, k):
+    """Q6_K blocks with random codes and scales and a finite d (the timing does not depend on values)."""
+    blocks = rng.integers(0, 256, size=(rows * k // 256, Q6_K_BLOCK), dtype=np.uint8)
+    blocks[:, 192:208] = rng.integers(-40, 40, size=(blocks.shape[0], 16), dtype=np.int8).view(np.uint8)
+    blocks[:, 208:210] = np.full((blocks.shape[0], 1), 0.01, dtype=np.float16).view(np.uint8)
+    return blocks.reshape(-1)
+
+
+def q8_isa_kernel(isa, op):
+    names = {kk["name"]: kk["supported"] for kk in _core.kernel_list()}
+    name = f"{op}__{isa}"
+    return name if names.get(name) else None
 
 
 def main():
@@ -65,16 +81,31 @@ def main():
     ap.add_argument("--shapes", default="all", help="'all' or e.g. 4096x11008,1536x8960 (rows x k)")
     ap.add_argument("--quick", action="store_true", help="GEMM (n > 1) only on 4096x4096; fewer repeats")
     ap.add_argument("--no-q8", action="store_true", help="skip the int8 (Q4_0 / Q8_0 x Q8) comparison")
+    ap.add_argument("--no-q6k", action="store_true", help="skip the Q6_K GEMV (Q6_K_SHAPES)")
+    ap.add_argument("--threads", default="1", help="thread counts, e.g. 1,2 (rows split as the runtime does)")
     args = ap.parse_args()
 
     isas = [i for i in args.isa.split(",") if i]
     ns = [int(v) for v in args.n.split(",")]
     kinds = [int(v) for v in args.kinds.split(",")]
+    threads = [int(v) for v in args.threads.split(",")]
     shapes = SHAPES if args.shapes == "all" else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    bw1 = dram_read_gbps(1)
-    print(json.dumps({"probe": "dram_read", "threads": 1, "gbps": bw1}), flush=True)
+    bw = {}
+    for th in threads:
+        probe = dram_read_gbps(th)
+        bw[th] = probe["gbps"] if probe else None
+        print(json.dumps(probe or {"probe": "dram_read", "threads": th, "gbps": None}), flush=True)
     rng = np.random.default_rng(0)
     rows_out = []
+
+    def record(name, rows, k, n, bits, nbytes, sec, th, **extra):
+        rec = {"kernel": name, "rows": rows, "k": k, "n": n, "bits": bits, "threads": th, **extra,
+               "bytes": int(nbytes), "us": round(sec * 1e6, 1), "gbps": round(nbytes / sec / 1e9, 2),
+               "gmacs": round(rows * k * n / sec / 1e9, 2),
+               "roofline_frac": round(nbytes / sec / 1e9 / bw[th], 3) if bw[th] else None}
+        print(json.dumps(rec), flush=True)
+        rows_out.append(rec)
+
     for rows, k in shapes:
         w = rng.standard_normal((rows, k), dtype=np.float32)
         x_all = rng.standard_normal((max(ns), k), dtype=np.float32)
@@ -93,46 +124,53 @@ def main():
                     if not any(kk["name"] == name and kk["supported"] for kk in _core.kernel_list()):
                         continue
                     iters = 3 if n >= 64 else (20 if not args.quick else 8)
-                    sec = time_lut(name, copies, fmt, rows, k, tables, iters)
-                    rec = {"kernel": name, "rows": rows, "k": k, "n": n, "bits": KINDS[kind], "group": group,
-                           "bytes": int(packed.nbytes), "us": round(sec * 1e6, 1),
-                           "gbps": round(packed.nbytes / sec / 1e9, 2),
-                           "gmacs": round(rows * k * n / sec / 1e9, 2),
-                           "roofline_frac": round(packed.nbytes / sec / 1e9 / bw1, 3) if bw1 else None}
-                    print(json.dumps(rec), flush=True)
-                    rows_out.append(rec)
+                    for th in threads:
+                        sec = time_lut(name, copies, fmt, rows, k, tables, iters, th)
+                        record(name, rows, k, n, KINDS[kind], packed.nbytes, sec, th, group=group)
             del copies
         if not args.no_q8 and (not args.quick or (rows, k) == (4096, 4096)):
             # int8 dot-product path of the same runtime: Q4_0 and Q8_0 weights x Q8 activations
             from gguf import quants, GGMLQuantizationType
 
-            for tname, tid in (("Q4_0", 2), ("Q8_0", 8)):
+            for tname in ("Q4_0", "Q8_0"):
                 blocks = quants.quantize(w, GGMLQuantizationType[tname]).reshape(-1)
                 copies = cold_copies(blocks)
                 for n in ns:
                     if args.quick and n > 1 and (rows, k) != (4096, 4096):
                         continue
                     for isa in isas:
-                        name = f"matmul_{tname.lower()}_q8__{isa}"
-                        if not any(kk["name"] == name and kk["supported"] for kk in _core.kernel_list()):
+                        name = q8_isa_kernel(isa, f"matmul_{tname.lower()}_q8")
+                        if not name:
                             continue
-                        xq = _core.run_quantize_act(f"quantize_act_q8__{isa}" if any(
-                            kk["name"] == f"quantize_act_q8__{isa}" for kk in _core.kernel_list()) else
-                            "quantize_act_q8__ref", x_all[:n])
-                        sec = time_q8(name, copies, rows, k, xq, 3 if n >= 64 else 10)
-                        rec = {"kernel": name, "rows": rows, "k": k, "n": n, "bits": tname, "bytes": int(blocks.nbytes),
-                               "us": round(sec * 1e6, 1), "gbps": round(blocks.nbytes / sec / 1e9, 2),
-                               "gmacs": round(rows * k * n / sec / 1e9, 2),
-                               "roofline_frac": round(blocks.nbytes / sec / 1e9 / bw1, 3) if bw1 else None}
-                        print(json.dumps(rec), flush=True)
-                        rows_out.append(rec)
+                        xq = _core.run_quantize_act(q8_isa_kernel(isa, "quantize_act_q8") or "quantize_act_q8__ref",
+                                                    x_all[:n])
+                        for th in threads:
+                            sec = time_q8(name, copies, rows, k, xq, 3 if n >= 64 else 10, th)
+                            record(name, rows, k, n, tname, blocks.nbytes, sec, th)
                 del copies
-    print(f"\nDRAM read bandwidth (1 thread): {bw1} GB/s", file=sys.stderr)
-    print(f"{'kernel':34s} {'shape':>11s} {'n':>4s} {'us':>10s} {'GB/s':>7s} {'%bw':>5s} {'GMAC/s':>7s}", file=sys.stderr)
+    if not args.no_q6k:
+        # Q6_K GEMV (int8 path): the 2-bit models keep their output head in Q6_K
+        for rows, k in Q6_K_SHAPES:
+            blocks = random_q6_k(rng, rows, k)
+            copies = cold_copies(blocks)
+            x = rng.standard_normal((1, k), dtype=np.float32)
+            for isa in isas:
+                name = q8_isa_kernel(isa, "matmul_q6_K_q8")
+                if not name:
+                    continue
+                xq = _core.run_quantize_act(q8_isa_kernel(isa, "quantize_act_q8") or "quantize_act_q8__ref", x)
+                for th in threads:
+                    sec = time_q8(name, copies, rows, k, xq, 6 if rows * k > 1e8 else 20, th)
+                    record(name, rows, k, 1, "Q6_K", blocks.nbytes, sec, th)
+            del copies, blocks
+    for th in threads:
+        print(f"\nDRAM read bandwidth ({th} thread{'s' if th > 1 else ''}): {bw[th]} GB/s", file=sys.stderr)
+    print(f"{'kernel':34s} {'shape':>12s} {'n':>4s} {'thr':>3s} {'us':>10s} {'GB/s':>7s} {'%bw':>5s} {'GMAC/s':>7s}",
+          file=sys.stderr)
     for r in rows_out:
         frac = f"{100 * r['roofline_frac']:.0f}" if r["roofline_frac"] else "-"
-        print(f"{r['kernel']:34s} {r['rows']:>5d}x{r['k']:<5d} {r['n']:>4d} {r['us']:>10.1f} {r['gbps']:>7.2f} "
-              f"{frac:>5s} {r['gmacs']:>7.2f}", file=sys.stderr)
+        print(f"{r['kernel']:34s} {r['rows']:>6d}x{r['k']:<5d} {r['n']:>4d} {r['threads']:>3d} {r['us']:>10.1f} "
+              f"{r['gbps']:>7.2f} {frac:>5s} {r['gmacs']:>7.2f}", file=sys.stderr)
 
 
 if __name__ == "__main__":

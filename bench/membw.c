@@ -1,5 +1,6 @@
 /* DRAM read-bandwidth probe for bench/: streams buffers much larger than the LLC and reports the
-   best GB/s over repeats (1 or more threads). Not a general memory benchmark; no writes are timed. */
+   best GB/s over repeats (1 or more threads), plain reads and reads with software prefetch alternating
+   (gbps = the better). Not a general memory benchmark; no writes are timed. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -36,6 +37,26 @@ __attribute__((target("avx2"))) static uint64_t read_avx2(const uint8_t* p, size
 #endif
 }
 
+/* The same with software prefetch 4 KB ahead: on some machines the hardware prefetcher alone does not
+   reach the bandwidth a kernel that prefetches gets, and the roofline must not be below what kernels reach. */
+__attribute__((target("avx2"))) static uint64_t read_avx2_pf(const uint8_t* p, size_t n) {
+#if defined(__x86_64__)
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  for (size_t i = 0; i + 128 <= n; i += 128) {
+    _mm_prefetch((const char*)(p + i + 4096), _MM_HINT_T0);
+    _mm_prefetch((const char*)(p + i + 4096 + 64), _MM_HINT_T0);
+    a0 = _mm256_xor_si256(a0, _mm256_load_si256((const __m256i*)(p + i)));
+    a1 = _mm256_xor_si256(a1, _mm256_load_si256((const __m256i*)(p + i + 32)));
+    a2 = _mm256_xor_si256(a2, _mm256_load_si256((const __m256i*)(p + i + 64)));
+    a3 = _mm256_xor_si256(a3, _mm256_load_si256((const __m256i*)(p + i + 96)));
+  }
+  a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+  return (uint64_t)_mm256_extract_epi64(a0, 0) ^ (uint64_t)_mm256_extract_epi64(a0, 3);
+#else
+  return 0;
+#endif
+}
+
 static uint64_t read_plain(const uint8_t* p, size_t n) {
   const uint64_t* q = (const uint64_t*)p;
   uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
@@ -54,10 +75,10 @@ typedef struct {
   uint64_t out;
 } Job;
 
-static int g_avx2;
+static int g_avx2, g_pf;
 static void* worker(void* arg) {
   Job* j = (Job*)arg;
-  j->out = g_avx2 ? read_avx2(j->p, j->n) : read_plain(j->p, j->n);
+  j->out = !g_avx2 ? read_plain(j->p, j->n) : g_pf ? read_avx2_pf(j->p, j->n) : read_avx2(j->p, j->n);
   return NULL;
 }
 
@@ -73,9 +94,10 @@ int main(int argc, char** argv) {
   uint8_t* buf = aligned_alloc(4096, n);
   if (!buf) return 1;
   memset(buf, 1, n); /* fault every page in before timing */
-  double best = 0;
+  double best = 0, best_mode[2] = {0, 0};
   uint64_t sink = 0;
-  for (int r = 0; r < reps; ++r) {
+  for (int r = 0; r < 2 * reps; ++r) {
+    g_pf = r % 2; /* alternate plain and prefetching reads */
     pthread_t th[64];
     Job jobs[64];
     const size_t part = (n / threads) & ~(size_t)127;
@@ -91,9 +113,11 @@ int main(int argc, char** argv) {
     }
     const double gbs = (double)part * threads / (now() - t0) / 1e9;
     if (gbs > best) best = gbs;
+    if (gbs > best_mode[g_pf]) best_mode[g_pf] = gbs;
   }
-  printf("{\"probe\": \"dram_read\", \"threads\": %d, \"mib\": %zu, \"gbps\": %.2f, \"sink\": %llu}\n", threads, mb,
-         best, (unsigned long long)(sink & 1));
+  printf("{\"probe\": \"dram_read\", \"threads\": %d, \"mib\": %zu, \"gbps\": %.2f, \"gbps_plain\": %.2f, "
+         "\"gbps_prefetch\": %.2f, \"sink\": %llu}\n", threads, mb, best, best_mode[0], best_mode[1],
+         (unsigned long long)(sink & 1));
   free(buf);
   return 0;
 }

@@ -11,6 +11,7 @@ namespace lutllm {
 namespace {
 
 constexpr int64_t kSxBuf = 4096;  // floats of precomputed group sums per K block
+constexpr size_t kPrefetchAhead = 4096;  // bytes of weights prefetched ahead of the group block in use (as AVX2)
 
 // ---- table build ----------------------------------------------------------------------------
 
@@ -93,7 +94,7 @@ inline int32x4_t widen_shift_hi(int16x8_t v) {
 
 template <int KIND, int NT>
 void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0, int64_t g1,
-               float32x4_t yv[NT][4]) {
+               float32x4_t yv[NT][4], size_t pf) {
   constexpr bool kTern = KIND == int(LutKind::TERNARY);
   constexpr int n = kTern ? 2 : KIND;
   constexpr int npp = n / 2;
@@ -103,6 +104,8 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   const float32x4_t vcn = vdupq_n_f32(float((1 << n) - 1) * 0.5f), vmhalf = vdupq_n_f32(-0.5f);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* p = blk + size_t(g) * gbb;
+    if (pf)  // the bytes pf ahead of this group block: later groups, then the next row blocks
+      for (size_t l = 0; l < gbb; l += 64) __builtin_prefetch(p + pf + l, 0, 3);
     const int8_t* tq[NT];
     // [token][pp][half]: P and S accumulators; X for the single plane
     int16x8_t P[NT][2][2], S[NT][2][2], X[NT][2];
@@ -192,6 +195,8 @@ void gemm_tile(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_
   const int64_t ngroups = w->k / f.group;
   const size_t rbb = lut_row_block_bytes(f, w->k);
   const int64_t end = row_end < w->rows ? row_end : w->rows;
+  // Software prefetch only when K is walked in one pass (GEMV): the weights are then read front to back.
+  const size_t pf = kb_groups >= ngroups ? kPrefetchAhead : 0;
   for (int64_t g0 = 0; g0 < ngroups; g0 += kb_groups) {
     const int64_t g1 = g0 + kb_groups < ngroups ? g0 + kb_groups : ngroups;
     // Sx per (token, group) once per K block, not once per row block (callers bound n_tok * kb)
@@ -212,7 +217,7 @@ void gemm_tile(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_
         }
         const float* sxp[NT];
         for (int u = 0; u < NT; ++u) sxp[u] = sxbuf + (t + u) * (g1 - g0);
-        row_block<KIND, NT>(blk, f, a + t, sxp, g0, g1, yv);
+        row_block<KIND, NT>(blk, f, a + t, sxp, g0, g1, yv, pf);
         for (int u = 0; u < NT; ++u) store_rows(y + (t + u) * y_stride + r0, yv[u], lo, hi);
       }
       for (; t < n_tok; ++t) {
@@ -220,7 +225,7 @@ void gemm_tile(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_
         if (g0 == 0) yv[0][0] = yv[0][1] = yv[0][2] = yv[0][3] = vdupq_n_f32(0.0f);
         else load_rows(y + t * y_stride + r0, yv[0], lo, hi);
         const float* sxp[1] = {sxbuf + t * (g1 - g0)};
-        row_block<KIND, 1>(blk, f, a + t, sxp, g0, g1, yv);
+        row_block<KIND, 1>(blk, f, a + t, sxp, g0, g1, yv, pf);
         store_rows(y + t * y_stride + r0, yv[0], lo, hi);
       }
     }

@@ -19,6 +19,7 @@ namespace lutllm {
 namespace {
 
 constexpr int64_t kSxBuf = 4096;  // floats of precomputed group sums per K block
+constexpr size_t kPrefetchAhead = 4096;  // bytes of weights prefetched ahead of the group block in use (as AVX2)
 
 inline __m512 load_scales16(const uint8_t* p, int scale_bytes) {
 #if defined(LUTLLM_SIMDE_AVX512)  // SIMDe 0.7 has no 512-bit cvtph: two exact 256-bit F16C conversions
@@ -91,7 +92,8 @@ inline __m256i fold_lanes(__m512i acc) {
 // int16 bound: each of the 4 lanes sees G/16 quads, at most 127 * 15 per quad and row (4-bit):
 // 127 * 15 * 8 = 15240 for G = 128.
 template <int KIND, int NT>
-void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0, int64_t g1, __m512 yv[NT]) {
+void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0, int64_t g1, __m512 yv[NT],
+               size_t pf) {
   constexpr bool kTern = KIND == int(LutKind::TERNARY);
   constexpr int n = kTern ? 2 : KIND;
   const int G = f.group, sb = f.scale_bytes;
@@ -103,6 +105,8 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   const __m512 vcn = _mm512_set1_ps(float((1 << n) - 1) * 0.5f), vmhalf = _mm512_set1_ps(-0.5f);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* p = blk + size_t(g) * gbb;
+    if (pf)  // the bytes pf ahead of this group block: later groups, then the next row blocks
+      for (size_t l = 0; l < gbb; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + pf + l), _MM_HINT_T0);
     const int8_t* tq[NT];
     __m512i accA[NT], accB[NT];
     for (int t = 0; t < NT; ++t) {
@@ -156,6 +160,8 @@ void gemm_tile(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_
   const int64_t ngroups = w->k / f.group;
   const size_t rbb = lut_row_block_bytes(f, w->k);
   const int64_t end = row_end < w->rows ? row_end : w->rows;
+  // Software prefetch only when K is walked in one pass (GEMV): the weights are then read front to back.
+  const size_t pf = kb_groups >= ngroups ? kPrefetchAhead : 0;
   for (int64_t g0 = 0; g0 < ngroups; g0 += kb_groups) {
     const int64_t g1 = g0 + kb_groups < ngroups ? g0 + kb_groups : ngroups;
     // Sx per (token, group) once per K block, not once per row block (callers bound n_tok * kb)
@@ -175,14 +181,14 @@ void gemm_tile(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_
           yv[u] = g0 == 0 ? _mm512_setzero_ps() : load_rows16(y + (t + u) * y_stride + r0, mk);
         const float* sxp[NT];
         for (int u = 0; u < NT; ++u) sxp[u] = sxbuf + (t + u) * (g1 - g0);
-        row_block<KIND, NT>(blk, f, a + t, sxp, g0, g1, yv);
+        row_block<KIND, NT>(blk, f, a + t, sxp, g0, g1, yv, pf);
         for (int u = 0; u < NT; ++u) store_rows16(y + (t + u) * y_stride + r0, mk, yv[u]);
       }
       for (; t < n_tok; ++t) {
         __m512 yv[1];
         yv[0] = g0 == 0 ? _mm512_setzero_ps() : load_rows16(y + t * y_stride + r0, mk);
         const float* sxp[1] = {sxbuf + t * (g1 - g0)};
-        row_block<KIND, 1>(blk, f, a + t, sxp, g0, g1, yv);
+        row_block<KIND, 1>(blk, f, a + t, sxp, g0, g1, yv, pf);
         store_rows16(y + t * y_stride + r0, mk, yv[0]);
       }
     }

@@ -4,16 +4,19 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "lutllm/kernels.h"
 #include "error.h"
 #include "model.h"
 #include "flash_ffn.h"  // flash-backed weights block
 #include "flash_io.h"   // flash-backed weights block
+#include "thread_pool.h"
 
 namespace py = pybind11;
 using namespace lutllm;
@@ -138,6 +141,46 @@ py::array_t<float> run_matmul_q8(const std::string& name, const py::handle& w_ob
     reinterpret_cast<MatmulQ8Fn>(kn.fn)(wp, rb, rows, k, xp, k / QK32, n, yp, rows);
   }
   return y;
+}
+
+// Benchmark plumbing for the int8 path: `iters` calls rotating through weight copies (cold weights),
+// rows split over `threads` in the chunks runtime/linear.cc uses; returns seconds per call.
+std::vector<double> q8_time_calls(const std::string& name, const py::list& copies, int64_t rows, int64_t k,
+                                  const py::handle& xq_obj, int iters, int threads) {
+  const KernelInfo& kn = kernel_by_name(name, KernelOp::MATMUL_Q8);
+  const size_t rb = row_bytes_for(kn.wtype, k);
+  std::vector<U8Array> keep;
+  for (const auto& c : copies) {
+    keep.push_back(exact_array<uint8_t>(c, "copy"));
+    if (rows <= 0 || size_t(keep.back().size()) < rb * size_t(rows))
+      throw py::value_error("a weight copy is smaller than rows * row_bytes");
+  }
+  if (keep.empty()) throw py::value_error("no weight copies");
+  auto xq = exact_array<uint8_t>(xq_obj, "xq");
+  if (xq.ndim() != 2 || xq.shape(1) != k / QK32 * int64_t(sizeof(ActQ8)))
+    throw py::value_error("xq must be (n_tok, k/32*40) bytes from quantize_act");
+  if (reinterpret_cast<uintptr_t>(xq.data()) % alignof(ActQ8)) throw py::value_error("xq must be 4-byte aligned");
+  if (threads < 1 || threads > 256) throw py::value_error("threads must be 1..256");
+  const int64_t n = xq.shape(0);
+  const auto* xp = reinterpret_cast<const ActQ8*>(xq.data());
+  std::vector<float> y(static_cast<size_t>(n * rows));
+  std::vector<double> out(static_cast<size_t>(std::max(iters, 0)));
+  py::gil_scoped_release nogil;
+  ThreadPool pool(threads);
+  int64_t per = rows;  // rows per task: ~8 tasks per thread, multiples of 16 rows (linear.cc row_chunk)
+  if (threads > 1) per = std::max<int64_t>(16, ((rows + threads * 8 - 1) / (threads * 8) + 15) / 16 * 16);
+  const int64_t tasks = (rows + per - 1) / per;
+  auto fn = reinterpret_cast<MatmulQ8Fn>(kn.fn);
+  for (int i = 0; i < iters; ++i) {
+    const uint8_t* w = keep[size_t(i) % keep.size()].data();
+    const auto t0 = std::chrono::steady_clock::now();
+    pool.parallel_for(tasks, [&](int64_t c, int) {
+      const int64_t r0 = c * per, r1 = std::min(rows, r0 + per);
+      fn(w + size_t(r0) * rb, rb, r1 - r0, k, xp, k / QK32, n, y.data() + r0, rows);
+    });
+    out[size_t(i)] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return out;
 }
 
 // w: rows * row_bytes bytes of F32/F16/BF16; x: (n_tok, k) float32 -> (n_tok, rows)
@@ -412,6 +455,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("run_dequant", &run_dequant, py::arg("name"), py::arg("src"), py::arg("n"));
   m.def("run_quantize_act", &run_quantize_act, py::arg("name"), py::arg("x"));
   m.def("run_matmul_q8", &run_matmul_q8, py::arg("name"), py::arg("w"), py::arg("rows"), py::arg("k"), py::arg("xq"));
+  m.def("q8_time_calls", &q8_time_calls, py::arg("name"), py::arg("copies"), py::arg("rows"), py::arg("k"),
+        py::arg("xq"), py::arg("iters"), py::arg("threads") = 1,
+        "Time `iters` calls of one int8 matmul kernel on cold weight copies, rows split over `threads` -> seconds.");
   m.def("run_matmul_f32", &run_matmul_f32, py::arg("name"), py::arg("w"), py::arg("rows"), py::arg("k"), py::arg("x"));
 
   // ---- LUT kernels (T-MAC style) ----
@@ -593,7 +639,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("lut_time_calls", [to_fmt, weights_view](const std::string& name, const py::list& copies, const py::tuple& fmt,
                                                    int64_t rows, int64_t k, const py::handle& tab_obj,
                                                    const py::handle& sc_obj, const py::handle& s16_obj, int ag,
-                                                   int iters) {
+                                                   int iters, int threads) {
       const KernelInfo* kp = find_kernel(name);
       if (!kp || (kp->op != KernelOp::LUT_GEMV && kp->op != KernelOp::LUT_GEMM))
         throw py::value_error("'" + name + "' is not a LUT GEMV/GEMM kernel");
@@ -617,23 +663,36 @@ PYBIND11_MODULE(_core, m) {
       std::vector<LutAct> acts(static_cast<size_t>(n));
       for (int64_t t = 0; t < n; ++t)
         acts[size_t(t)] = LutAct{tab.data() + t * k * 4, sc.data() + t * (k / ag), s16.data() + t * (k / 16), k, ag, 0};
+      if (threads < 1 || threads > 256) throw py::value_error("threads must be 1..256");
       std::vector<float> y(static_cast<size_t>(n * rows));
       std::vector<double> out(static_cast<size_t>(iters));
       {
         py::gil_scoped_release nogil;
+        ThreadPool pool(threads);
+        // whole 16-row blocks per task, about 4 tasks per thread (as runtime/linear.cc splits them)
+        const int64_t blocks = lut_row_blocks(rows);
+        const int64_t per = std::max<int64_t>(1, (blocks + threads * 4 - 1) / (threads * 4));
+        const int64_t tasks = (blocks + per - 1) / per;
         for (int i = 0; i < iters; ++i) {
           const LutWeights& w = ws[size_t(i) % ws.size()];
           const auto t0 = std::chrono::steady_clock::now();
-          if (kn.op == KernelOp::LUT_GEMV)
-            reinterpret_cast<LutGemvFn>(kn.fn)(&w, acts.data(), 0, rows, y.data());
-          else
-            reinterpret_cast<LutGemmFn>(kn.fn)(&w, acts.data(), n, 0, rows, y.data(), rows);
+          auto task = [&](int64_t c, int) {
+            const int64_t r0 = threads == 1 ? 0 : c * per * kLutRows;
+            const int64_t r1 = threads == 1 ? rows : std::min(rows, (c + 1) * per * kLutRows);
+            if (kn.op == KernelOp::LUT_GEMV)
+              reinterpret_cast<LutGemvFn>(kn.fn)(&w, acts.data(), r0, r1, y.data());
+            else
+              reinterpret_cast<LutGemmFn>(kn.fn)(&w, acts.data(), n, r0, r1, y.data(), rows);
+          };
+          if (threads == 1) task(0, 0);  // one call over all rows
+          else pool.parallel_for(tasks, task);
           out[size_t(i)] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         }
       }
       return out;
     }, py::arg("name"), py::arg("copies"), py::arg("fmt"), py::arg("rows"), py::arg("k"), py::arg("tab"),
-       py::arg("scale"), py::arg("sum16"), py::arg("ag"), py::arg("iters"));
+       py::arg("scale"), py::arg("sum16"), py::arg("ag"), py::arg("iters"), py::arg("threads") = 1,
+       "Time `iters` calls of one LUT kernel on cold weight copies, rows split over `threads` -> seconds per call.");
   }
   // (end LUT kernels)
 
