@@ -126,17 +126,32 @@ static inline size_t lut_row_block_bytes(const LutFormat& f, int64_t k) {
 static inline size_t lut_packed_bytes(const LutFormat& f, int64_t rows, int64_t k) {
   return size_t(lut_row_blocks(rows)) * lut_row_block_bytes(f, k);
 }
+// Where group g's bytes sit in a row block, one branch-free formula for every encoding (kernels
+// build it once per call; lut_group_offset is the same for one-off use):
+//   group block of g = (g >> shift) * super_bytes + header_bytes + (g & mask) * group_bytes
+//   its scales       = that + tile_bytes
+//   k-quant header   = (g >> shift) * super_bytes
+// Without k-quant sub-scales shift = 63 (g >> 63 = 0), mask = all ones, no header: g * group_bytes.
+struct LutGroupAddr {
+  size_t group_bytes, super_bytes, header_bytes, tile_bytes;
+  int64_t mask;
+  int32_t shift;
+  int32_t kq;
+};
+static inline LutGroupAddr lut_group_addr(const LutFormat& f) {
+  const bool kq = lut_is_kq(f);
+  const int sh = kq ? lut_kq_group_shift(f) : 63;
+  return LutGroupAddr{lut_group_block_bytes(f), kq ? lut_super_block_bytes(f) : 0, size_t(kq ? kLutSuperHeaderBytes : 0),
+                      lut_tile_bytes_per_group(f), kq ? (int64_t(1) << sh) - 1 : ~int64_t(0), sh, kq ? 1 : 0};
+}
+static inline size_t lut_group_at(const LutGroupAddr& a, int64_t g) {
+  return size_t(g >> a.shift) * a.super_bytes + a.header_bytes + size_t(g & a.mask) * a.group_bytes;
+}
+static inline size_t lut_header_at(const LutGroupAddr& a, int64_t g) { return size_t(g >> a.shift) * a.super_bytes; }
 // Byte offset of group g's block (its tiles; its scales follow them) from the start of a row block.
-static inline size_t lut_group_offset(const LutFormat& f, int64_t g) {
-  if (!lut_is_kq(f)) return size_t(g) * lut_group_block_bytes(f);
-  const int sh = lut_kq_group_shift(f);
-  return size_t(g >> sh) * lut_super_block_bytes(f) + kLutSuperHeaderBytes +
-         size_t(g & ((int64_t(1) << sh) - 1)) * lut_group_block_bytes(f);
-}
+static inline size_t lut_group_offset(const LutFormat& f, int64_t g) { return lut_group_at(lut_group_addr(f), g); }
 // K-quant only: byte offset of the header (16 fp16 d, 16 fp16 dmin) of the super-block holding group g.
-static inline size_t lut_super_header_offset(const LutFormat& f, int64_t g) {
-  return size_t(g >> lut_kq_group_shift(f)) * lut_super_block_bytes(f);
-}
+static inline size_t lut_super_header_offset(const LutFormat& f, int64_t g) { return lut_header_at(lut_group_addr(f), g); }
 // Worked sizes (16 rows x G): 2-bit g32 fp16 no offset = 128 + 32 B; 4-bit g32 fp32 + offset = 256 + 128 B.
 static_assert(2 * 32 * 2 + 16 * 2 == 160, "W2 g32 fp16 group block");
 static_assert(2 * 32 * 4 + 16 * 4 * 2 == 384, "W4 g32 fp32+offset group block");
