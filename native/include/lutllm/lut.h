@@ -54,7 +54,7 @@ const char* lut_kind_name(int kind);  // "w1".."w4", "wt"
 // then runs the shared epilogue below gives bit for bit what an fp32 copy of s, o would give.
 // Q4_K (W4 g32) needs 2368 B per 16 rows x 256 = 4.625 bits/weight (fp32 s, o: 6.0); Q2_K (W2 g16)
 // 1600 B = 3.125 bits/weight (fp32: 6.0). The header comes first, so weights still stream front
-// to back. lut_group_offset() is the one place that knows where group g starts.
+// to back. lut_group_addr() / lut_group_at() below are the one place that knows where group g starts.
 //
 // A tile is 16 bytes = 32 four-bit table indices that all refer to one activation quad
 // (4 consecutive k) per nibble half; nibble bit i (i = 0..3) is the plane bit of weight k = 4q + i.
