@@ -60,6 +60,14 @@ def group_scales(fmt, packed, rows, k):
     gbb = tile + 16 * sb * (1 + off)
     nrb = (rows + 15) // 16
     ng = k // group
+    if sb == 1:  # k-quant sub-scales: [64-byte header: 16 fp16 d, 16 fp16 dmin][256/G group blocks] per 256
+        gps, nsup = 256 // group, k // 256
+        sbb = 64 + gps * gbb
+        sup = packed[: nrb * nsup * sbb].reshape(nrb, nsup, sbb)
+        d = np.ascontiguousarray(sup[:, :, :32]).view(np.float16).astype(np.float64)  # (nrb, nsup, 16)
+        sc = sup[:, :, 64:].reshape(nrb, nsup, gps, gbb)[:, :, :, tile:tile + 16].astype(np.float64)
+        s = d[:, :, None, :] * sc  # (nrb, nsup, gps, 16)
+        return s.reshape(nrb, ng, 16).transpose(0, 2, 1).reshape(nrb * 16, ng)[:rows]
     blocks = packed[: nrb * ng * gbb].reshape(nrb, ng, gbb)
     raw = np.ascontiguousarray(blocks[:, :, tile:tile + 16 * sb])
     s = raw.view(np.float16 if sb == 2 else np.float32).astype(np.float64)  # (nrb, ng, 16)
@@ -228,13 +236,121 @@ def test_repack_exact(type_name, rng):
 
 
 def test_q4k_scales_need_fp32(rng):
-    """Why Q4_K/Q2_K repack keeps fp32 scales: d*sc of real-range blocks often has more mantissa
-    bits than fp16 holds, so fp16 storage would not be lossless."""
+    """Why Q4_K/Q2_K repack keeps d and sc apart (k-quant sub-scales) or stores fp32 products:
+    d*sc of real-range blocks often has more mantissa bits than fp16 holds, so fp16 products would
+    not be lossless."""
     d = rng.uniform(1e-4, 1e-2, size=4096).astype(np.float16).astype(np.float32)
     sc = rng.integers(0, 64, size=4096).astype(np.float32)
     prod = d * sc
     lossy = np.mean(prod.astype(np.float16).astype(np.float32) != prod)
     assert lossy > 0.3  # measured ~0.5 for uniform d and 6-bit sc
+
+
+# ---- k-quant sub-scales (scale_bytes 1) == fp32 scales, bit for bit ----------------------------
+
+def _kq_vs_f32(blocks, type_name, rows, k, x, isas, ag=128):
+    """Repack the same GGUF blocks to both Q4_K/Q2_K layouts; every kernel must give identical bits
+    on both, and the ISA kernels the scalar twin's bits. Returns (compact bytes, fp32 bytes)."""
+    flat = np.ascontiguousarray(blocks).reshape(-1)
+    pk, fk = _core.lut_repack_ggml(GGML[type_name], flat, rows, k)
+    pf, ff = _core.lut_repack_ggml(GGML[type_name], flat, rows, k, kq=False)
+    assert fk[2] == 1 and ff[2] == 4 and fk[:2] == ff[:2] and fk[3] == ff[3] == 1
+    assert pk.size == _core.lut_packed_bytes(fk, rows, k) < pf.size
+    back_k, back_f = _core.lut_unpack(pk, fk, rows, k), _core.lut_unpack(pf, ff, rows, k)
+    assert np.array_equal(back_k.view(np.uint32), back_f.view(np.uint32))
+    tabs = _core.run_lut_build("lut_build_g4__ref", x, ag)
+    kind = fk[0]
+    want = run("ref", "gemm", kind, pf, ff, rows, k, tabs, ag)
+    for isa in ["ref"] + isas:
+        for fmt, packed in ((fk, pk), (ff, pf)):
+            got = run(isa, "gemm", kind, packed, fmt, rows, k, tabs, ag)
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (type_name, isa, fmt, "gemm")
+            t1 = tuple(np.ascontiguousarray(a[-1:]) for a in tabs)
+            g1 = run(isa, "gemv", kind, packed, fmt, rows, k, t1, ag)
+            assert np.array_equal(g1.view(np.uint32), want[-1:].view(np.uint32)), (type_name, isa, fmt, "gemv")
+        if rows > 20:  # a row range starting in block 1 and ending mid-block: only those rows written
+            got = run(isa, "gemm", kind, pk, fk, rows, k, tabs, ag, row_begin=16, row_end=rows - 3)
+            assert np.array_equal(got[:, 16:rows - 3].view(np.uint32), want[:, 16:rows - 3].view(np.uint32))
+            assert not got[:, :16].any() and not got[:, rows - 3:].any()
+    return pk.size, pf.size
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q2_K"])
+def test_kq_layout_bit_identical_to_fp32(type_name, rng):
+    """Odd row counts, one and several super-blocks, 1 and 5 tokens (GEMM tiles and remainders),
+    plus worst-case scale bytes: 63 / 15 sub-scales and the largest fp16 d of either sign."""
+    from gguf import quants, GGMLQuantizationType
+
+    for rows, k, n_tok in ((1, 256, 1), (17, 768, 5), (45, 512, 3), (16, 1024, 8)):
+        blocks = random_blocks(rng, type_name, rows, k)
+        if rows == 45:  # every sub-scale and sub-min at its maximum, d and dmin large, mixed signs
+            bv = blocks.reshape(-1, 144 if type_name == "Q4_K" else 84)  # a view: one row per block
+            dd = (np.where(rng.random((bv.shape[0], 2)) < 0.5, -1.0, 1.0) * 6e4).astype(np.float16).view(np.uint8)
+            if type_name == "Q4_K":
+                bv[:, 4:16] = 0xFF
+                bv[:, 0:4] = dd
+            else:
+                bv[:, :16] = 0xFF
+                bv[:, 80:84] = dd
+        ref = quants.dequantize(blocks, GGMLQuantizationType[type_name]).reshape(rows, k)
+        x = (rng.standard_normal((n_tok, k)) * rng.choice([1e-3, 1.0, 30.0])).astype(np.float32)
+        nk, nf = _kq_vs_f32(blocks, type_name, rows, k, x, kernel_isas("lut_gemm"))
+        pk, fk = _core.lut_repack_ggml(GGML[type_name], np.ascontiguousarray(blocks).reshape(-1), rows, k)
+        back = _core.lut_unpack(pk, fk, rows, k)
+        assert np.array_equal(back.view(np.uint32), ref.astype(np.float32).view(np.uint32))  # lossless
+        rb = (rows + 15) // 16
+        bits = 4.625 if type_name == "Q4_K" else 3.125
+        assert nk == rb * 16 * k * bits / 8 and nf == rb * 16 * k * 6.0 / 8
+
+
+def _real_q4k_tensors(path, limit=None):
+    from lutllm.gguf_file import GGUFFile
+
+    g = GGUFFile(path)
+    out = []
+    for t in g.tensors.values():
+        if t.ggml_type == GGML["Q4_K"] and len(t.shape) == 2:
+            out.append((t.name, np.ascontiguousarray(g.tensor_data(t.name)).view(np.uint8).reshape(-1), int(t.shape[1]),
+                        int(t.shape[0])))
+            if limit and len(out) >= limit:
+                break
+    return out
+
+
+def test_kq_layout_bit_identical_real_gemma(gemma3_path, rng):
+    """Real Q4_K tensors of gemma3-270m: the compact layout gives the fp32 layout's bits."""
+    tensors = _real_q4k_tensors(gemma3_path)
+    names = [n for n, *_ in tensors]
+    picked = [t for t in tensors if t[0] in ("blk.2.ffn_down.weight", "blk.0.attn_output.weight")] or tensors[:2]
+    assert picked, names
+    for name, raw, rows, k in picked:
+        x = rng.standard_normal((3, k)).astype(np.float32)
+        nk, nf = _kq_vs_f32(raw, "Q4_K", rows, k, x, kernel_isas("lut_gemm"))
+        assert nk * 6.0 == nf * 4.625, name
+
+
+@pytest.mark.slow
+def test_kq_layout_bit_identical_real_qwen15(qwen15_path, rng):
+    """Every Q4_K tensor of Qwen2.5-Coder-1.5B Q4_K_M: compact == fp32 layout, every ISA."""
+    tensors = _real_q4k_tensors(qwen15_path)
+    assert len(tensors) > 50
+    for name, raw, rows, k in tensors:
+        x = rng.standard_normal((2, k)).astype(np.float32)
+        _kq_vs_f32(raw, "Q4_K", rows, k, x, kernel_isas("lut_gemm"))
+
+
+def test_kq_format_checks():
+    with pytest.raises(ValueError, match="super-block"):
+        _core.lut_packed_bytes((4, 32, 1, 1), 16, 96)
+    with pytest.raises(ValueError, match="has_offset"):
+        _core.lut_packed_bytes((4, 32, 1, 0), 16, 256)
+    with pytest.raises(ValueError, match="scale_bytes"):
+        _core.lut_packed_bytes((4, 32, 3, 1), 16, 256)
+    assert _core.lut_format_for_ggml(GGML["Q4_K"]) == (4, 32, 1, 1)
+    assert _core.lut_format_for_ggml(GGML["Q4_K"], kq=False) == (4, 32, 4, 1)
+    assert _core.lut_format_for_ggml(GGML["Q2_K"]) == (2, 16, 1, 1)
+    assert _core.lut_packed_bytes((4, 32, 1, 1), 17, 512) == 2 * 2 * 2368
+    assert _core.lut_packed_bytes((2, 16, 1, 1), 16, 256) == 1600
 
 
 def test_repack_rejects_bad_input(rng):

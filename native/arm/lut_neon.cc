@@ -74,6 +74,45 @@ inline float32x4_t load_scales4(const uint8_t* p, int scale_bytes) {
   return vreinterpretq_f32_u8(vld1q_u8(p));
 }
 
+// fp32 d and -dmin of the 16 rows of the k-quant super-block last used (converted once per super-block)
+struct KqHeader {
+  int64_t super = -1;
+  float32x4_t d[4]{}, nd[4]{};
+};
+
+// Scale s and offset o (o only with has_offset) of the 16 rows of group g of row block blk (four
+// vectors of 4 rows), as lut_group_scales computes them: loaded (fp16 / fp32), or for k-quant
+// sub-scales formed exactly as s = float(d) * float(sc), o = (-float(dmin)) * float(m) (== -(dmin * m)).
+inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb, bool has_offset, int64_t g, KqHeader& hc,
+                              float32x4_t s[4], float32x4_t o[4]) {
+  const uint8_t* sp = blk + lut_group_at(ga, g) + ga.tile_bytes;
+  if (ga.kq) {
+    const int64_t super = g >> ga.shift;
+    if (super != hc.super) {
+      const uint8_t* hp = blk + lut_header_at(ga, g);
+      for (int q = 0; q < 4; ++q) {
+        hc.d[q] = load_scales4(hp + 8 * q, 2);
+        hc.nd[q] = vnegq_f32(load_scales4(hp + 32 + 8 * q, 2));
+      }
+      hc.super = super;
+    }
+    const uint8x16_t scb = vld1q_u8(sp), mb = vld1q_u8(sp + kLutRows);
+    const uint16x8_t sc16[2] = {vmovl_u8(vget_low_u8(scb)), vmovl_high_u8(scb)};
+    const uint16x8_t m16[2] = {vmovl_u8(vget_low_u8(mb)), vmovl_high_u8(mb)};
+    for (int q = 0; q < 4; ++q) {
+      const uint32x4_t scq = (q & 1) ? vmovl_high_u16(sc16[q >> 1]) : vmovl_u16(vget_low_u16(sc16[q >> 1]));
+      const uint32x4_t mq = (q & 1) ? vmovl_high_u16(m16[q >> 1]) : vmovl_u16(vget_low_u16(m16[q >> 1]));
+      s[q] = vmulq_f32(hc.d[q], vcvtq_f32_u32(scq));
+      o[q] = vmulq_f32(hc.nd[q], vcvtq_f32_u32(mq));
+    }
+    return;
+  }
+  for (int q = 0; q < 4; ++q) {
+    s[q] = load_scales4(sp + 4 * q * sb, sb);
+    if (has_offset) o[q] = load_scales4(sp + (16 + 4 * q) * sb, sb);
+  }
+}
+
 inline float group_sum(const float* sum16, int64_t g, int group) {
   const int64_t i0 = g * (group / 16);
   float s = sum16[i0];
@@ -99,13 +138,17 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   constexpr int n = kTern ? 2 : KIND;
   constexpr int npp = n / 2;
   const int G = f.group, sb = f.scale_bytes;
-  const size_t gbb = lut_group_block_bytes(f), tb = lut_tile_bytes_per_group(f);
+  const bool has_off = f.has_offset != 0;
+  const LutGroupAddr ga = lut_group_addr(f);
+  KqHeader hc;
   const uint8x16_t m4 = vdupq_n_u8(0x0F);
   const float32x4_t vcn = vdupq_n_f32(float((1 << n) - 1) * 0.5f), vmhalf = vdupq_n_f32(-0.5f);
   for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* p = blk + size_t(g) * gbb;
-    if (pf)  // the bytes pf ahead of this group block: later groups, then the next row blocks
-      for (size_t l = 0; l < gbb; l += 64) __builtin_prefetch(p + pf + l, 0, 3);
+    const uint8_t* p = blk + lut_group_at(ga, g);
+    // the bytes pf ahead of this group block (later groups, then the next row blocks); the extent
+    // also covers a k-quant super-block header, so the prefetched windows leave no gaps
+    if (pf)
+      for (size_t l = 0; l < ga.group_bytes + ga.header_bytes; l += 64) __builtin_prefetch(p + pf + l, 0, 3);
     const int8_t* tq[NT];
     // [token][pp][half]: P and S accumulators; X for the single plane
     int16x8_t P[NT][2][2], S[NT][2][2], X[NT][2];
@@ -142,13 +185,11 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
             X[t][1] = vaddq_s16(X[t][1], vaddl_high_s8(La, Lb));
           }
         }
-    const uint8_t* sp = blk + size_t(g) * gbb + tb;
-    float32x4_t s[4], cc[4];
+    float32x4_t s[4], o[4], cc[4];
+    load_group_scales(blk, ga, sb, has_off, g, hc, s, o);
     for (int q = 0; q < 4; ++q) {
-      s[q] = load_scales4(sp + 4 * q * sb, sb);
       cc[q] = s[q];
-      if (!kTern)
-        cc[q] = f.has_offset ? vfmaq_f32(load_scales4(sp + (16 + 4 * q) * sb, sb), s[q], vcn) : vmulq_f32(s[q], vmhalf);
+      if (!kTern) cc[q] = has_off ? vfmaq_f32(o[q], s[q], vcn) : vmulq_f32(s[q], vmhalf);
     }
     for (int t = 0; t < NT; ++t) {
       int32x4_t I[4];

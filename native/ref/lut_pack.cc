@@ -25,11 +25,15 @@ std::string lut_check_format(const LutFormat& f, int64_t rows, int64_t k) {
   if (f.group != 16 && f.group != 32 && f.group != 64 && f.group != 128)
     return "LUT group " + std::to_string(f.group) + " is not 16, 32, 64 or 128";
   if ((lut_planes(f.kind) & 1) && f.group < 32) return "odd plane counts (1 or 3 bits) need a group of at least 32";
-  if (f.scale_bytes != 2 && f.scale_bytes != 4) return "scale_bytes must be 2 (fp16) or 4 (fp32)";
+  if (f.scale_bytes != kLutScaleKQ && f.scale_bytes != 2 && f.scale_bytes != 4)
+    return "scale_bytes must be 1 (k-quant sub-scales), 2 (fp16) or 4 (fp32)";
   if (f.has_offset != 0 && f.has_offset != 1) return "has_offset must be 0 or 1";
   if (f.kind == int(LutKind::TERNARY) && f.has_offset) return "ternary weights have no offset";
+  if (lut_is_kq(f) && !f.has_offset) return "k-quant sub-scales (scale_bytes 1) need has_offset = 1";
   if (rows <= 0) return "rows must be positive";
   if (k <= 0 || k % f.group) return "k = " + std::to_string(k) + " is not a positive multiple of the group " + std::to_string(f.group);
+  if (lut_is_kq(f) && k % kLutSuperK)
+    return "k = " + std::to_string(k) + " is not a multiple of the k-quant super-block " + std::to_string(kLutSuperK);
   return "";
 }
 
@@ -64,34 +68,59 @@ float load_scale(const uint8_t* src, int scale_bytes) {
   return v;
 }
 
+// The tiles of group g of row block rb (codes q, rows x k) at p; returns the byte after them.
+uint8_t* pack_tiles(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q, int64_t rb, int64_t g, uint8_t* p) {
+  const int G = fmt.group, n = lut_planes(fmt.kind);
+  // nibble of (row-in-block r, plane b, quad qd of this group)
+  auto nib = [&](int r, int b, int qd) -> uint8_t {
+    const int64_t row = rb * kLutRows + r;
+    if (row >= rows) return 0;  // padding row: any code, its scale is 0
+    const uint8_t* c = q + row * k + g * G + 4 * qd;
+    uint8_t v = 0;
+    for (int i = 0; i < 4; ++i) v |= uint8_t(code_bit(fmt.kind, c[i], b) << i);
+    return v;
+  };
+  for (int pp = 0; pp < n / 2; ++pp)
+    for (int qd = 0; qd < G / 4; ++qd)
+      for (int j = 0; j < 16; ++j) {
+        const int b = 2 * pp + (j & 1);
+        *p++ = uint8_t(nib(j >> 1, b, qd) | nib(8 + (j >> 1), b, qd) << 4);
+      }
+  if (n & 1)
+    for (int c = 0; c < G / 32; ++c)
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 16; ++j) *p++ = uint8_t(nib(j, n - 1, 8 * c + i) | nib(j, n - 1, 8 * c + i + 4) << 4);
+  return p;
+}
+
 }  // namespace
+
+void lut_group_scales(const uint8_t* row_block, const LutFormat& f, int64_t g, float s[kLutRows], float o[kLutRows]) {
+  const uint8_t* sp = row_block + lut_group_offset(f, g) + lut_tile_bytes_per_group(f);
+  if (lut_is_kq(f)) {
+    const uint8_t* hp = row_block + lut_super_header_offset(f, g);
+    for (int r = 0; r < kLutRows; ++r) {
+      const float d = load_scale(hp + 2 * r, 2), dmin = load_scale(hp + 2 * (kLutRows + r), 2);
+      s[r] = d * float(sp[r]);
+      o[r] = -(dmin * float(sp[kLutRows + r]));
+    }
+    return;
+  }
+  const int sb = f.scale_bytes;
+  for (int r = 0; r < kLutRows; ++r) {
+    s[r] = load_scale(sp + r * sb, sb);
+    o[r] = f.has_offset ? load_scale(sp + (kLutRows + r) * sb, sb) : 0.0f;
+  }
+}
 
 void lut_pack(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q, const float* scale,
               const float* offset, uint8_t* out) {
-  const int G = fmt.group, n = lut_planes(fmt.kind), sb = fmt.scale_bytes;
+  const int G = fmt.group, sb = fmt.scale_bytes;
   const int64_t ngroups = k / G, nrb = lut_row_blocks(rows);
   uint8_t* p = out;
   for (int64_t rb = 0; rb < nrb; ++rb) {
     for (int64_t g = 0; g < ngroups; ++g) {
-      // nibble of (row-in-block r, plane b, quad qd of this group)
-      auto nib = [&](int r, int b, int qd) -> uint8_t {
-        const int64_t row = rb * kLutRows + r;
-        if (row >= rows) return 0;  // padding row: any code, its scale is 0
-        const uint8_t* c = q + row * k + g * G + 4 * qd;
-        uint8_t v = 0;
-        for (int i = 0; i < 4; ++i) v |= uint8_t(code_bit(fmt.kind, c[i], b) << i);
-        return v;
-      };
-      for (int pp = 0; pp < n / 2; ++pp)
-        for (int qd = 0; qd < G / 4; ++qd)
-          for (int j = 0; j < 16; ++j) {
-            const int b = 2 * pp + (j & 1);
-            *p++ = uint8_t(nib(j >> 1, b, qd) | nib(8 + (j >> 1), b, qd) << 4);
-          }
-      if (n & 1)
-        for (int c = 0; c < G / 32; ++c)
-          for (int i = 0; i < 4; ++i)
-            for (int j = 0; j < 16; ++j) *p++ = uint8_t(nib(j, n - 1, 8 * c + i) | nib(j, n - 1, 8 * c + i + 4) << 4);
+      p = pack_tiles(fmt, rows, k, q, rb, g, p);
       for (int r = 0; r < kLutRows; ++r, p += sb) {
         const int64_t row = rb * kLutRows + r;
         store_scale(p, row < rows ? scale[row * ngroups + g] : 0.0f, sb);
@@ -105,15 +134,40 @@ void lut_pack(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q, c
   }
 }
 
+void lut_pack_kq(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q, const uint8_t* sc, const uint8_t* m,
+                 const float* d, const float* dmin, uint8_t* out) {
+  const int G = fmt.group;
+  const int64_t ngroups = k / G, nsuper = k / kLutSuperK, nrb = lut_row_blocks(rows);
+  const int gps = kLutSuperK / G;
+  uint8_t* p = out;
+  for (int64_t rb = 0; rb < nrb; ++rb)
+    for (int64_t b = 0; b < nsuper; ++b) {
+      for (int half = 0; half < 2; ++half)  // d, then dmin
+        for (int r = 0; r < kLutRows; ++r, p += 2) {
+          const int64_t row = rb * kLutRows + r;
+          store_scale(p, row < rows ? (half ? dmin : d)[row * nsuper + b] : 0.0f, 2);
+        }
+      for (int64_t g = b * gps; g < (b + 1) * gps; ++g) {
+        p = pack_tiles(fmt, rows, k, q, rb, g, p);
+        for (int half = 0; half < 2; ++half)  // sc, then m
+          for (int r = 0; r < kLutRows; ++r) {
+            const int64_t row = rb * kLutRows + r;
+            *p++ = row < rows ? (half ? m : sc)[row * ngroups + g] : 0;
+          }
+      }
+    }
+}
+
 void lut_unpack(const LutWeights& w, int64_t row_begin, int64_t row_end, float* out) {
   const LutFormat& f = w.fmt;
-  const int G = f.group, n = lut_planes(f.kind), sb = f.scale_bytes;
+  const int G = f.group, n = lut_planes(f.kind);
   const int64_t ngroups = w.k / G;
-  const size_t gbb = lut_group_block_bytes(f), tb = lut_tile_bytes_per_group(f);
+  const size_t rbb = lut_row_block_bytes(f, w.k);
   std::vector<int> code(size_t(kLutRows) * G);
   for (int64_t rb = row_begin / kLutRows; rb * kLutRows < row_end; ++rb) {
+    const uint8_t* blk = w.data + size_t(rb) * rbb;
     for (int64_t g = 0; g < ngroups; ++g) {
-      const uint8_t* p = w.data + size_t(rb) * ngroups * gbb + size_t(g) * gbb;
+      const uint8_t* p = blk + lut_group_offset(f, g);
       std::fill(code.begin(), code.end(), 0);
       auto put = [&](int r, int b, int qd, int nibble) {
         for (int i = 0; i < 4; ++i) code[size_t(r) * G + 4 * qd + i] += ((nibble >> i) & 1) << (f.kind == 5 ? 0 : b);
@@ -131,12 +185,12 @@ void lut_unpack(const LutWeights& w, int64_t row_begin, int64_t row_end, float* 
               put(j, n - 1, 8 * c + i, p[j] & 15);
               put(j, n - 1, 8 * c + i + 4, p[j] >> 4);
             }
-      const uint8_t* sp = w.data + size_t(rb) * ngroups * gbb + size_t(g) * gbb + tb;
+      float sv[kLutRows], ov[kLutRows];
+      lut_group_scales(blk, f, g, sv, ov);
       for (int r = 0; r < kLutRows; ++r) {
         const int64_t row = rb * kLutRows + r;
         if (row < row_begin || row >= row_end) continue;
-        const float s = load_scale(sp + r * sb, sb);
-        const float o = f.has_offset ? load_scale(sp + (kLutRows + r) * sb, sb) : 0.0f;
+        const float s = sv[r], o = ov[r];
         float* dst = out + (row - row_begin) * w.k + g * G;
         for (int c = 0; c < G; ++c) {
           const int cv = code[size_t(r) * G + c];
@@ -154,17 +208,20 @@ void lut_unpack(const LutWeights& w, int64_t row_begin, int64_t row_end, float* 
 // operations gguf/ggml use to dequantize, so unpack(repack(blocks)) equals their dequantize exactly:
 //   Q4_0  (q-8)*d                 -> s = d (fp16 kept as is)
 //   Q4_1  q*d + m                 -> s = d, o = m (fp16 kept as is)
-//   Q4_K  (d*sc)*q - (dmin*m)     -> s = d*sc, o = -(dmin*m) in fp32: an fp16 mantissa (11 bits) times
-//                                    a 6-bit integer needs up to 17 bits, which fp16 cannot hold
-//   Q2_K  (d*sc)*q - (dmin*m)     -> per 16: fp32 for the same reason (4-bit sc, m)
+//   Q4_K  (d*sc)*q - (dmin*m)     -> k-quant sub-scales: sc, m (6 bits) per 32 and d, dmin (fp16) per
+//                                    256 kept as is; kernels form s = d*sc, o = -(dmin*m) exactly in fp32.
+//                                    (kq = false: those products stored as fp32: an fp16 mantissa
+//                                    (11 bits) times a 6-bit integer needs up to 17 bits.)
+//   Q2_K  (d*sc)*q - (dmin*m)     -> the same per 16 (4-bit sc, m)
 //   TQ1_0 / TQ2_0  (t-1)*d        -> TERNARY, s = d (fp16), the same d for every group of a block
 
-bool lut_format_for_ggml(GgmlType t, int ternary_group, LutFormat* fmt, std::string* err) {
+bool lut_format_for_ggml(GgmlType t, int ternary_group, LutFormat* fmt, std::string* err, bool kq) {
+  const int32_t ks = kq ? kLutScaleKQ : kLutScaleF32;
   switch (t) {
     case GgmlType::Q4_0: *fmt = {4, 32, 2, 0}; return true;
     case GgmlType::Q4_1: *fmt = {4, 32, 2, 1}; return true;
-    case GgmlType::Q4_K: *fmt = {4, 32, 4, 1}; return true;
-    case GgmlType::Q2_K: *fmt = {2, 16, 4, 1}; return true;
+    case GgmlType::Q4_K: *fmt = {4, 32, ks, 1}; return true;
+    case GgmlType::Q2_K: *fmt = {2, 16, ks, 1}; return true;
     case GgmlType::TQ1_0:
     case GgmlType::TQ2_0:
       if (ternary_group != 32 && ternary_group != 64 && ternary_group != 128) {
@@ -196,11 +253,12 @@ void q4k_scale_min(const uint8_t* s, int j, int* sc, int* m) {
 bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, const LutFormat& fmt, uint8_t* out,
                      std::string* err) {
   LutFormat want;
-  if (!lut_format_for_ggml(t, fmt.group, &want, err)) return false;
+  if (!lut_format_for_ggml(t, fmt.group, &want, err, lut_is_kq(fmt))) return false;
   if (std::memcmp(&want, &fmt, sizeof fmt) != 0) {
     *err = "format does not match lut_format_for_ggml for this type";
     return false;
   }
+  const bool kq = lut_is_kq(fmt);
   // block facts of the repackable types (kept here so this file links without the registry)
   struct { int block_elems, block_bytes; } tt{QK_K, 0};
   switch (t) {
@@ -222,12 +280,15 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
   }
   const int64_t nb = k / tt.block_elems, ngroups = k / fmt.group;
   std::vector<uint8_t> q(size_t(rows) * k);
-  std::vector<float> sc(size_t(rows) * ngroups), of(size_t(rows) * ngroups, 0.0f);
+  // fp32 s, o per group; k-quant sub-scales: uint8 sc, m per group and d, dmin per block instead
+  std::vector<float> sc(kq ? 0 : size_t(rows) * ngroups), of(kq ? 0 : size_t(rows) * ngroups, 0.0f);
+  std::vector<uint8_t> ksc(kq ? size_t(rows) * ngroups : 0), km(kq ? size_t(rows) * ngroups : 0);
+  std::vector<float> kd(kq ? size_t(rows) * nb : 0), kdmin(kq ? size_t(rows) * nb : 0);
   const uint8_t* src = static_cast<const uint8_t*>(blocks);
   for (int64_t r = 0; r < rows; ++r) {
     uint8_t* qr = q.data() + r * k;
-    float* sr = sc.data() + r * ngroups;
-    float* orow = of.data() + r * ngroups;
+    float* sr = kq ? nullptr : sc.data() + r * ngroups;
+    float* orow = kq ? nullptr : of.data() + r * ngroups;
     for (int64_t b = 0; b < nb; ++b, src += tt.block_bytes) {
       uint8_t* qb = qr + b * tt.block_elems;
       switch (t) {
@@ -263,8 +324,17 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
           for (int j = 0; j < 8; ++j) {
             int s6, m6;
             q4k_scale_min(blk.scales, j, &s6, &m6);
-            sr[b * 8 + j] = d * float(s6);
-            orow[b * 8 + j] = -(dmin * float(m6));
+            if (kq) {
+              ksc[size_t(r * ngroups + b * 8 + j)] = uint8_t(s6);
+              km[size_t(r * ngroups + b * 8 + j)] = uint8_t(m6);
+            } else {
+              sr[b * 8 + j] = d * float(s6);
+              orow[b * 8 + j] = -(dmin * float(m6));
+            }
+          }
+          if (kq) {
+            kd[size_t(r * nb + b)] = d;
+            kdmin[size_t(r * nb + b)] = dmin;
           }
           break;
         }
@@ -274,8 +344,17 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
           const float d = fp16_to_f32(blk.d), dmin = fp16_to_f32(blk.dmin);
           for (int e = 0; e < QK_K; ++e) qb[e] = (blk.qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
           for (int j = 0; j < 16; ++j) {
-            sr[b * 16 + j] = d * float(blk.scales[j] & 0xF);
-            orow[b * 16 + j] = -(dmin * float(blk.scales[j] >> 4));
+            if (kq) {
+              ksc[size_t(r * ngroups + b * 16 + j)] = blk.scales[j] & 0xF;
+              km[size_t(r * ngroups + b * 16 + j)] = blk.scales[j] >> 4;
+            } else {
+              sr[b * 16 + j] = d * float(blk.scales[j] & 0xF);
+              orow[b * 16 + j] = -(dmin * float(blk.scales[j] >> 4));
+            }
+          }
+          if (kq) {
+            kd[size_t(r * nb + b)] = d;
+            kdmin[size_t(r * nb + b)] = dmin;
           }
           break;
         }
@@ -314,7 +393,8 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
       }
     }
   }
-  lut_pack(fmt, rows, k, q.data(), sc.data(), of.data(), out);
+  if (kq) lut_pack_kq(fmt, rows, k, q.data(), ksc.data(), km.data(), kd.data(), kdmin.data(), out);
+  else lut_pack(fmt, rows, k, q.data(), sc.data(), of.data(), out);
   return true;
 }
 

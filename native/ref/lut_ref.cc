@@ -46,30 +46,19 @@ void lut_build_g4__ref(const float* x, int64_t k, int32_t ag, int64_t ag_begin, 
 
 namespace {
 
-float load_scale(const uint8_t* p, int scale_bytes) {
-  if (scale_bytes == 2) {
-    fp16_t h;
-    std::memcpy(&h, p, 2);
-    return fp16_to_f32(h);
-  }
-  float v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
 // One row block's output (16 rows) for one activation vector.
 template <int KIND>
 void row_block_ref(const LutWeights& w, const LutAct& act, int64_t rb, float acc[kLutRows]) {
   constexpr bool kTern = KIND == int(LutKind::TERNARY);
   constexpr int n = kTern ? 2 : KIND;
   const LutFormat& f = w.fmt;
-  const int G = f.group, sb = f.scale_bytes;
+  const int G = f.group;
   const int64_t ngroups = w.k / G;
-  const size_t gbb = lut_group_block_bytes(f), tb = lut_tile_bytes_per_group(f);
+  const uint8_t* blk = w.data + size_t(rb) * lut_row_block_bytes(f, w.k);
   const float cn = float((1 << n) - 1) * 0.5f;
   for (int r = 0; r < kLutRows; ++r) acc[r] = 0.0f;
   for (int64_t g = 0; g < ngroups; ++g) {
-    const uint8_t* p = w.data + size_t(rb) * ngroups * gbb + size_t(g) * gbb;
+    const uint8_t* p = blk + lut_group_offset(f, g);
     const int8_t* tq = act.tab + g * G / 4 * 16;  // this group's tables
     int32_t I[kLutRows] = {0};
     for (int pp = 0; pp < n / 2; ++pp)
@@ -86,12 +75,13 @@ void row_block_ref(const LutWeights& w, const LutAct& act, int64_t rb, float acc
             I[j] += (1 << (n - 1)) * (tq[(8 * c + i) * 16 + (p[j] & 15)] + tq[(8 * c + i + 4) * 16 + (p[j] >> 4)]);
     const float tsh = 0.5f * act.scale[g * G / act.ag];
     const float sx = kTern ? 0.0f : lut_group_sum(act.sum16, g, G);
-    const uint8_t* sp = w.data + size_t(rb) * ngroups * gbb + size_t(g) * gbb + tb;
+    float sv[kLutRows], ov[kLutRows];
+    lut_group_scales(blk, f, g, sv, ov);
     for (int r = 0; r < kLutRows; ++r) {
-      const float s = load_scale(sp + r * sb, sb);
+      const float s = sv[r];
       acc[r] = std::fma(s * tsh, float(I[r]), acc[r]);
       if (!kTern) {
-        const float c = f.has_offset ? std::fma(s, cn, load_scale(sp + (kLutRows + r) * sb, sb)) : s * -0.5f;
+        const float c = f.has_offset ? std::fma(s, cn, ov[r]) : s * -0.5f;
         acc[r] = std::fma(c, sx, acc[r]);
       }
     }

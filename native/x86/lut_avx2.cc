@@ -99,6 +99,45 @@ inline __m256 load_scales8(const uint8_t* p, int scale_bytes) {
   return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
 }
 
+// fp32 d and -dmin of the 16 rows of the k-quant super-block last used (converted once per super-block)
+struct KqHeader {
+  int64_t super = -1;
+  __m256 d[2]{}, nd[2]{};
+};
+
+// Scale s and offset o (o only with has_offset) of the 16 rows of group g of row block blk, as
+// lut_group_scales computes them: loaded (fp16 / fp32), or for k-quant sub-scales formed exactly as
+// s = float(d) * float(sc), o = (-float(dmin)) * float(m) (== -(dmin * m) bit for bit: exact products).
+inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb, bool has_offset, int64_t g, KqHeader& hc,
+                              __m256 s[2], __m256 o[2]) {
+  const uint8_t* sp = blk + lut_group_at(ga, g) + ga.tile_bytes;
+  if (ga.kq) {
+    const int64_t super = g >> ga.shift;
+    if (super != hc.super) {
+      const uint8_t* hp = blk + lut_header_at(ga, g);
+      const __m256 sign = _mm256_set1_ps(-0.0f);
+      for (int h = 0; h < 2; ++h) {
+        hc.d[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 16 * h)));
+        hc.nd[h] = _mm256_xor_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 32 + 16 * h))), sign);
+      }
+      hc.super = super;
+    }
+    const __m128i scb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sp));
+    const __m128i mb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + kLutRows));
+    s[0] = _mm256_mul_ps(hc.d[0], _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(scb)));
+    s[1] = _mm256_mul_ps(hc.d[1], _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(scb, 8))));
+    o[0] = _mm256_mul_ps(hc.nd[0], _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mb)));
+    o[1] = _mm256_mul_ps(hc.nd[1], _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(mb, 8))));
+    return;
+  }
+  s[0] = load_scales8(sp, sb);
+  s[1] = load_scales8(sp + 8 * sb, sb);
+  if (has_offset) {
+    o[0] = load_scales8(sp + 16 * sb, sb);
+    o[1] = load_scales8(sp + 24 * sb, sb);
+  }
+}
+
 // Sum of the group's sum16 entries, left to right (as lut_group_sum, compiled here).
 inline float group_sum(const float* sum16, int64_t g, int group) {
   const int64_t i0 = g * (group / 16);
@@ -114,16 +153,20 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   constexpr bool kTern = KIND == int(LutKind::TERNARY);
   constexpr int n = kTern ? 2 : KIND;
   const int G = f.group, sb = f.scale_bytes;
-  const size_t gbb = lut_group_block_bytes(f), tb = lut_tile_bytes_per_group(f);
+  const bool has_off = f.has_offset != 0;
+  const LutGroupAddr ga = lut_group_addr(f);
+  KqHeader hc;
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   const __m256i mul01 = _mm256_set1_epi16(kTern ? 0x0101 : 0x0201);  // bytes (plane 2pp, 2pp+1) = (1, 2)
   const __m256i mul23 = _mm256_set1_epi16(0x0804);                    // (4, 8)
   const __m256i mulS = _mm256_set1_epi8(char(1 << (n - 1)));
   const __m256 vcn = _mm256_set1_ps(float((1 << n) - 1) * 0.5f), vmhalf = _mm256_set1_ps(-0.5f);
   for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* p = blk + size_t(g) * gbb;
-    if (pf)  // the bytes pf ahead of this group block: later groups, then the next row blocks
-      for (size_t l = 0; l < gbb; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + pf + l), _MM_HINT_T0);
+    const uint8_t* p = blk + lut_group_at(ga, g);
+    // the bytes pf ahead of this group block (later groups, then the next row blocks); the extent
+    // also covers a k-quant super-block header, so the prefetched windows leave no gaps
+    if (pf)
+      for (size_t l = 0; l < ga.group_bytes + ga.header_bytes; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + pf + l), _MM_HINT_T0);
     const int8_t* tq[NT];
     __m256i accA[NT], accB[NT];
     for (int t = 0; t < NT; ++t) {
@@ -157,13 +200,14 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
         }
     }
     // epilogue: y = fma(s * tsh, I, y); y = fma(c, Sx, y)  (same operations as the scalar twin)
-    const uint8_t* sp = blk + size_t(g) * gbb + tb;
-    const __m256 s0 = load_scales8(sp, sb), s1 = load_scales8(sp + 8 * sb, sb);
+    __m256 sv[2], ov[2];
+    load_group_scales(blk, ga, sb, has_off, g, hc, sv, ov);
+    const __m256 s0 = sv[0], s1 = sv[1];
     __m256 c0 = s0, c1 = s1;
     if (!kTern) {
-      if (f.has_offset) {
-        c0 = _mm256_fmadd_ps(s0, vcn, load_scales8(sp + 16 * sb, sb));
-        c1 = _mm256_fmadd_ps(s1, vcn, load_scales8(sp + 24 * sb, sb));
+      if (has_off) {
+        c0 = _mm256_fmadd_ps(s0, vcn, ov[0]);
+        c1 = _mm256_fmadd_ps(s1, vcn, ov[1]);
       } else {
         c0 = _mm256_mul_ps(s0, vmhalf);
         c1 = _mm256_mul_ps(s1, vmhalf);

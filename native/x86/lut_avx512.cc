@@ -50,6 +50,47 @@ inline __m512 cvt_i32_f32(__m512i v) {
 #endif
 }
 
+// 16 unsigned bytes -> 16 floats (exact)
+inline __m512 bytes_to_f32(const uint8_t* p) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+#if defined(LUTLLM_SIMDE_AVX512)  // SIMDe 0.7 lacks the 512-bit form
+  const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepu8_epi32(b)),
+                                       _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)), 1);
+#else
+  const __m512i v = _mm512_cvtepu8_epi32(b);
+#endif
+  return cvt_i32_f32(v);
+}
+
+// fp32 d and -dmin of the 16 rows of the k-quant super-block last used (converted once per super-block)
+struct KqHeader {
+  int64_t super = -1;
+  __m512 d{}, nd{};
+};
+
+// Scale s and offset o (o only with has_offset) of the 16 rows of group g of row block blk, as
+// lut_group_scales computes them: loaded (fp16 / fp32), or for k-quant sub-scales formed exactly as
+// s = float(d) * float(sc), o = (-float(dmin)) * float(m) (== -(dmin * m) bit for bit: exact products).
+inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb, bool has_offset, int64_t g, KqHeader& hc,
+                              __m512* s, __m512* o) {
+  const uint8_t* sp = blk + lut_group_at(ga, g) + ga.tile_bytes;
+  if (ga.kq) {
+    const int64_t super = g >> ga.shift;
+    if (super != hc.super) {
+      const uint8_t* hp = blk + lut_header_at(ga, g);
+      hc.d = load_scales16(hp, 2);
+      hc.nd = _mm512_castsi512_ps(
+          _mm512_xor_si512(_mm512_castps_si512(load_scales16(hp + 32, 2)), _mm512_set1_epi32(int(0x80000000u))));
+      hc.super = super;
+    }
+    *s = _mm512_mul_ps(hc.d, bytes_to_f32(sp));
+    *o = _mm512_mul_ps(hc.nd, bytes_to_f32(sp + kLutRows));
+    return;
+  }
+  *s = load_scales16(sp, sb);
+  if (has_offset) *o = load_scales16(sp + 16 * sb, sb);
+}
+
 inline __m512 load_rows16(const float* y, __mmask16 mk) {
 #if defined(LUTLLM_SIMDE_AVX512)
   alignas(64) float tmp[16] = {0};
@@ -97,16 +138,20 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   constexpr bool kTern = KIND == int(LutKind::TERNARY);
   constexpr int n = kTern ? 2 : KIND;
   const int G = f.group, sb = f.scale_bytes;
-  const size_t gbb = lut_group_block_bytes(f), tb = lut_tile_bytes_per_group(f);
+  const bool has_off = f.has_offset != 0;
+  const LutGroupAddr ga = lut_group_addr(f);
+  KqHeader hc;
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   const __m512i mul01 = _mm512_set1_epi16(kTern ? 0x0101 : 0x0201);
   const __m512i mul23 = _mm512_set1_epi16(0x0804);
   const __m512i mulS = _mm512_set1_epi8(char(1 << (n - 1)));
   const __m512 vcn = _mm512_set1_ps(float((1 << n) - 1) * 0.5f), vmhalf = _mm512_set1_ps(-0.5f);
   for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* p = blk + size_t(g) * gbb;
-    if (pf)  // the bytes pf ahead of this group block: later groups, then the next row blocks
-      for (size_t l = 0; l < gbb; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + pf + l), _MM_HINT_T0);
+    const uint8_t* p = blk + lut_group_at(ga, g);
+    // the bytes pf ahead of this group block (later groups, then the next row blocks); the extent
+    // also covers a k-quant super-block header, so the prefetched windows leave no gaps
+    if (pf)
+      for (size_t l = 0; l < ga.group_bytes + ga.header_bytes; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + pf + l), _MM_HINT_T0);
     const int8_t* tq[NT];
     __m512i accA[NT], accB[NT];
     for (int t = 0; t < NT; ++t) {
@@ -138,10 +183,10 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
         }
       }
     }
-    const uint8_t* sp = blk + size_t(g) * gbb + tb;
-    const __m512 s = load_scales16(sp, sb);
+    __m512 s, o;
+    load_group_scales(blk, ga, sb, has_off, g, hc, &s, &o);
     __m512 cc = s;
-    if (!kTern) cc = f.has_offset ? _mm512_fmadd_ps(s, vcn, load_scales16(sp + 16 * sb, sb)) : _mm512_mul_ps(s, vmhalf);
+    if (!kTern) cc = has_off ? _mm512_fmadd_ps(s, vcn, o) : _mm512_mul_ps(s, vmhalf);
     for (int t = 0; t < NT; ++t) {
       const __m512i I = _mm512_inserti64x4(_mm512_castsi256_si512(fold_lanes(accA[t])), fold_lanes(accB[t]), 1);
       const __m512 tsh = _mm512_set1_ps(0.5f * act[t].scale[g * G / act[t].ag]);

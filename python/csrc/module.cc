@@ -531,18 +531,20 @@ PYBIND11_MODULE(_core, m) {
       return out;
     }, py::arg("type_id"), py::arg("src"), py::arg("rows"), py::arg("k"),
        "Decode rows x k elements of a GGUF tensor type to float32 with the active kernel table.");
-    m.def("lut_format_for_ggml", [from_fmt](int type_id, int ternary_group) {
+    m.def("lut_format_for_ggml", [from_fmt](int type_id, int ternary_group, bool kq) {
       LutFormat f;
       std::string err;
-      if (!lut_format_for_ggml(GgmlType(type_id), ternary_group, &f, &err)) throw py::value_error(err);
+      if (!lut_format_for_ggml(GgmlType(type_id), ternary_group, &f, &err, kq)) throw py::value_error(err);
       return from_fmt(f);
-    }, py::arg("type_id"), py::arg("ternary_group") = 128, "LUT format a GGUF type repacks to exactly.");
+    }, py::arg("type_id"), py::arg("ternary_group") = 128, py::arg("kq") = true,
+       "LUT format a GGUF type repacks to exactly; kq=False: Q4_K / Q2_K with fp32 scales instead of "
+       "k-quant sub-scales.");
     m.def("lut_repack_ggml", [from_fmt](int type_id, const py::handle& blocks_obj, int64_t rows, int64_t k,
-                                        int ternary_group) {
+                                        int ternary_group, bool kq) {
       auto blocks = exact_array<uint8_t>(blocks_obj, "blocks");
       LutFormat f;
       std::string err;
-      if (!lut_format_for_ggml(GgmlType(type_id), ternary_group, &f, &err)) throw py::value_error(err);
+      if (!lut_format_for_ggml(GgmlType(type_id), ternary_group, &f, &err, kq)) throw py::value_error(err);
       const size_t need = row_bytes_for(type_id, k) * size_t(rows);
       if (rows <= 0 || size_t(blocks.size()) < need)
         throw py::value_error("blocks holds " + std::to_string(blocks.size()) + " bytes, " + std::to_string(need) + " needed");
@@ -559,7 +561,7 @@ PYBIND11_MODULE(_core, m) {
       if (!ok) throw py::value_error(err);
       return py::make_tuple(out, from_fmt(f));
     }, py::arg("type_id"), py::arg("blocks"), py::arg("rows"), py::arg("k"), py::arg("ternary_group") = 128,
-       "Repack GGUF blocks (rows x k) into the LUT layout -> (packed, fmt).");
+       py::arg("kq") = true, "Repack GGUF blocks (rows x k) into the LUT layout -> (packed, fmt).");
     m.def("lut_unpack", [to_fmt, weights_view](const py::handle& packed_obj, const py::tuple& fmt, int64_t rows, int64_t k) {
       auto packed = exact_array<uint8_t>(packed_obj, "packed");
       const LutWeights w = weights_view(packed, to_fmt(fmt), rows, k);

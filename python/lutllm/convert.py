@@ -196,7 +196,7 @@ def _lut_format(ggml_type: int):
     from . import _core
 
     try:
-        return tuple(_core.lut_format_for_ggml(ggml_type, TERNARY_GROUP))
+        return tuple(_core.lut_format_for_ggml(ggml_type, TERNARY_GROUP, kq=False))  # bundles need uniform group blocks
     except ValueError:
         return None
 
@@ -262,7 +262,7 @@ def _pack(g: GGUFFile, t: TensorInfo, requant: bool):
     rows, k = t.shape[1], t.shape[0]
     raw = np.ascontiguousarray(g.tensor_data(t.name)).view(np.uint8).reshape(-1)
     if not requant:
-        packed, fmt = _core.lut_repack_ggml(t.ggml_type, raw, rows, k, TERNARY_GROUP)
+        packed, fmt = _core.lut_repack_ggml(t.ggml_type, raw, rows, k, TERNARY_GROUP, kq=False)
         return packed, tuple(fmt)
     import gguf
 

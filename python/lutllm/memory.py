@@ -81,6 +81,18 @@ def repacked_bytes(ggml_type: int, rows: int, k: int) -> int | None:
         return None
 
 
+def repack_transient_bytes(ggml_type: int, rows: int, k: int) -> int:
+    """Temporary bytes lut_repack_ggml holds while repacking one tensor: one byte per weight, plus
+    f32 scale and offset per group, or (k-quant sub-scales) one byte each of sc and m per group and
+    f32 d and dmin per 256 weights."""
+    from . import _core
+
+    _, group, scale_bytes, _ = _core.lut_format_for_ggml(int(ggml_type), _TERNARY_GROUP)
+    if scale_bytes == 1:
+        return rows * k + 2 * rows * (k // group) + 2 * rows * (k // 256) * _F32
+    return rows * k + 2 * rows * (k // group) * _F32
+
+
 def estimate_memory(gguf, config, n_ctx: int, n_batch: int = 512, lut: bool = True,
                     n_threads: int = 1) -> MemoryEstimate:
     """Estimate what Engine(gguf file, n_ctx, n_batch, lut, n_threads) will use, from shapes alone.
@@ -114,8 +126,7 @@ def estimate_memory(gguf, config, n_ctx: int, n_batch: int = 512, lut: bool = Tr
         else:
             repack += packed
             n_repacked += 1
-            # lut_repack_ggml unpacks to one byte per weight plus f32 scale and offset per group
-            transient = max(transient, rows * k + 2 * rows * (k // _MIN_GROUP) * _F32)
+            transient = max(transient, repack_transient_bytes(t.ggml_type, rows, k))
     kv_dim = c.n_head_kv * c.head_dim
     kv_per_token = c.n_layer * kv_dim * 2 * _F16
     nb = max(1, min(n_batch, n_ctx))

@@ -97,7 +97,19 @@ void check_case(Rng& rng, int kind, int G, int sb, int off, int64_t rows, int64_
   for (auto& v : of) v = rng.gauss() * 0.05f;
   const size_t bytes = lut_packed_bytes(fmt, rows, k);
   std::vector<uint8_t> wbuf(bytes + 64);
-  lut_pack(fmt, rows, k, q.data(), sc.data(), of.data(), wbuf.data() + mis);
+  if (lut_is_kq(fmt)) {  // k-quant sub-scales: any byte sc, m; fp16 d, dmin of either sign
+    std::vector<uint8_t> ksc(sc.size()), km(sc.size());
+    for (size_t i = 0; i < ksc.size(); ++i) {
+      ksc[i] = uint8_t(extreme ? 255 : rng.next() & 0xFF);
+      km[i] = uint8_t(rng.next() & 0xFF);
+    }
+    std::vector<float> d(size_t(rows * (k / kLutSuperK))), dmin(d.size());
+    for (auto& v : d) v = extreme ? 1.0f : fp16_to_f32(f32_to_fp16(rng.gauss() * 0.01f));
+    for (auto& v : dmin) v = fp16_to_f32(f32_to_fp16(rng.gauss() * 0.01f));
+    lut_pack_kq(fmt, rows, k, q.data(), ksc.data(), km.data(), d.data(), dmin.data(), wbuf.data() + mis);
+  } else {
+    lut_pack(fmt, rows, k, q.data(), sc.data(), of.data(), wbuf.data() + mis);
+  }
   const LutWeights w{wbuf.data() + mis, rows, k, fmt};
 
   std::vector<float> x(size_t(n_tok * k));
@@ -143,6 +155,14 @@ int main() {
       check_case(rng, kind, G, 4, 0, 64, 2 * G, 5, 0, false);
       check_case(rng, kind, G, 2, 1, 33, G, 6, 1, true);  // all-max codes x all +-3: largest |I|
       check_case(rng, kind, G, 2, 0, 16, 8 * G, 2, 2, true);
+    }
+  // k-quant sub-scales (scale_bytes 1): several super-blocks, rows not a multiple of 16
+  for (int kind = 1; kind <= 4; ++kind)
+    for (int G : groups) {
+      if ((lut_planes(kind) & 1) && G < 32) continue;
+      for (int64_t rows : {1, 7, 16, 17, 33})
+        check_case(rng, kind, G, kLutScaleKQ, 1, rows, 256 * (1 + rows % 3), 1 + int(rows % 5), int(rows % 4), false);
+      check_case(rng, kind, G, kLutScaleKQ, 1, 33, 256, 6, 1, true);
     }
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;

@@ -474,6 +474,9 @@ std::vector<LutCase> lut_cases(int kind) {
     cs.push_back({G, 2, 1, 33, G, 6, 1, 1, 1});
     cs.push_back({G, 2, 0, 16, 8 * G, 2, 1, 2, 1});
     cs.push_back({G, 4, 1, 20, 4 * G, 17, 1, 1, 2});
+    if (kind != int(LutKind::TERNARY))  // k-quant sub-scales: whole super-blocks of 256
+      for (int64_t rows : {1, 17, 33})
+        cs.push_back({G, kLutScaleKQ, 1, rows, 256 * (1 + rows % 3), 1 + rows % 7, 1, int(rows % 4), int(rows % 3)});
   }
   // more tokens than one chunk of the AVX-512 GEMM driver (4096 / min(k/G, 512/G) tokens)
   if (lut_planes(kind) & 1) cs.push_back({32, 2, 1, 17, 1024, 260, 1, 1, 0});
@@ -503,7 +506,19 @@ void check_lut(int kind, bool gemm, void* ref, void* simd, Report& rep) {
     for (auto& v : of) v = r.gauss() * 0.05f;
     const size_t bytes = lut_packed_bytes(lf, rows, k);
     std::vector<uint8_t> wbuf(bytes + 64);
-    lut_pack(lf, rows, k, q.data(), sc.data(), of.data(), wbuf.data() + c.mis);
+    if (lut_is_kq(lf)) {  // any byte sub-scale / sub-min; fp16 d, dmin as the mode picks them
+      std::vector<uint8_t> ksc(sc.size()), km(sc.size());
+      for (size_t i = 0; i < ksc.size(); ++i) {
+        ksc[i] = uint8_t(c.mode == 1 ? 255 : r.below(256));
+        km[i] = uint8_t(r.below(256));
+      }
+      std::vector<float> d(size_t(rows * (k / kLutSuperK))), dmin(d.size());
+      for (auto& v : d) v = c.mode == 1 ? 1.0f : fp16_to_f32(pick_f16(r, c.mode == 2 ? 2 : 0));
+      for (auto& v : dmin) v = fp16_to_f32(pick_f16(r, c.mode == 2 ? 2 : 0));
+      lut_pack_kq(lf, rows, k, q.data(), ksc.data(), km.data(), d.data(), dmin.data(), wbuf.data() + c.mis);
+    } else {
+      lut_pack(lf, rows, k, q.data(), sc.data(), of.data(), wbuf.data() + c.mis);
+    }
     const LutWeights w{wbuf.data() + c.mis, rows, k, lf};
     const int64_t n_tok = gemm ? c.n_tok : 1;
     std::vector<float> x(size_t(n_tok * k));

@@ -40,8 +40,21 @@ const char* lut_kind_name(int kind);  // "w1".."w4", "wt"
 //   group block (16 rows x G weights):
 //     pair tiles    for pp in 0 .. n/2-1 (planes 2pp, 2pp+1), for quad q in 0 .. G/4-1: one PT
 //     single tiles  only for odd n (plane n-1): for chunk c in 0 .. G/32-1, for i in 0..3: one ST
-//     scales        16 x fp16 or 16 x fp32 (scale_bytes), row order
+//     scales        16 x fp16 or 16 x fp32 (scale_bytes 2 / 4), row order
 //     offsets       16 x the same, row order; only when has_offset
+//
+// K-quant sub-scales (scale_bytes = kLutScaleKQ = 1; has_offset = 1, K % 256 == 0), the exact and
+// compact home of GGUF Q4_K / Q2_K: value = d*sc*q - dmin*m with fp16 d, dmin per 256 weights and
+// small integer sc, m per group. The row block is split into super-blocks of 256 weights:
+//   row block   = [super-block 0][super-block 1]...[super-block K/256-1]
+//   super-block = header: 16 x fp16 d, then 16 x fp16 dmin (row order, 64 B)
+//                 then its 256/G group blocks, each: tiles as above, 16 x uint8 sc, 16 x uint8 m
+//   per (row, group):  s = float(d) * float(sc),  o = -(float(dmin) * float(m))   in fp32
+// Both products are exact in fp32 (11-bit x 8-bit mantissas), so every kernel that forms them and
+// then runs the shared epilogue below gives bit for bit what an fp32 copy of s, o would give.
+// Q4_K (W4 g32) needs 2368 B per 16 rows x 256 = 4.625 bits/weight (fp32 s, o: 6.0); Q2_K (W2 g16)
+// 1600 B = 3.125 bits/weight (fp32: 6.0). The header comes first, so weights still stream front
+// to back. lut_group_addr() / lut_group_at() below are the one place that knows where group g starts.
 //
 // A tile is 16 bytes = 32 four-bit table indices that all refer to one activation quad
 // (4 consecutive k) per nibble half; nibble bit i (i = 0..3) is the plane bit of weight k = 4q + i.
@@ -58,8 +71,9 @@ const char* lut_kind_name(int kind);  // "w1".."w4", "wt"
 // (LutAct::tab): NEON consumes one tile per vector, AVX2 two and AVX-512 four, each with one plain
 // 16/32/64-byte table load and no shuffles of the tables.
 //
-// Bytes per group block = 2*G*n (tiles) + 16*scale_bytes*(1 + has_offset).
-// Nothing shape-specific is baked in: any rows, any K that is a multiple of G.
+// Bytes per group block = 2*G*n (tiles) + 16*scale_bytes*(1 + has_offset) (k-quant: + 32), plus a
+// 64-byte header per super-block for k-quant sub-scales.
+// Nothing shape-specific is baked in: any rows, any K that is a multiple of G (k-quant: of 256).
 // =============================================================================================
 constexpr int kLutRows = 16;       // rows per row block
 constexpr int kLutTileBytes = 16;  // one table's worth of indices
@@ -73,7 +87,7 @@ static_assert(sizeof(LutTile) == 16, "LutTile is one 128-bit vector");
 struct LutFormat {
   int32_t kind;         // LutKind
   int32_t group;        // G
-  int32_t scale_bytes;  // 2 = fp16 scales/offsets, 4 = fp32 (exact products of k-quant scales)
+  int32_t scale_bytes;  // 2 = fp16 scales/offsets, 4 = fp32, 1 = k-quant sub-scales (kLutScaleKQ)
   int32_t has_offset;   // 0 or 1 (ternary: 0)
 };
 static_assert(sizeof(LutFormat) == 16, "LutFormat size");
@@ -87,18 +101,63 @@ struct LutWeights {
 };
 static_assert(sizeof(LutWeights) == 40, "LutWeights size");
 
+// Scale encodings (LutFormat::scale_bytes).
+constexpr int32_t kLutScaleKQ = 1;   // k-quant sub-scales: uint8 sc, m per group; fp16 d, dmin per super-block
+constexpr int32_t kLutScaleF16 = 2;  // fp16 s (and o) per group
+constexpr int32_t kLutScaleF32 = 4;  // fp32 s (and o) per group
+constexpr int kLutSuperK = 256;                        // weights per k-quant super-block (per row)
+constexpr int kLutSuperHeaderBytes = 2 * kLutRows * 2;  // 16 fp16 d + 16 fp16 dmin
+
+static inline bool lut_is_kq(const LutFormat& f) { return f.scale_bytes == kLutScaleKQ; }
 static inline int64_t lut_row_blocks(int64_t rows) { return (rows + kLutRows - 1) / kLutRows; }
 static inline size_t lut_tile_bytes_per_group(const LutFormat& f) { return size_t(2) * f.group * lut_planes(f.kind); }
 static inline size_t lut_group_block_bytes(const LutFormat& f) {
   return lut_tile_bytes_per_group(f) + size_t(kLutRows) * f.scale_bytes * (1 + f.has_offset);
 }
-static inline size_t lut_row_block_bytes(const LutFormat& f, int64_t k) { return size_t(k / f.group) * lut_group_block_bytes(f); }
+// log2 of the groups per k-quant super-block (256 / G, G a power of two in 16..128)
+static inline int lut_kq_group_shift(const LutFormat& f) { return f.group == 16 ? 4 : f.group == 32 ? 3 : f.group == 64 ? 2 : 1; }
+static inline size_t lut_super_block_bytes(const LutFormat& f) {
+  return kLutSuperHeaderBytes + (size_t(1) << lut_kq_group_shift(f)) * lut_group_block_bytes(f);
+}
+static inline size_t lut_row_block_bytes(const LutFormat& f, int64_t k) {
+  if (lut_is_kq(f)) return size_t(k / kLutSuperK) * lut_super_block_bytes(f);
+  return size_t(k / f.group) * lut_group_block_bytes(f);
+}
 static inline size_t lut_packed_bytes(const LutFormat& f, int64_t rows, int64_t k) {
   return size_t(lut_row_blocks(rows)) * lut_row_block_bytes(f, k);
 }
+// Where group g's bytes sit in a row block, one branch-free formula for every encoding (kernels
+// build it once per call; lut_group_offset is the same for one-off use):
+//   group block of g = (g >> shift) * super_bytes + header_bytes + (g & mask) * group_bytes
+//   its scales       = that + tile_bytes
+//   k-quant header   = (g >> shift) * super_bytes
+// Without k-quant sub-scales shift = 63 (g >> 63 = 0), mask = all ones, no header: g * group_bytes.
+struct LutGroupAddr {
+  size_t group_bytes, super_bytes, header_bytes, tile_bytes;
+  int64_t mask;
+  int32_t shift;
+  int32_t kq;
+};
+static inline LutGroupAddr lut_group_addr(const LutFormat& f) {
+  const bool kq = lut_is_kq(f);
+  const int sh = kq ? lut_kq_group_shift(f) : 63;
+  return LutGroupAddr{lut_group_block_bytes(f), kq ? lut_super_block_bytes(f) : 0, size_t(kq ? kLutSuperHeaderBytes : 0),
+                      lut_tile_bytes_per_group(f), kq ? (int64_t(1) << sh) - 1 : ~int64_t(0), sh, kq ? 1 : 0};
+}
+static inline size_t lut_group_at(const LutGroupAddr& a, int64_t g) {
+  return size_t(g >> a.shift) * a.super_bytes + a.header_bytes + size_t(g & a.mask) * a.group_bytes;
+}
+static inline size_t lut_header_at(const LutGroupAddr& a, int64_t g) { return size_t(g >> a.shift) * a.super_bytes; }
+// Byte offset of group g's block (its tiles; its scales follow them) from the start of a row block.
+static inline size_t lut_group_offset(const LutFormat& f, int64_t g) { return lut_group_at(lut_group_addr(f), g); }
+// K-quant only: byte offset of the header (16 fp16 d, 16 fp16 dmin) of the super-block holding group g.
+static inline size_t lut_super_header_offset(const LutFormat& f, int64_t g) { return lut_header_at(lut_group_addr(f), g); }
 // Worked sizes (16 rows x G): 2-bit g32 fp16 no offset = 128 + 32 B; 4-bit g32 fp32 + offset = 256 + 128 B.
 static_assert(2 * 32 * 2 + 16 * 2 == 160, "W2 g32 fp16 group block");
 static_assert(2 * 32 * 4 + 16 * 4 * 2 == 384, "W4 g32 fp32+offset group block");
+// K-quant: Q4_K (W4 g32) 64 + 8 x (256 + 32) B per 16 x 256 weights = 4.625 bits; Q2_K (W2 g16) 3.125 bits.
+static_assert(kLutSuperHeaderBytes + 8 * (2 * 32 * 4 + 16 * 2) == 2368 && 2368 * 8 * 1000 / (16 * 256) == 4625, "Q4_K");
+static_assert(kLutSuperHeaderBytes + 16 * (2 * 16 * 2 + 16 * 2) == 1600 && 1600 * 8 * 1000 / (16 * 256) == 3125, "Q2_K");
 
 // Empty string if the format and shape are usable, else what is wrong.
 std::string lut_check_format(const LutFormat& f, int64_t rows, int64_t k);
@@ -155,6 +214,7 @@ using LutGemmFn = void (*)(const LutWeights* w, const LutAct* a, int64_t n_tok, 
 // fp32; SIMD int16 partial sums stay below 32767 (derived in each ISA file).
 // Error vs exact float math on the same weights, per row and group (table rounding only):
 //   |dy| <= |s| * ts_g * (2^n - 1) * G / 16   (W1..W4),   |s| * ts_g * G / 8   (TERNARY)
+//   K-quant sub-scales: s = float(d) * float(sc) and o = -(float(dmin) * float(m)), both exact.
 static inline float lut_group_sum(const float* sum16, int64_t g, int group) {
   const int64_t i0 = g * (group / 16);
   float s = sum16[i0];
@@ -166,12 +226,21 @@ static inline float lut_group_sum(const float* sum16, int64_t g, int group) {
 // Pack / repack / quantize / unpack (scalar C++, exact; native/ref/lut_pack.cc)
 // =============================================================================================
 
+// Scale s and offset o (0 without has_offset) of the 16 rows of group g, given its row block.
+void lut_group_scales(const uint8_t* row_block, const LutFormat& f, int64_t g, float s[kLutRows], float o[kLutRows]);
+
 // Pack integer codes: q[r*k + c] in [0, 2^n) (W*) or {-1, 0, 1} as int8 (TERNARY, pass as uint8
 // two's complement), scale[r*(k/G) + g] and offset[...] (ignored without has_offset) as fp32
 // values that the format can hold exactly (fp16 format: they are rounded to fp16 here).
-// out must hold lut_packed_bytes(fmt, rows, k) bytes.
+// out must hold lut_packed_bytes(fmt, rows, k) bytes. Not for k-quant sub-scales (lut_pack_kq).
 void lut_pack(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q, const float* scale,
               const float* offset, uint8_t* out);
+
+// Pack for k-quant sub-scales (fmt.scale_bytes == kLutScaleKQ): codes as lut_pack; sc[r*(k/G) + g]
+// and m[...] the integer sub-scale and sub-min (0..255); d[r*(k/256) + b] and dmin[...] fp32 values
+// that fp16 holds exactly (rounded to fp16 here).
+void lut_pack_kq(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q, const uint8_t* sc, const uint8_t* m,
+                 const float* d, const float* dmin, uint8_t* out);
 
 // Decode rows [row_begin, row_end) to floats: out[(r - row_begin)*k + c] = s*(q - 2^(n-1)) or
 // s*q + o (or s*(a+b-1)), the same float operations as gguf's dequantize for repacked types.
@@ -179,11 +248,15 @@ void lut_unpack(const LutWeights& w, int64_t row_begin, int64_t row_end, float* 
 
 // Format a GGUF type repacks to (exactly; see lut_pack.cc for why each is lossless):
 //   Q4_0 -> W4 g32 fp16 symmetric   Q4_1 -> W4 g32 fp16 + offset
-//   Q4_K -> W4 g32 fp32 + offset (d*sc, dmin*m need up to 17 mantissa bits: exact in fp32 only)
-//   Q2_K -> W2 g16 fp32 + offset    TQ1_0 / TQ2_0 -> TERNARY g=ternary_group (32/64/128) fp16
+//   Q4_K -> W4 g32 + offset, k-quant sub-scales (4.625 bits/weight)
+//   Q2_K -> W2 g16 + offset, k-quant sub-scales (3.125 bits/weight)
+//   TQ1_0 / TQ2_0 -> TERNARY g=ternary_group (32/64/128) fp16
+// kq = false gives Q4_K / Q2_K fp32 s, o per group instead (d*sc, dmin*m need up to 17 mantissa
+// bits, so fp16 cannot hold them): the older, larger layout; the same products, the same results.
 // Returns false (and *err) for other types.
-bool lut_format_for_ggml(GgmlType t, int ternary_group, LutFormat* fmt, std::string* err);
-// Repack rows x k GGUF blocks (row-major, k % 256 or 32 as the type needs) into out.
+bool lut_format_for_ggml(GgmlType t, int ternary_group, LutFormat* fmt, std::string* err, bool kq = true);
+// Repack rows x k GGUF blocks (row-major, k % 256 or 32 as the type needs) into out; fmt must be
+// lut_format_for_ggml's answer for the type (with kq true or false).
 bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, const LutFormat& fmt, uint8_t* out,
                      std::string* err);
 

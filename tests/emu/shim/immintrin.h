@@ -86,6 +86,17 @@ static inline simde__m512i _mm512_cvtepi16_epi32(simde__m256i v) {
   std::memcpy(&r, a, 64);
   return r;
 }
+// Missing in SIMDe 0.7.4: zero-extend 16 bytes to 16 int32 lanes.
+#undef _mm512_cvtepu8_epi32
+static inline simde__m512i _mm512_cvtepu8_epi32(simde__m128i v) {
+  uint8_t b[16];
+  int32_t a[16];
+  std::memcpy(b, &v, 16);
+  for (int i = 0; i < 16; ++i) a[i] = b[i];
+  simde__m512i r;
+  std::memcpy(&r, a, 64);
+  return r;
+}
 // Masked loads / stores touch only the selected lanes (the others may lie outside the buffer).
 #undef _mm512_maskz_loadu_ps
 static inline simde__m512 _mm512_maskz_loadu_ps(simde__mmask16 m, const void* p) {
