@@ -149,29 +149,10 @@ void rowlane_chunk(const Tile& t, const uint8_t* uT, const int8_t* wsT, const Ac
   for (int j = 0; j < NT; ++j) store_rows(yt[j], add_min<Dec>(t, xt[j], acc[j]), nr);
 }
 
-// ---- Q6_K element lanes straight from the blocks (decode, one token) --------------------------
-// Rows r0..r0+nr-1 (nr <= 8; rows past nr repeat row r0 and are not stored) against one token.
-// Per 32-element block j of a super-block and row: p16 = maddubs(q6, x) with the unsigned codes
-// q6 in 0..63 (|pair| <= 2*63*128 = 16128); phaddw adds pairs of pairs of two rows (|sum| <= 32256, no
-// int16 overflow) and pmaddwd with ones, one phaddd level then leaves H0 (elements 0..15) and H1
-// (16..31) of 4 rows per vector. The code offset 32 comes off after the tree: H -= 32 * (sum of the
-// 16 activation codes), precomputed per block (xo) — the same exact integers as a per-row subtraction.
-// P_b = H0 * sc[2j] + H1 * sc[2j+1] is formed exactly in float (each product < 2^24, fma rounds the
-// exact sum P_b once and |P_b| < 2^24). Then THE ORDER: acc = fma(float(P_b), d * x[b].d, acc).
-// The scales and d of the 8 rows come in by dword gathers, once per super-block.
-inline __m256i q6_codes(const uint8_t* blk, int h, int q, __m256i m4, __m256i m30) {
-  const __m256i src = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32 * (q % 2)));
-  const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
-  const __m256i lo = (q / 2) ? _mm256_and_si256(_mm256_srli_epi16(src, 4), m4) : _mm256_and_si256(src, m4);
-  __m256i hi;  // (qh >> 2q) & 3 at bits 4..5: bits a 16-bit shift moves across a byte are masked off
-  switch (q) {
-    case 0: hi = _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30); break;
-    case 1: hi = _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30); break;
-    case 2: hi = _mm256_and_si256(hb, m30); break;
-    default: hi = _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30); break;
-  }
-  return _mm256_or_si256(lo, hi);
-}
+// ---- Q6_K GEMV straight from the blocks (decode, one token): gemv_q6k_rows8 in q8_tile_x86.h ----
+// The integer dot here: p16 = maddubs(q6, x) (|pair| <= 2*63*128 = 16128); phaddw adds pairs of pairs
+// of two rows (|sum| <= 32256, no int16 overflow) and pmaddwd with ones, one phaddd level then leaves
+// H0 | H1 of 4 rows per vector. Same exact integers as the scalar twin.
 
 // xo[b] = 32 * (sum of codes 0..15 of block b) in lanes 0..3, 32 * (sum of codes 16..31) in lanes 4..7
 void q6k_act_offsets(const ActQ8* xt, int64_t nb, __m256i* xo) {
@@ -184,69 +165,27 @@ void q6k_act_offsets(const ActQ8* xt, int64_t nb, __m256i* xo) {
   }
 }
 
-template <int J>
-inline void q6k_block(const uint8_t* const* rp, size_t sbo, const __m256i x, const __m256i xo, __m256i m4, __m256i m30,
-                      __m256i ones16, __m256 S0, __m256 S1, __m256 dxd, __m256& acc) {
-  constexpr int h = J / 4, q = J % 4;
-  __m256i v[4];
-  for (int r = 0; r < 8; r += 2) {
-    const __m256i pa = _mm256_maddubs_epi16(q6_codes(rp[r] + sbo, h, q, m4, m30), x);
-    const __m256i pb = _mm256_maddubs_epi16(q6_codes(rp[r + 1] + sbo, h, q, m4, m30), x);
-    v[r / 2] = _mm256_madd_epi16(_mm256_hadd_epi16(pa, pb), ones16);
+struct Q6kBlockMaddubs {
+  template <int J>
+  static void run(const uint8_t* const* rp, size_t sbo, __m256i x, __m256i xo, __m256 S0, __m256 S1, __m256 dxd,
+                  __m256& acc) {
+    constexpr int h = J / 4, q = J % 4;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30), ones16 = _mm256_set1_epi16(1);
+    __m256i v[4];
+    for (int r = 0; r < 8; r += 2) {
+      const __m256i pa = _mm256_maddubs_epi16(q6_codes(rp[r] + sbo, h, q, m4, m30), x);
+      const __m256i pb = _mm256_maddubs_epi16(q6_codes(rp[r + 1] + sbo, h, q, m4, m30), x);
+      v[r / 2] = _mm256_madd_epi16(_mm256_hadd_epi16(pa, pb), ones16);
+    }
+    q6k_accumulate(_mm256_sub_epi32(_mm256_hadd_epi32(v[0], v[1]), xo),   // rows 0..3
+                   _mm256_sub_epi32(_mm256_hadd_epi32(v[2], v[3]), xo),   // rows 4..7
+                   S0, S1, dxd, acc);
   }
-  const __m256i a = _mm256_sub_epi32(_mm256_hadd_epi32(v[0], v[1]), xo);  // rows 0..3: H0 | H1
-  const __m256i c = _mm256_sub_epi32(_mm256_hadd_epi32(v[2], v[3]), xo);  // rows 4..7
-  const __m256 H0 = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(a, c, 0x20));
-  const __m256 H1 = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(a, c, 0x31));
-  acc = _mm256_fmadd_ps(_mm256_fmadd_ps(H0, S0, _mm256_mul_ps(H1, S1)), dxd, acc);
-}
+};
 
 void gemv_q6k_fused8(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, const ActQ8* xt, const __m256i* xo,
                      float* yt) {
-  const uint8_t* rp[8];
-  alignas(32) int32_t off[8];
-  for (int r = 0; r < 8; ++r) {
-    const size_t rr = size_t(r < nr ? r : 0);
-    rp[r] = w0 + rr * row_bytes;
-    off[r] = int32_t(rr * row_bytes);
-  }
-  const __m256i offs = _mm256_load_si256(reinterpret_cast<const __m256i*>(off));
-  const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30), ones16 = _mm256_set1_epi16(1);
-  // Prefetch the next tile's rows at the same position, one row per 32-element block (a burst of all 32
-  // lines at the start of each super-block ran the head 151936x1536 at ~6 GB/s instead of ~8).
-  const size_t ahead = 8 * row_bytes;  // (16 or 32 rows ahead measured slower)
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t i = 0; i < nb / 8; ++i) {
-    const size_t sbo = size_t(i) * 210;
-    // d: fp16 in bytes 208..209 = high half of the dword at 206 (no read past the block)
-    const __m256i gd = _mm256_srli_epi32(_mm256_i32gather_epi32(reinterpret_cast<const int*>(w0 + sbo + 206), offs, 1), 16);
-    const __m256i dpk = _mm256_permute4x64_epi64(_mm256_packus_epi32(gd, gd), _MM_SHUFFLE(3, 1, 2, 0));
-    const __m256 d = _mm256_cvtph_ps(_mm256_castsi256_si128(dpk));
-    __m256 S[16];  // int8 scales of the 8 rows as floats, sub-block order
-    for (int m = 0; m < 4; ++m) {
-      const __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(w0 + sbo + 192 + 4 * m), offs, 1);
-      S[4 * m + 0] = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(g, 24), 24));
-      S[4 * m + 1] = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(g, 16), 24));
-      S[4 * m + 2] = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(g, 8), 24));
-      S[4 * m + 3] = _mm256_cvtepi32_ps(_mm256_srai_epi32(g, 24));
-    }
-    const ActQ8* xb = xt + i * 8;
-    const __m256i* ob = xo + i * 8;
-#define LUTLLM_Q6K_BLOCK(J)                                                                                      \
-  for (int l = 0; l < 210; l += 64) _mm_prefetch(reinterpret_cast<const char*>(rp[J] + sbo + ahead + l), _MM_HINT_T0); \
-  q6k_block<J>(rp, sbo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb[J].qs)), _mm256_loadu_si256(ob + J), \
-               m4, m30, ones16, S[2 * J], S[2 * J + 1], _mm256_mul_ps(d, _mm256_set1_ps(xb[J].d)), acc)
-    LUTLLM_Q6K_BLOCK(0);
-    LUTLLM_Q6K_BLOCK(1);
-    LUTLLM_Q6K_BLOCK(2);
-    LUTLLM_Q6K_BLOCK(3);
-    LUTLLM_Q6K_BLOCK(4);
-    LUTLLM_Q6K_BLOCK(5);
-    LUTLLM_Q6K_BLOCK(6);
-    LUTLLM_Q6K_BLOCK(7);
-#undef LUTLLM_Q6K_BLOCK
-  }
-  store_rows(yt, acc, nr);
+  store_rows(yt, gemv_q6k_rows8<Q6kBlockMaddubs>(w0, row_bytes, nr, nb, xt, xo), nr);
 }
 
 template <class Dec>
