@@ -416,19 +416,25 @@ inline void store8_rows(float* y, __m256 v, int nr) {
   }
 }
 
-// Rows r0 .. r0+nr-1 (nr <= 8, w0 = row r0) against one token; lanes = rows (rows past nr repeat
-// row r0 and are not stored). The fp16 d (and m) of the 8 rows' block b come in with one gather of
-// the block's first dword: d in its low half, m (Q4_1/Q5_1) in its high half.
-template <class Dec, class Dot>
-void gemv_fused8(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, const ActQ8* xt, float* yt) {
-  const uint8_t* rp[8];
+// Row pointers of an 8-row tile (rows past nr repeat row 0, so loads stay inside the matrix) and
+// their byte offsets from w0 as gather indices.
+inline __m256i rows8_setup(const uint8_t* w0, size_t row_bytes, int nr, const uint8_t* rp[8]) {
   alignas(32) int32_t off[8];
   for (int r = 0; r < 8; ++r) {
     const size_t rr = size_t(r < nr ? r : 0);
     rp[r] = w0 + rr * row_bytes;
     off[r] = int32_t(rr * row_bytes);
   }
-  const __m256i offs = _mm256_load_si256(reinterpret_cast<const __m256i*>(off));
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(off));
+}
+
+// Rows r0 .. r0+nr-1 (nr <= 8, w0 = row r0) against one token; lanes = rows (rows past nr repeat
+// row r0 and are not stored). The fp16 d (and m) of the 8 rows' block b come in with one gather of
+// the block's first dword: d in its low half, m (Q4_1/Q5_1) in its high half.
+template <class Dec, class Dot>
+void gemv_fused8(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, const ActQ8* xt, float* yt) {
+  const uint8_t* rp[8];
+  const __m256i offs = rows8_setup(w0, row_bytes, nr, rp);
   const __m256i lo16 = _mm256_set1_epi32(0xFFFF);
   const size_t ahead = 8 * row_bytes;
   __m256 acc = _mm256_setzero_ps(), summ = _mm256_setzero_ps();
@@ -494,13 +500,7 @@ inline void q6k_step(const uint8_t* const* rp, size_t sbo, size_t ahead, const A
 template <class Block>
 __m256 gemv_q6k_rows8(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, const ActQ8* xt, const __m256i* xo) {
   const uint8_t* rp[8];
-  alignas(32) int32_t off[8];
-  for (int r = 0; r < 8; ++r) {
-    const size_t rr = size_t(r < nr ? r : 0);
-    rp[r] = w0 + rr * row_bytes;
-    off[r] = int32_t(rr * row_bytes);
-  }
-  const __m256i offs = _mm256_load_si256(reinterpret_cast<const __m256i*>(off));
+  const __m256i offs = rows8_setup(w0, row_bytes, nr, rp);
   const size_t ahead = 8 * row_bytes;  // the next tile's rows at the same position (16 or 32 rows measured slower)
   __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb / 8; ++i) {
