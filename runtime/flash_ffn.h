@@ -2,9 +2,9 @@
 // instead of resident matrices: gate/up/SwiGLU/down with the LUT kernels on staged bundle bytes.
 // Modes: RESIDENT (all bundles read once at load), DENSE_STREAM (the first `resident_bundles` of
 // each layer read once at load, the rest read per token with the next layer prefetched into a second
-// buffer) and WINDOWED (gate rows resident; only
-// the up/down parts of bundles whose gate activation clears a per-layer threshold are used, kept in
-// a per-layer slab while active within the last `window` tokens, misses read synchronously).
+// buffer) and WINDOWED (gate rows resident; only the up/down parts of bundles whose gate activation
+// clears a per-layer threshold are used, kept in a per-layer slab while active within the last
+// `window` tokens, misses read synchronously).
 // RESIDENT and DENSE_STREAM give exactly the logits of the resident runtime on the same packed
 // weights; so does WINDOWED with every bundle active (threshold < 0). It does not own attention or
 // the residual stream.
