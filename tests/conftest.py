@@ -18,6 +18,17 @@ def smollm2_path():
     return str(resolve_model(DEFAULT_MODEL))
 
 
+@pytest.fixture(scope="session")
+def smollm2_flash(smollm2_path, tmp_path_factory):
+    """SmolLM2 converted once to the flash layout (`lutllm convert --flash`), shared read-only by the
+    flash test modules: (source path, flash path, FlashLayout)."""
+    from lutllm.convert import convert_flash
+
+    out = tmp_path_factory.mktemp("flash") / "smol.flash.gguf"
+    lay = convert_flash(smollm2_path, out, progress=False)
+    return smollm2_path, str(out), lay
+
+
 def _registry_model(name: str, download: bool) -> str:
     """A registry model's path, pulled on first use when `download`; otherwise (or with
     LUTLLM_OFFLINE set) a model that is not pulled yet skips the test, saying how to get it."""

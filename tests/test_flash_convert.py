@@ -20,10 +20,8 @@ GQT = gguf.GGMLQuantizationType
 
 
 @pytest.fixture(scope="module")
-def smol_flash(smollm2_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("flash") / "smol.flash.gguf"
-    lay = convert_flash(smollm2_path, out, progress=False)
-    return smollm2_path, out, lay
+def smol_flash(smollm2_flash):
+    return smollm2_flash
 
 
 def unbundle(flash: GGUFFile, lay: FlashLayout, layer: int):

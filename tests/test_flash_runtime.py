@@ -7,17 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lutllm.convert import convert_flash
 from lutllm.engine import Engine
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time, in a small village by the sea,"
 
 
 @pytest.fixture(scope="module")
-def flash_pair(smollm2_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("flashrt") / "smol.flash.gguf"
-    convert_flash(smollm2_path, out, progress=False)
-    return smollm2_path, str(out)
+def flash_pair(smollm2_flash):
+    return smollm2_flash[:2]
 
 
 @pytest.fixture(scope="module")

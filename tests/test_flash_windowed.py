@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lutllm.convert import calibrate_thresholds, convert_flash
+from lutllm.convert import calibrate_thresholds
 from lutllm.engine import Engine
 
 CALIB = ("The history of the city begins with a small fishing village on the river. Over the centuries "
@@ -16,10 +16,8 @@ EVAL = "Photosynthesis turns light, water and carbon dioxide into sugar and oxyg
 
 
 @pytest.fixture(scope="module")
-def flash_pair(smollm2_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("flashwin") / "smol.flash.gguf"
-    convert_flash(smollm2_path, out, progress=False)
-    return smollm2_path, str(out)
+def flash_pair(smollm2_flash):
+    return smollm2_flash[:2]
 
 
 def _steps(engine, toks, start):
