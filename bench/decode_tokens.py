@@ -9,7 +9,6 @@ import argparse
 import json
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
@@ -33,14 +32,10 @@ def lutllm_tokens(model, threads, prompt, decode, n_ctx):
 
 
 def llama_tokens(model, threads, prompt, decode, n_ctx):
-    from e2e import LLAMA_PY
+    from e2e import run_llama_worker
 
-    job = {"model": model, "threads": threads, "prompt": prompt, "decode": decode, "reps": 1, "n_ctx": n_ctx,
-           "n_batch": n_ctx, "per_token": True}
-    r = subprocess.run([LLAMA_PY, str(HERE / "_llama_worker.py"), json.dumps(job)], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"llama-cpp-python worker failed:\n{r.stderr[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])[0]["token_s"]
+    return run_llama_worker({"model": model, "threads": threads, "prompt": prompt, "decode": decode, "reps": 1,
+                             "n_ctx": n_ctx, "n_batch": n_ctx, "per_token": True})[0]["token_s"]
 
 
 def summary(ts):
@@ -50,10 +45,9 @@ def summary(ts):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-m", "--model", default="smollm2-135m-instruct")
-    ap.add_argument("-t", "--threads", type=int, default=2)
-    ap.add_argument("-p", "--n-prompt", type=int, default=256)
-    ap.add_argument("-n", "--n-gen", type=int, default=64)
+    from e2e import add_model_args
+
+    add_model_args(ap)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     from lutllm.bench import bench_token_ids

@@ -30,21 +30,30 @@ def run_lutllm(model, threads, prompt, decode, reps, n_ctx, lut=True):
     return out
 
 
-def run_llama(model, threads, prompt, decode, reps, n_ctx):
-    job = {"model": model, "threads": threads, "prompt": prompt, "decode": decode, "reps": reps, "n_ctx": n_ctx,
-           "n_batch": n_ctx}
+def run_llama_worker(job):
+    """Run bench/_llama_worker.py with `job` in the llama-cpp-python venv; its last JSON line."""
     r = subprocess.run([LLAMA_PY, str(HERE / "_llama_worker.py"), json.dumps(job)], capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"llama-cpp-python worker failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_llama(model, threads, prompt, decode, reps, n_ctx):
+    return run_llama_worker({"model": model, "threads": threads, "prompt": prompt, "decode": decode, "reps": reps,
+                             "n_ctx": n_ctx, "n_batch": n_ctx})
+
+
+def add_model_args(ap):
+    """The options every end-to-end script shares: model, threads, prompt and generated tokens."""
     ap.add_argument("-m", "--model", default="smollm2-135m-instruct")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-p", "--n-prompt", type=int, default=256)
     ap.add_argument("-n", "--n-gen", type=int, default=64)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_args(ap)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="alternations lutllm/llama.cpp")
     ap.add_argument("--no-llama", action="store_true")
