@@ -154,17 +154,6 @@ void rowlane_chunk(const Tile& t, const uint8_t* uT, const int8_t* wsT, const Ac
 // of two rows (|sum| <= 32256, no int16 overflow) and pmaddwd with ones, one phaddd level then leaves
 // H0 | H1 of 4 rows per vector. Same exact integers as the scalar twin.
 
-// xo[b] = 32 * (sum of codes 0..15 of block b) in lanes 0..3, 32 * (sum of codes 16..31) in lanes 4..7
-void q6k_act_offsets(const ActQ8* xt, int64_t nb, __m256i* xo) {
-  const __m256i c32 = _mm256_set1_epi8(32), ones16 = _mm256_set1_epi16(1);
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt[b].qs));
-    const __m256i m = _mm256_madd_epi16(_mm256_maddubs_epi16(c32, x), ones16);
-    const __m256i t = _mm256_hadd_epi32(m, m);
-    _mm256_storeu_si256(xo + b, _mm256_hadd_epi32(t, t));
-  }
-}
-
 struct Q6kBlockMaddubs {
   template <int J>
   static void run(const uint8_t* const* rp, size_t sbo, __m256i x, __m256i xo, __m256 S0, __m256 S1, __m256 dxd,

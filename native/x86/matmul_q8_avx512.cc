@@ -86,16 +86,6 @@ void gemv_half(const Tile& t, int h, const ActQ8* xt, float* yt, int nr) {
 // The integer dot here is vpdpbusd: per 32-element block and row, dpbusd(0, q6, x) gives 8 int32 sums
 // of 4 elements (lanes 0..3: elements 0..15, lanes 4..7: 16..31); two phaddd levels leave H0 | H1 of
 // 4 rows per vector. The scalar twin's exact integers. Not timed here (no AVX-512 on the bench machine).
-void q6k_act_offsets(const ActQ8* xt, int64_t nb, __m256i* xo) {
-  const __m256i c32 = _mm256_set1_epi8(32);
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m256i m = _mm256_dpbusd_epi32(_mm256_setzero_si256(), c32,
-                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt[b].qs)));
-    const __m256i t = _mm256_hadd_epi32(m, m);
-    _mm256_storeu_si256(xo + b, _mm256_hadd_epi32(t, t));
-  }
-}
-
 struct Q6kBlockDpbusd {
   template <int J>
   static void run(const uint8_t* const* rp, size_t sbo, __m256i x, __m256i xo, __m256 S0, __m256 S1, __m256 dxd,

@@ -462,7 +462,7 @@ void gemv_fused8(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, const 
 // (lanes = rows) for the caller to store. Per 32-element block j and row, the ISA's Block::run<J>
 // forms the exact integer dot of the unsigned codes q6 (0..63, from q6_codes) with x, reduces the
 // 8 rows to H0 (elements 0..15) | H1 (16..31) per row, takes the code offset 32 off after the tree
-// (xo = 32 * the 16-code sums of the block, from the ISA's q6k_act_offsets), and accumulates
+// (xo = 32 * the 16-code sums of the block, from q6k_act_offsets), and accumulates
 // P_b = H0 * sc[2j] + H1 * sc[2j+1] (exact in float: products < 2^24) in THE ORDER
 // acc = fma(float(P_b), d * x[b].d, acc). The scales and d of the 8 rows come in by dword gathers,
 // once per super-block. Next-tile prefetches are spread over the 8 blocks (one burst of all 32
@@ -479,6 +479,17 @@ inline __m256i q6_codes(const uint8_t* blk, int h, int q, __m256i m4, __m256i m3
     default: hi = _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30); break;
   }
   return _mm256_or_si256(lo, hi);
+}
+
+// Per call, not per row: xo[b] = 32 * (sum of codes 0..15 of block b) in lanes 0..3, 32 * (sum of codes 16..31) in lanes 4..7
+inline void q6k_act_offsets(const ActQ8* xt, int64_t nb, __m256i* xo) {
+  const __m256i c32 = _mm256_set1_epi8(32), ones16 = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt[b].qs));
+    const __m256i m = _mm256_madd_epi16(_mm256_maddubs_epi16(c32, x), ones16);
+    const __m256i t = _mm256_hadd_epi32(m, m);
+    _mm256_storeu_si256(xo + b, _mm256_hadd_epi32(t, t));
+  }
 }
 
 // H0 | H1 of rows 0..3 in a and rows 4..7 in c (offset already off) -> acc += P_b * dxd
