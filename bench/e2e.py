@@ -2,6 +2,10 @@
 GGUF, thread count and token ids, measured alternately in one run. Prints JSON lines + a table.
 Decode here continues after the prompt (`lutllm bench`'s tg starts from an empty context); the
 timing code and the token ids are lutllm.bench's.
+Decode of a model larger than the last-level cache streams its weights once per token, so beside
+tok/s the table prints the weight bytes each runtime reads per token, the read rate that implies
+and that rate as a share of the machine's DRAM read bandwidth (bench/membw.c, same thread count,
+measured in the same run): the ceiling any speed-up at equal bytes has to fit under.
 
     python bench/e2e.py [-m MODEL] [-t 2] [-p 256] [-n 64] [--reps 3]
 The llama-cpp-python venv comes from bench/setup_llama_venv.sh (outside the repo).
@@ -12,8 +16,10 @@ import os
 import pathlib
 import statistics
 import subprocess
+import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # kernels.py (the DRAM read probe)
 LLAMA_PY = os.environ.get("LUTLLM_LLAMA_VENV", str(pathlib.Path.home() / ".cache/lutllm-bench/llama-venv")) + "/bin/python"
 
 
@@ -43,6 +49,19 @@ def run_llama(model, threads, prompt, decode, reps, n_ctx):
                              "n_ctx": n_ctx, "n_batch": n_ctx})
 
 
+def weight_bytes_per_token(path, lut):
+    """Weight bytes a decode step reads: lutllm (lut=True) reads its LUT copies plus the tensors it
+    uses in place; llama.cpp (lut=False: every tensor in its file format) reads every tensor but an
+    untied token embedding, of which it reads one row."""
+    from lutllm.arch import model_config
+    from lutllm.gguf_file import GGUFFile
+    from lutllm.memory import estimate_memory
+
+    g = GGUFFile(path)
+    est = estimate_memory(g, model_config(g.metadata, g.tensors, path), 64, 1, lut=lut)
+    return est.weights_mapped_hot + est.repack
+
+
 def add_model_args(ap):
     """The options every end-to-end script shares: model, threads, prompt and generated tokens."""
     ap.add_argument("-m", "--model", default="smollm2-135m-instruct")
@@ -57,6 +76,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="alternations lutllm/llama.cpp")
     ap.add_argument("--no-llama", action="store_true")
+    ap.add_argument("--no-probe", action="store_true", help="skip the DRAM read-bandwidth probe")
     ap.add_argument("--int8", action="store_true", help="also time lutllm's int8 path (Engine(lut=False))")
     ap.add_argument("--llama-model", action="append", default=[],
                     help="time llama.cpp on this GGUF instead of -m (repeatable: e.g. its Q2_K and TQ2_0 of the "
@@ -65,6 +85,7 @@ def main():
     from lutllm.bench import bench_token_ids
     from lutllm.gguf_file import GGUFFile
     from lutllm.models import resolve_model
+    from kernels import dram_read_gbps
 
     model = str(resolve_model(a.model))
     meta = GGUFFile(model).metadata
@@ -72,8 +93,10 @@ def main():
     decode = bench_token_ids(meta, a.n_gen, 0, 1)
     n_ctx = a.n_prompt + a.n_gen + 8
     runners = {"lutllm": run_lutllm}
+    bytes_tok = {"lutllm": weight_bytes_per_token(model, True)}
     if a.int8:
         runners["lutllm-int8"] = lambda *args: run_lutllm(*args, lut=False)
+        bytes_tok["lutllm-int8"] = weight_bytes_per_token(model, False)
     if not a.no_llama:
         if not os.path.exists(LLAMA_PY):
             raise SystemExit(f"{LLAMA_PY} missing: run bench/setup_llama_venv.sh (or pass --no-llama)")
@@ -81,8 +104,10 @@ def main():
             for other in a.llama_model:
                 p = str(resolve_model(other))
                 runners["llama.cpp:" + pathlib.Path(p).name] = lambda _m, *args, p=p: run_llama(p, *args)
+                bytes_tok["llama.cpp:" + pathlib.Path(p).name] = weight_bytes_per_token(p, False)
         else:
             runners["llama.cpp"] = run_llama
+            bytes_tok["llama.cpp"] = weight_bytes_per_token(model, False)
     res = {k: [] for k in runners}
     for _ in range(a.rounds):
         for name, fn in runners.items():
@@ -92,11 +117,21 @@ def main():
                 print(json.dumps({"bench": "e2e", "runtime": name, "model": pathlib.Path(model).name,
                                   "threads": a.threads, "pp_tokens": a.n_prompt, "tg_tokens": a.n_gen,
                                   "pp_tps": round(pp, 2), "tg_tps": round(tg, 2)}), flush=True)
+    probe = None if a.no_probe else dram_read_gbps(a.threads)
+    if probe:
+        print(json.dumps(probe), flush=True)
     w = max(12, *(len(k) for k in res))
-    print(f"\n{'runtime':{w}s} {'pp' + str(a.n_prompt) + ' tok/s':>14s} {'tg' + str(a.n_gen) + ' tok/s':>14s}")
+    print(f"\n{'runtime':{w}s} {'pp' + str(a.n_prompt) + ' tok/s':>14s} {'tg' + str(a.n_gen) + ' tok/s':>14s}"
+          f" {'MB/token':>9s} {'tg GB/s':>8s} {'of probe':>9s}")
     med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in res.items()}
     for k, (pp, tg) in med.items():
-        print(f"{k:{w}s} {pp:14.1f} {tg:14.1f}")
+        gbps = bytes_tok[k] * tg / 1e9
+        share = f"{100 * gbps / probe['gbps']:8.0f}%" if probe else f"{'-':>9s}"
+        print(f"{k:{w}s} {pp:14.1f} {tg:14.1f} {bytes_tok[k] / 1e6:9.0f} {gbps:8.1f} {share}")
+        print(json.dumps({"bench": "e2e_bandwidth", "runtime": k, "weight_bytes_per_token": bytes_tok[k],
+                          "tg_gbps": round(gbps, 2), "probe_gbps": probe["gbps"] if probe else None}))
+    if probe:
+        print(f"{'probe':{w}s} {'':14s} {'':14s} {'':9s} {probe['gbps']:8.1f}  (bench/membw.c, {a.threads} threads)")
     for k in med:
         if not k.startswith("llama.cpp"):
             continue
