@@ -1,17 +1,17 @@
 // NEON LUT kernels (table build, GEMV, GEMM) over the packed layout of lut.h: one tile per vector,
-// vqtbl1q_s8 lookups. Bit-exact twins of native/ref/lut_ref.cc. Baseline aarch64; no STL here.
+// vqtbl1q_s8 lookups. Bit-exact twins of native/ref/lut_ref.cc. Baseline aarch64; no STL here. The
+// loop around row_block is lut_driver.h's.
 #include <arm_neon.h>
 
 #include <cstring>
 
 #include "lutllm/kernel_decls.h"
 #include "lutllm/lut.h"
+#include "lutllm/lut_driver.h"
 
 namespace lutllm {
 namespace {
 
-constexpr int64_t kSxBuf = 4096;  // floats of precomputed group sums per K block
-constexpr size_t kPrefetchAhead = 4096;  // bytes of weights prefetched ahead of the group block in use (as AVX2)
 
 // ---- table build ----------------------------------------------------------------------------
 
@@ -113,13 +113,6 @@ inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb
   }
 }
 
-inline float group_sum(const float* sum16, int64_t g, int group) {
-  const int64_t i0 = g * (group / 16);
-  float s = sum16[i0];
-  for (int i = 1; i < group / 16; ++i) s = s + sum16[i0 + i];
-  return s;
-}
-
 template <int SH>
 inline int32x4_t widen_shift_lo(int16x8_t v) {
   if constexpr (SH == 0) return vmovl_s16(vget_low_s16(v));
@@ -131,9 +124,14 @@ inline int32x4_t widen_shift_hi(int16x8_t v) {
   else return vshll_high_n_s16(v, SH);
 }
 
+// Running sums of one row block for one token: rows 0..3, 4..7, 8..11, 12..15.
+struct Rows16 {
+  float32x4_t v[4];
+};
+
 template <int KIND, int NT>
 void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0, int64_t g1,
-               float32x4_t yv[NT][4], size_t pf) {
+               Rows16 yv[NT], size_t pf) {
   constexpr bool kTern = KIND == int(LutKind::TERNARY);
   constexpr int n = kTern ? 2 : KIND;
   constexpr int npp = n / 2;
@@ -210,87 +208,35 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
       const float32x4_t tsh = vdupq_n_f32(0.5f * act[t].scale[g * G / act[t].ag]);
       const float32x4_t sx = vdupq_n_f32(kTern ? 0.0f : sxg[t][g - g0]);
       for (int q = 0; q < 4; ++q) {
-        yv[t][q] = vfmaq_f32(yv[t][q], vmulq_f32(s[q], tsh), vcvtq_f32_s32(I[q]));
-        if (!kTern) yv[t][q] = vfmaq_f32(yv[t][q], cc[q], sx);
+        yv[t].v[q] = vfmaq_f32(yv[t].v[q], vmulq_f32(s[q], tsh), vcvtq_f32_s32(I[q]));
+        if (!kTern) yv[t].v[q] = vfmaq_f32(yv[t].v[q], cc[q], sx);
       }
     }
   }
 }
 
-// I[] order is rows 0..3, 4..7 (h = 0), 8..11, 12..15 (h = 1): matches s[] and yv[].
-inline void store_rows(float* y, const float32x4_t v[4], int lo, int hi) {
-  float tmp[kLutRows];
-  for (int q = 0; q < 4; ++q) vst1q_f32(tmp + 4 * q, v[q]);
-  for (int r = lo; r < hi; ++r) y[r] = tmp[r];
-}
-inline void load_rows(const float* y, float32x4_t v[4], int lo, int hi) {
-  float tmp[kLutRows] = {0};
-  for (int r = lo; r < hi; ++r) tmp[r] = y[r];
-  for (int q = 0; q < 4; ++q) v[q] = vld1q_f32(tmp + 4 * q);
-}
-
-template <int KIND, int NT>
-void gemm_tile(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin, int64_t row_end, float* y,
-               int64_t y_stride, int64_t kb_groups) {
-  const LutFormat& f = w->fmt;
-  const int64_t ngroups = w->k / f.group;
-  const size_t rbb = lut_row_block_bytes(f, w->k);
-  const int64_t end = row_end < w->rows ? row_end : w->rows;
-  // Software prefetch only when K is walked in one pass (GEMV): the weights are then read front to back.
-  const size_t pf = kb_groups >= ngroups ? kPrefetchAhead : 0;
-  for (int64_t g0 = 0; g0 < ngroups; g0 += kb_groups) {
-    const int64_t g1 = g0 + kb_groups < ngroups ? g0 + kb_groups : ngroups;
-    // Sx per (token, group) once per K block, not once per row block (callers bound n_tok * kb)
-    float sxbuf[kSxBuf];
-    for (int64_t t = 0; t < n_tok; ++t)
-      for (int64_t g = g0; g < g1; ++g) sxbuf[t * (g1 - g0) + (g - g0)] = group_sum(a[t].sum16, g, f.group);
-    for (int64_t rb = row_begin / kLutRows; rb * kLutRows < end; ++rb) {
-      const int64_t r0 = rb * kLutRows;
-      const int lo = int((row_begin > r0 ? row_begin : r0) - r0);
-      const int hi = int((end < r0 + kLutRows ? end : r0 + kLutRows) - r0);
-      const uint8_t* blk = w->data + size_t(rb) * rbb;
-      int64_t t = 0;
-      for (; t + NT <= n_tok; t += NT) {
-        float32x4_t yv[NT][4];
-        for (int u = 0; u < NT; ++u) {
-          if (g0 == 0) yv[u][0] = yv[u][1] = yv[u][2] = yv[u][3] = vdupq_n_f32(0.0f);
-          else load_rows(y + (t + u) * y_stride + r0, yv[u], lo, hi);
-        }
-        const float* sxp[NT];
-        for (int u = 0; u < NT; ++u) sxp[u] = sxbuf + (t + u) * (g1 - g0);
-        row_block<KIND, NT>(blk, f, a + t, sxp, g0, g1, yv, pf);
-        for (int u = 0; u < NT; ++u) store_rows(y + (t + u) * y_stride + r0, yv[u], lo, hi);
-      }
-      for (; t < n_tok; ++t) {
-        float32x4_t yv[1][4];
-        if (g0 == 0) yv[0][0] = yv[0][1] = yv[0][2] = yv[0][3] = vdupq_n_f32(0.0f);
-        else load_rows(y + t * y_stride + r0, yv[0], lo, hi);
-        const float* sxp[1] = {sxbuf + t * (g1 - g0)};
-        row_block<KIND, 1>(blk, f, a + t, sxp, g0, g1, yv, pf);
-        store_rows(y + t * y_stride + r0, yv[0], lo, hi);
-      }
-    }
+struct Neon {
+  using Tile = Rows16;
+  static Tile zero() {
+    const float32x4_t z = vdupq_n_f32(0.0f);
+    return {{z, z, z, z}};
   }
-}
-
-// Bounds the per-K-block Sx buffer (n_tok * groups in the block <= kSxBuf): a few tokens walk K in
-// one pass (up to kSxBuf / NT groups); more tokens walk it in 512-activation blocks so that block's
-// tables (2 KB per token) stay in cache, in chunks of tokens.
-template <int KIND, int NT>
-void gemm_driver(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin, int64_t row_end, float* y,
-                 int64_t y_stride) {
-  const int64_t ng = w->k / w->fmt.group;
-  if (n_tok <= NT) {
-    const int64_t kb = ng < kSxBuf / NT ? ng : kSxBuf / NT;
-    gemm_tile<KIND, NT>(w, a, n_tok, row_begin, row_end, y, y_stride, kb);
-    return;
+  static void store_rows(float* y, const Tile& t, int lo, int hi) {
+    float tmp[kLutRows];
+    for (int q = 0; q < 4; ++q) vst1q_f32(tmp + 4 * q, t.v[q]);
+    for (int r = lo; r < hi; ++r) y[r] = tmp[r];
   }
-  const int64_t kb = ng < 512 / w->fmt.group ? ng : 512 / w->fmt.group;
-  const int64_t chunk = kSxBuf / kb;
-  for (int64_t t0 = 0; t0 < n_tok; t0 += chunk)
-    gemm_tile<KIND, NT>(w, a + t0, n_tok - t0 < chunk ? n_tok - t0 : chunk, row_begin, row_end, y + t0 * y_stride,
-                        y_stride, kb);
-}
+  static Tile load_rows(const float* y, int lo, int hi) {
+    float tmp[kLutRows] = {0};
+    for (int r = lo; r < hi; ++r) tmp[r] = y[r];
+    return {{vld1q_f32(tmp), vld1q_f32(tmp + 4), vld1q_f32(tmp + 8), vld1q_f32(tmp + 12)}};
+  }
+  template <int KIND, int NT>
+  static void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0,
+                        int64_t g1, Tile yv[NT], size_t pf) {
+    lutllm::row_block<KIND, NT>(blk, f, act, sxg, g0, g1, yv, pf);
+  }
+};
 
 }  // namespace
 
@@ -299,20 +245,6 @@ void lut_build_g4__neon(const float* x, int64_t k, int32_t ag, int64_t ag_begin,
   build_neon(x, k, ag, ag_begin, ag_end, tab, scale, sum16);
 }
 
-#define LUTLLM_LUT_NEON(KIND, SUFFIX)                                                                          \
-  void lut_gemv_##SUFFIX##_g4__neon(const LutWeights* w, const LutAct* a, int64_t row_begin, int64_t row_end,  \
-                                    float* y) {                                                                \
-    gemm_driver<KIND, 1>(w, a, 1, row_begin, row_end, y, 0);                                \
-  }                                                                                                            \
-  void lut_gemm_##SUFFIX##_g4__neon(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin,    \
-                                    int64_t row_end, float* y, int64_t y_stride) {                             \
-    gemm_driver<KIND, 2>(w, a, n_tok, row_begin, row_end, y, y_stride);                                 \
-  }
-LUTLLM_LUT_NEON(1, w1)
-LUTLLM_LUT_NEON(2, w2)
-LUTLLM_LUT_NEON(3, w3)
-LUTLLM_LUT_NEON(4, w4)
-LUTLLM_LUT_NEON(5, wt)
-#undef LUTLLM_LUT_NEON
+LUTLLM_LUT_ENTRY_POINTS(Neon, neon, 2)
 
 }  // namespace lutllm

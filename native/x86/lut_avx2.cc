@@ -1,5 +1,6 @@
 // AVX2 LUT kernels (table build, GEMV, GEMM) over the packed layout of lut.h; bit-exact twins of
-// native/ref/lut_ref.cc. Compiled with -mavx2 -mfma -mf16c only; uses no STL and no shared inline code.
+// native/ref/lut_ref.cc. Compiled with -mavx2 -mfma -mf16c only; uses no STL and no shared inline code
+// (the loop around row_block comes from lut_driver.h, compiled here as this file's own copy).
 #include <immintrin.h>
 
 #include <cmath>
@@ -7,14 +8,10 @@
 
 #include "lutllm/kernel_decls.h"
 #include "lutllm/lut.h"
+#include "lutllm/lut_driver.h"
 
 namespace lutllm {
 namespace {
-
-constexpr int64_t kSxBuf = 4096;  // floats of precomputed group sums per K block
-// Bytes of weights prefetched ahead of the group block in use. The hardware prefetcher alone left a
-// 1-thread GEMV at ~75% of the read-bandwidth probe; 2-8 KB ahead measured best (4 KB chosen).
-constexpr size_t kPrefetchAhead = 4096;
 
 // ---- table build ----------------------------------------------------------------------------
 
@@ -138,18 +135,15 @@ inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb
   }
 }
 
-// Sum of the group's sum16 entries, left to right (as lut_group_sum, compiled here).
-inline float group_sum(const float* sum16, int64_t g, int group) {
-  const int64_t i0 = g * (group / 16);
-  float s = sum16[i0];
-  for (int i = 1; i < group / 16; ++i) s = s + sum16[i0 + i];
-  return s;
-}
+// Running sums of one row block (16 rows) for one token.
+struct Rows16 {
+  __m256 v[2];
+};
 
 // Rows of one row block for NT activation vectors, groups [g0, g1); yv holds the running sums.
 template <int KIND, int NT>
 void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0, int64_t g1,
-               __m256 yv[NT][2], size_t pf) {
+               Rows16 yv[NT], size_t pf) {
   constexpr bool kTern = KIND == int(LutKind::TERNARY);
   constexpr int n = kTern ? 2 : KIND;
   const int G = f.group, sb = f.scale_bytes;
@@ -219,107 +213,44 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
       const __m256i I1 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(accB[t])),
                                           _mm256_cvtepi16_epi32(_mm256_extracti128_si256(accB[t], 1)));
       const __m256 tsh = _mm256_set1_ps(0.5f * act[t].scale[g * G / act[t].ag]);
-      yv[t][0] = _mm256_fmadd_ps(_mm256_mul_ps(s0, tsh), _mm256_cvtepi32_ps(I0), yv[t][0]);
-      yv[t][1] = _mm256_fmadd_ps(_mm256_mul_ps(s1, tsh), _mm256_cvtepi32_ps(I1), yv[t][1]);
+      yv[t].v[0] = _mm256_fmadd_ps(_mm256_mul_ps(s0, tsh), _mm256_cvtepi32_ps(I0), yv[t].v[0]);
+      yv[t].v[1] = _mm256_fmadd_ps(_mm256_mul_ps(s1, tsh), _mm256_cvtepi32_ps(I1), yv[t].v[1]);
       if (!kTern) {
         const __m256 sx = _mm256_set1_ps(sxg[t][g - g0]);
-        yv[t][0] = _mm256_fmadd_ps(c0, sx, yv[t][0]);
-        yv[t][1] = _mm256_fmadd_ps(c1, sx, yv[t][1]);
+        yv[t].v[0] = _mm256_fmadd_ps(c0, sx, yv[t].v[0]);
+        yv[t].v[1] = _mm256_fmadd_ps(c1, sx, yv[t].v[1]);
       }
     }
   }
 }
 
-// Write 16 rows of one block, clipped to [lo, hi) (row numbers relative to the block).
-inline void store_rows(float* y, const __m256 v[2], int lo, int hi) {
-  if (lo == 0 && hi == kLutRows) {
-    _mm256_storeu_ps(y, v[0]);
-    _mm256_storeu_ps(y + 8, v[1]);
-    return;
-  }
-  alignas(32) float tmp[kLutRows];
-  _mm256_store_ps(tmp, v[0]);
-  _mm256_store_ps(tmp + 8, v[1]);
-  for (int r = lo; r < hi; ++r) y[r] = tmp[r];
-}
-
-inline void load_rows(const float* y, __m256 v[2], int lo, int hi) {
-  if (lo == 0 && hi == kLutRows) {
-    v[0] = _mm256_loadu_ps(y);
-    v[1] = _mm256_loadu_ps(y + 8);
-    return;
-  }
-  alignas(32) float tmp[kLutRows] = {0};
-  for (int r = lo; r < hi; ++r) tmp[r] = y[r];
-  v[0] = _mm256_load_ps(tmp);
-  v[1] = _mm256_load_ps(tmp + 8);
-}
-
-// Token tile NT; the K range is walked in blocks so a block's tables (all tokens) stay in cache
-// while every row block streams past. y carries the partial sums between K blocks, so the
-// operation order per output is unchanged (bit-exact with one pass).
-template <int KIND, int NT>
-void gemm_tile(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin, int64_t row_end, float* y,
-               int64_t y_stride, int64_t kb_groups) {
-  const LutFormat& f = w->fmt;
-  const int64_t ngroups = w->k / f.group;
-  const size_t rbb = lut_row_block_bytes(f, w->k);
-  const int64_t end = row_end < w->rows ? row_end : w->rows;
-  // Software prefetch only when K is walked in one pass (GEMV): the weights are then read front to back.
-  const size_t pf = kb_groups >= ngroups ? kPrefetchAhead : 0;
-  for (int64_t g0 = 0; g0 < ngroups; g0 += kb_groups) {
-    const int64_t g1 = g0 + kb_groups < ngroups ? g0 + kb_groups : ngroups;
-    // Sx per (token, group) once per K block, not once per row block (callers bound n_tok * kb)
-    float sxbuf[kSxBuf];
-    for (int64_t t = 0; t < n_tok; ++t)
-      for (int64_t g = g0; g < g1; ++g) sxbuf[t * (g1 - g0) + (g - g0)] = group_sum(a[t].sum16, g, f.group);
-    for (int64_t rb = row_begin / kLutRows; rb * kLutRows < end; ++rb) {
-      const int64_t r0 = rb * kLutRows;
-      const int lo = int((row_begin > r0 ? row_begin : r0) - r0);
-      const int hi = int((end < r0 + kLutRows ? end : r0 + kLutRows) - r0);
-      const uint8_t* blk = w->data + size_t(rb) * rbb;
-      int64_t t = 0;
-      for (; t + NT <= n_tok; t += NT) {
-        __m256 yv[NT][2];
-        for (int u = 0; u < NT; ++u) {
-          if (g0 == 0) yv[u][0] = yv[u][1] = _mm256_setzero_ps();
-          else load_rows(y + (t + u) * y_stride + r0, yv[u], lo, hi);
-        }
-        const float* sxp[NT];
-        for (int u = 0; u < NT; ++u) sxp[u] = sxbuf + (t + u) * (g1 - g0);
-        row_block<KIND, NT>(blk, f, a + t, sxp, g0, g1, yv, pf);
-        for (int u = 0; u < NT; ++u) store_rows(y + (t + u) * y_stride + r0, yv[u], lo, hi);
-      }
-      for (; t < n_tok; ++t) {
-        __m256 yv[1][2];
-        if (g0 == 0) yv[0][0] = yv[0][1] = _mm256_setzero_ps();
-        else load_rows(y + t * y_stride + r0, yv[0], lo, hi);
-        const float* sxp[1] = {sxbuf + t * (g1 - g0)};
-        row_block<KIND, 1>(blk, f, a + t, sxp, g0, g1, yv, pf);
-        store_rows(y + t * y_stride + r0, yv[0], lo, hi);
-      }
+// Write / read rows [lo, hi) of one block (row numbers relative to the block).
+struct Avx2 {
+  using Tile = Rows16;
+  static Tile zero() { return {{_mm256_setzero_ps(), _mm256_setzero_ps()}}; }
+  static void store_rows(float* y, const Tile& t, int lo, int hi) {
+    if (lo == 0 && hi == kLutRows) {
+      _mm256_storeu_ps(y, t.v[0]);
+      _mm256_storeu_ps(y + 8, t.v[1]);
+      return;
     }
+    alignas(32) float tmp[kLutRows];
+    _mm256_store_ps(tmp, t.v[0]);
+    _mm256_store_ps(tmp + 8, t.v[1]);
+    for (int r = lo; r < hi; ++r) y[r] = tmp[r];
   }
-}
-
-// Bounds the per-K-block Sx buffer (n_tok * groups in the block <= kSxBuf): a few tokens walk K in
-// one pass (up to kSxBuf / NT groups); more tokens walk it in 512-activation blocks so that block's
-// tables (2 KB per token) stay in cache, in chunks of tokens.
-template <int KIND, int NT>
-void gemm_driver(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin, int64_t row_end, float* y,
-                 int64_t y_stride) {
-  const int64_t ng = w->k / w->fmt.group;
-  if (n_tok <= NT) {
-    const int64_t kb = ng < kSxBuf / NT ? ng : kSxBuf / NT;
-    gemm_tile<KIND, NT>(w, a, n_tok, row_begin, row_end, y, y_stride, kb);
-    return;
+  static Tile load_rows(const float* y, int lo, int hi) {
+    if (lo == 0 && hi == kLutRows) return {{_mm256_loadu_ps(y), _mm256_loadu_ps(y + 8)}};
+    alignas(32) float tmp[kLutRows] = {0};
+    for (int r = lo; r < hi; ++r) tmp[r] = y[r];
+    return {{_mm256_load_ps(tmp), _mm256_load_ps(tmp + 8)}};
   }
-  const int64_t kb = ng < 512 / w->fmt.group ? ng : 512 / w->fmt.group;
-  const int64_t chunk = kSxBuf / kb;
-  for (int64_t t0 = 0; t0 < n_tok; t0 += chunk)
-    gemm_tile<KIND, NT>(w, a + t0, n_tok - t0 < chunk ? n_tok - t0 : chunk, row_begin, row_end, y + t0 * y_stride,
-                        y_stride, kb);
-}
+  template <int KIND, int NT>
+  static void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0,
+                        int64_t g1, Tile yv[NT], size_t pf) {
+    lutllm::row_block<KIND, NT>(blk, f, act, sxg, g0, g1, yv, pf);
+  }
+};
 }  // namespace
 
 void lut_build_g4__avx2(const float* x, int64_t k, int32_t ag, int64_t ag_begin, int64_t ag_end, int8_t* tab,
@@ -327,20 +258,6 @@ void lut_build_g4__avx2(const float* x, int64_t k, int32_t ag, int64_t ag_begin,
   build_avx2(x, k, ag, ag_begin, ag_end, tab, scale, sum16);
 }
 
-#define LUTLLM_LUT_AVX2(KIND, SUFFIX)                                                                          \
-  void lut_gemv_##SUFFIX##_g4__avx2(const LutWeights* w, const LutAct* a, int64_t row_begin, int64_t row_end,  \
-                                    float* y) {                                                                \
-    gemm_driver<KIND, 1>(w, a, 1, row_begin, row_end, y, 0);                                                              \
-  }                                                                                                            \
-  void lut_gemm_##SUFFIX##_g4__avx2(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin,    \
-                                    int64_t row_end, float* y, int64_t y_stride) {                             \
-    gemm_driver<KIND, 4>(w, a, n_tok, row_begin, row_end, y, y_stride);                                             \
-  }
-LUTLLM_LUT_AVX2(1, w1)
-LUTLLM_LUT_AVX2(2, w2)
-LUTLLM_LUT_AVX2(3, w3)
-LUTLLM_LUT_AVX2(4, w4)
-LUTLLM_LUT_AVX2(5, wt)
-#undef LUTLLM_LUT_AVX2
+LUTLLM_LUT_ENTRY_POINTS(Avx2, avx2, 4)
 
 }  // namespace lutllm

@@ -1,6 +1,7 @@
 // AVX-512 (BW) LUT GEMV / GEMM over the packed layout of lut.h: one 64-byte load = four tiles with
 // four quads' tables in one register. Bit-exact twin of native/ref/lut_ref.cc; the table build is
-// the AVX2 one. No STL, no shared inline code (this file has -mavx512* flags).
+// the AVX2 one. No STL, no shared inline code (this file has -mavx512* flags; lut_driver.h's loop is
+// this file's own internal copy).
 #if defined(LUTLLM_SIMDE_AVX512)  // tests/cpp only: the same code on SIMDe's portable AVX-512
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
@@ -14,12 +15,10 @@
 
 #include "lutllm/kernel_decls.h"
 #include "lutllm/lut.h"
+#include "lutllm/lut_driver.h"
 
 namespace lutllm {
 namespace {
-
-constexpr int64_t kSxBuf = 4096;  // floats of precomputed group sums per K block
-constexpr size_t kPrefetchAhead = 4096;  // bytes of weights prefetched ahead of the group block in use (as AVX2)
 
 inline __m512 load_scales16(const uint8_t* p, int scale_bytes) {
 #if defined(LUTLLM_SIMDE_AVX512)  // SIMDe 0.7 has no 512-bit cvtph: two exact 256-bit F16C conversions
@@ -32,13 +31,6 @@ inline __m512 load_scales16(const uint8_t* p, int scale_bytes) {
   if (scale_bytes == 2) return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 #endif
   return _mm512_loadu_ps(reinterpret_cast<const float*>(p));
-}
-
-inline float group_sum(const float* sum16, int64_t g, int group) {
-  const int64_t i0 = g * (group / 16);
-  float s = sum16[i0];
-  for (int i = 1; i < group / 16; ++i) s = s + sum16[i0 + i];
-  return s;
 }
 
 inline __m512 cvt_i32_f32(__m512i v) {
@@ -132,8 +124,13 @@ inline __m256i fold_lanes(__m512i acc) {
 
 // int16 bound: each of the 4 lanes sees G/16 quads, at most 127 * 15 per quad and row (4-bit):
 // 127 * 15 * 8 = 15240 for G = 128.
+// Running sums of one row block (16 rows) for one token.
+struct Rows16 {
+  __m512 v;
+};
+
 template <int KIND, int NT>
-void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0, int64_t g1, __m512 yv[NT],
+void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0, int64_t g1, Rows16 yv[NT],
                size_t pf) {
   constexpr bool kTern = KIND == int(LutKind::TERNARY);
   constexpr int n = kTern ? 2 : KIND;
@@ -190,90 +187,27 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
     for (int t = 0; t < NT; ++t) {
       const __m512i I = _mm512_inserti64x4(_mm512_castsi256_si512(fold_lanes(accA[t])), fold_lanes(accB[t]), 1);
       const __m512 tsh = _mm512_set1_ps(0.5f * act[t].scale[g * G / act[t].ag]);
-      yv[t] = _mm512_fmadd_ps(_mm512_mul_ps(s, tsh), cvt_i32_f32(I), yv[t]);
-      if (!kTern) yv[t] = _mm512_fmadd_ps(cc, _mm512_set1_ps(sxg[t][g - g0]), yv[t]);
+      yv[t].v = _mm512_fmadd_ps(_mm512_mul_ps(s, tsh), cvt_i32_f32(I), yv[t].v);
+      if (!kTern) yv[t].v = _mm512_fmadd_ps(cc, _mm512_set1_ps(sxg[t][g - g0]), yv[t].v);
     }
   }
 }
 
 inline __mmask16 row_mask(int lo, int hi) { return __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1)); }
 
-template <int KIND, int NT>
-void gemm_tile(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin, int64_t row_end, float* y,
-               int64_t y_stride, int64_t kb_groups) {
-  const LutFormat& f = w->fmt;
-  const int64_t ngroups = w->k / f.group;
-  const size_t rbb = lut_row_block_bytes(f, w->k);
-  const int64_t end = row_end < w->rows ? row_end : w->rows;
-  // Software prefetch only when K is walked in one pass (GEMV): the weights are then read front to back.
-  const size_t pf = kb_groups >= ngroups ? kPrefetchAhead : 0;
-  for (int64_t g0 = 0; g0 < ngroups; g0 += kb_groups) {
-    const int64_t g1 = g0 + kb_groups < ngroups ? g0 + kb_groups : ngroups;
-    // Sx per (token, group) once per K block, not once per row block (callers bound n_tok * kb)
-    float sxbuf[kSxBuf];
-    for (int64_t t = 0; t < n_tok; ++t)
-      for (int64_t g = g0; g < g1; ++g) sxbuf[t * (g1 - g0) + (g - g0)] = group_sum(a[t].sum16, g, f.group);
-    for (int64_t rb = row_begin / kLutRows; rb * kLutRows < end; ++rb) {
-      const int64_t r0 = rb * kLutRows;
-      const int lo = int((row_begin > r0 ? row_begin : r0) - r0);
-      const int hi = int((end < r0 + kLutRows ? end : r0 + kLutRows) - r0);
-      const __mmask16 mk = row_mask(lo, hi);
-      const uint8_t* blk = w->data + size_t(rb) * rbb;
-      int64_t t = 0;
-      for (; t + NT <= n_tok; t += NT) {
-        __m512 yv[NT];
-        for (int u = 0; u < NT; ++u)
-          yv[u] = g0 == 0 ? _mm512_setzero_ps() : load_rows16(y + (t + u) * y_stride + r0, mk);
-        const float* sxp[NT];
-        for (int u = 0; u < NT; ++u) sxp[u] = sxbuf + (t + u) * (g1 - g0);
-        row_block<KIND, NT>(blk, f, a + t, sxp, g0, g1, yv, pf);
-        for (int u = 0; u < NT; ++u) store_rows16(y + (t + u) * y_stride + r0, mk, yv[u]);
-      }
-      for (; t < n_tok; ++t) {
-        __m512 yv[1];
-        yv[0] = g0 == 0 ? _mm512_setzero_ps() : load_rows16(y + t * y_stride + r0, mk);
-        const float* sxp[1] = {sxbuf + t * (g1 - g0)};
-        row_block<KIND, 1>(blk, f, a + t, sxp, g0, g1, yv, pf);
-        store_rows16(y + t * y_stride + r0, mk, yv[0]);
-      }
-    }
+struct Avx512 {
+  using Tile = Rows16;
+  static Tile zero() { return {_mm512_setzero_ps()}; }
+  static Tile load_rows(const float* y, int lo, int hi) { return {load_rows16(y, row_mask(lo, hi))}; }
+  static void store_rows(float* y, const Tile& t, int lo, int hi) { store_rows16(y, row_mask(lo, hi), t.v); }
+  template <int KIND, int NT>
+  static void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0,
+                        int64_t g1, Tile yv[NT], size_t pf) {
+    lutllm::row_block<KIND, NT>(blk, f, act, sxg, g0, g1, yv, pf);
   }
-}
-
-// Bounds the per-K-block Sx buffer (n_tok * groups in the block <= kSxBuf): a few tokens walk K in
-// one pass (up to kSxBuf / NT groups); more tokens walk it in 512-activation blocks so that block's
-// tables (2 KB per token) stay in cache, in chunks of tokens.
-template <int KIND, int NT>
-void gemm_driver(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin, int64_t row_end, float* y,
-                 int64_t y_stride) {
-  const int64_t ng = w->k / w->fmt.group;
-  if (n_tok <= NT) {
-    const int64_t kb = ng < kSxBuf / NT ? ng : kSxBuf / NT;
-    gemm_tile<KIND, NT>(w, a, n_tok, row_begin, row_end, y, y_stride, kb);
-    return;
-  }
-  const int64_t kb = ng < 512 / w->fmt.group ? ng : 512 / w->fmt.group;
-  const int64_t chunk = kSxBuf / kb;
-  for (int64_t t0 = 0; t0 < n_tok; t0 += chunk)
-    gemm_tile<KIND, NT>(w, a + t0, n_tok - t0 < chunk ? n_tok - t0 : chunk, row_begin, row_end, y + t0 * y_stride,
-                        y_stride, kb);
-}
+};
 }  // namespace
 
-#define LUTLLM_LUT_AVX512(KIND, SUFFIX)                                                                         \
-  void lut_gemv_##SUFFIX##_g4__avx512(const LutWeights* w, const LutAct* a, int64_t row_begin, int64_t row_end, \
-                                      float* y) {                                                               \
-    gemm_driver<KIND, 1>(w, a, 1, row_begin, row_end, y, 0);                                                             \
-  }                                                                                                             \
-  void lut_gemm_##SUFFIX##_g4__avx512(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t row_begin,   \
-                                      int64_t row_end, float* y, int64_t y_stride) {                            \
-    gemm_driver<KIND, 4>(w, a, n_tok, row_begin, row_end, y, y_stride);                                            \
-  }
-LUTLLM_LUT_AVX512(1, w1)
-LUTLLM_LUT_AVX512(2, w2)
-LUTLLM_LUT_AVX512(3, w3)
-LUTLLM_LUT_AVX512(4, w4)
-LUTLLM_LUT_AVX512(5, wt)
-#undef LUTLLM_LUT_AVX512
+LUTLLM_LUT_ENTRY_POINTS(Avx512, avx512, 4)
 
 }  // namespace lutllm
