@@ -167,25 +167,9 @@ def test_loading_does_not_copy_weights_into_anonymous_memory(smollm2_path):
     """With the int8 path (no repacking), binding the model (the runtime maps the file and resolves every tensor)
     and running one token through every layer grows anonymous memory by almost nothing: weights stay
     file-backed pages of the mapping. The KV cache is allocated before the measurement starts."""
-    code = (
-        "import sys\n"
-        "def anon():\n"
-        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('RssAnon:'))\n"
-        "import numpy as np\n"
-        "from lutllm import _core\n"
-        "from lutllm.engine import Engine\n"
-        "e = Engine(sys.argv[1], n_ctx=64, n_threads=2, lut=False)\n"
-        "descs = [(t.name, t.ggml_type, list(t.shape), t.offset, t.nbytes) for t in e.gguf.tensors.values()]\n"
-        "a = anon()\n"
-        "m = _core.Model(sys.argv[1], dict(e.config.as_dict(), use_lut=False), descs, 2)\n"
-        "c = _core.Context(m, 64, 64)\n"
-        "b = anon()\n"
-        "c.eval(np.array([1, 2, 3], dtype=np.int32), 0, False)\n"
-        "print(b - a, anon() - b)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code, smollm2_path], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    load_kb, eval_kb = map(int, r.stdout.split()[-2:])
+    from anon_memory import anon_growth_kb
+
+    [(load_kb, eval_kb)] = anon_growth_kb([smollm2_path], use_lut=False)
     size = pathlib.Path(smollm2_path).stat().st_size
     # the whole file is 98 MB; allow 5% for allocator noise, thread stacks and scratch
     assert load_kb * 1024 < 0.05 * size, (load_kb, size)

@@ -456,27 +456,9 @@ def test_packed_weights_are_used_from_the_mapping(smollm2_q4, smollm2_path):
     view = e._model.tensor_view("blk.0.ffn_up.weight")
     assert view.__array_interface__["data"][0] == e._model.mapping_address + info.offset
     assert info.offset % 64 == 0 and view.size == info.nbytes
-    code = (
-        "import sys\n"
-        "def anon():\n"
-        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('RssAnon:'))\n"
-        "import numpy as np\n"
-        "from lutllm import _core\n"
-        "from lutllm.engine import Engine\n"
-        "for path in sys.argv[1:]:\n"
-        "    e = Engine(path, n_ctx=64, n_threads=2)\n"
-        "    a = anon()\n"
-        "    m = _core.Model(path, dict(e.config.as_dict(), use_lut=True), e.gguf.runtime_descs(), 2)\n"
-        "    c = _core.Context(m, 64, 64)\n"
-        "    b = anon()\n"
-        "    c.eval(np.array([1, 2, 3], dtype=np.int32), 0, False)\n"
-        "    print(b - a, anon() - b)\n"
-        "    del c, m, e\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code, smollm2_q4, smollm2_path], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr
-    (load_kb, eval_kb), (src_load_kb, _) = [map(int, line.split()) for line in r.stdout.split("\n")[-3:-1]]
+    from anon_memory import anon_growth_kb
+
+    (load_kb, eval_kb), (src_load_kb, _) = anon_growth_kb([smollm2_q4, smollm2_path], use_lut=True)
     packed = sum(t.nbytes for t in e.gguf.tensors.values() if t.lut is not None)
     # the Q4_1 source is repacked at load (an owned copy of the same size): the probe sees copies
     assert src_load_kb * 1024 > 0.8 * packed, (src_load_kb, packed)
