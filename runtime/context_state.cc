@@ -1,7 +1,10 @@
 // Context state save/load: copies the first n_past cached key/value rows of every layer out of or
-// into a flat float32 buffer (the cache itself is fp16). It does not serialise tokens or files;
-// callers own that framing.
+// into a flat float32 buffer (the cache itself is fp16). Sliding-window layers hold only recent
+// positions: older ones are saved as zeros and are not needed after a load, which continues at
+// n_past. It does not serialise tokens or files; callers own that framing.
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "error.h"
 #include "model.h"
@@ -26,11 +29,16 @@ void Context::save_kv(int64_t n_past, float* out) const {
   const ModelConfig& c = model_->config();
   const size_t kv_dim = size_t(c.n_head_kv) * size_t(c.head_dim), rows = size_t(n_past) * kv_dim;
   for (int l = 0; l < c.n_layer; ++l) {
-    const size_t base = size_t(l) * size_t(n_ctx_) * kv_dim;
-    for (size_t i = 0; i < rows; ++i) out[i] = fp16_to_f32(k_cache_[base + i]);
-    out += rows;
-    for (size_t i = 0; i < rows; ++i) out[i] = fp16_to_f32(v_cache_[base + i]);
-    out += rows;
+    // positions [lo, hi) are held, at row p - base
+    const int64_t base = kv_base_[size_t(l)];
+    const int64_t lo = std::min(base, n_past), hi = std::min(n_past, base + kv_rows_[size_t(l)]);
+    for (const std::vector<fp16_t>* cache : {&k_cache_, &v_cache_}) {
+      const fp16_t* src = cache->data() + kv_offset_[size_t(l)];
+      std::fill(out, out + size_t(lo) * kv_dim, 0.0f);
+      for (size_t i = size_t(lo) * kv_dim; i < size_t(hi) * kv_dim; ++i) out[i] = fp16_to_f32(src[i - size_t(base) * kv_dim]);
+      std::fill(out + size_t(hi) * kv_dim, out + rows, 0.0f);
+      out += rows;
+    }
   }
 }
 
@@ -39,12 +47,18 @@ void Context::load_kv(int64_t n_past, const float* in) {
   const ModelConfig& c = model_->config();
   const size_t kv_dim = size_t(c.n_head_kv) * size_t(c.head_dim), rows = size_t(n_past) * kv_dim;
   for (int l = 0; l < c.n_layer; ++l) {
-    const size_t base = size_t(l) * size_t(n_ctx_) * kv_dim;
-    for (size_t i = 0; i < rows; ++i) k_cache_[base + i] = f32_to_fp16(in[i]);
-    in += rows;
-    for (size_t i = 0; i < rows; ++i) v_cache_[base + i] = f32_to_fp16(in[i]);
-    in += rows;
+    // a sliding layer keeps the last window - 1 positions: what evaluation at n_past attends to (the
+    // state may come from a context that held no more, even where this one could hold all)
+    const int window = model_->layers[size_t(l)].window;
+    const int64_t base = window > 0 ? std::max<int64_t>(0, n_past - window + 1) : 0;
+    kv_base_[size_t(l)] = base;
+    for (std::vector<fp16_t>* cache : {&k_cache_, &v_cache_}) {
+      fp16_t* dst = cache->data() + kv_offset_[size_t(l)];
+      for (size_t i = size_t(base) * kv_dim; i < rows; ++i) dst[i - size_t(base) * kv_dim] = f32_to_fp16(in[i]);
+      in += rows;
+    }
   }
+  update_resume_floor();
 }
 
 }  // namespace lutllm

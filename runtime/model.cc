@@ -189,14 +189,27 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
   pool_ = std::make_unique<ThreadPool>(n_threads > 0 ? n_threads : physical_core_count());
 }
 
-Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch) : model_(std::move(model)) {
+int64_t kv_rows_for_layer(int window, int n_ctx, int n_batch, bool full_window_kv) {
+  if (window <= 0 || full_window_kv) return n_ctx;
+  return std::min<int64_t>(n_ctx, 2 * (int64_t(window) + std::min(n_batch, n_ctx)));
+}
+
+Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, bool full_window_kv)
+    : model_(std::move(model)) {
   const ModelConfig& c = model_->config();
   if (n_ctx <= 0) throw Error("n_ctx must be positive, got " + std::to_string(n_ctx));
   if (n_batch <= 0) throw Error("n_batch must be positive, got " + std::to_string(n_batch));
   n_ctx_ = n_ctx;
   n_batch_ = std::min(n_batch, n_ctx);
   const size_t kv_dim = size_t(c.n_head_kv) * size_t(c.head_dim);
-  k_cache_.assign(size_t(c.n_layer) * size_t(n_ctx_) * kv_dim, fp16_t(0));
+  size_t rows = 0;
+  for (int l = 0; l < c.n_layer; ++l) {
+    kv_offset_.push_back(rows * kv_dim);
+    kv_rows_.push_back(kv_rows_for_layer(model_->layers[size_t(l)].window, n_ctx_, n_batch_, full_window_kv));
+    kv_base_.push_back(0);
+    rows += size_t(kv_rows_.back());
+  }
+  k_cache_.assign(rows * kv_dim, fp16_t(0));
   v_cache_.assign(k_cache_.size(), fp16_t(0));
   const size_t nb = size_t(n_batch_), q_dim = size_t(c.n_head) * size_t(c.head_dim);
   x_.resize(nb * size_t(c.d_model));
@@ -219,14 +232,51 @@ void Context::eval(const int32_t* tokens, int64_t n, int64_t pos, bool all_logit
   for (int64_t i = 0; i < n; ++i)
     if (tokens[i] < 0 || tokens[i] >= c.n_vocab)
       throw Error("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (0.." + std::to_string(c.n_vocab - 1) + ")");
+  if (pos > 0 && pos < resume_floor_)
+    throw Error("cannot continue at position " + std::to_string(pos) +
+                ": the sliding-window layers no longer hold the positions it attends to (continue at " +
+                std::to_string(resume_floor_) + " or later, or start again at 0)");
   cancel_.store(false);
   for (int64_t done = 0; done < n;) {
     const int64_t m = std::min<int64_t>(n_batch_, n - done);
     const bool last = done + m == n;
     float* out = all_logits ? logits + done * c.n_vocab : (last ? logits : nullptr);
-    forward_batch(tokens + done, m, pos + done, all_logits, out);
+    try {
+      forward_batch(tokens + done, m, pos + done, all_logits, out);
+    } catch (...) {
+      update_resume_floor();
+      throw;
+    }
     done += m;
   }
+  update_resume_floor();
+}
+
+int64_t Context::kv_make_room(int l, int64_t n, int64_t pos) {
+  const int window = model_->layers[size_t(l)].window;
+  int64_t& base = kv_base_[size_t(l)];
+  const int64_t rows = kv_rows_[size_t(l)];
+  if (pos + n - base <= rows && pos >= base) return pos - base;
+  // only sliding layers get here: keep the positions the batch attends to before pos
+  const int64_t lo = std::max<int64_t>(0, pos - window + 1);
+  if (lo < base) {  // eval() lets only pos == 0 through here
+    base = 0;
+    return pos;
+  }
+  const size_t kv_dim = size_t(model_->config().n_head_kv) * size_t(model_->config().head_dim);
+  const size_t from = size_t(lo - base) * kv_dim, count = size_t(pos - lo) * kv_dim;
+  fp16_t* kc = k_cache_.data() + kv_offset_[size_t(l)];
+  fp16_t* vc = v_cache_.data() + kv_offset_[size_t(l)];
+  std::memmove(kc, kc + from, count * sizeof(fp16_t));
+  std::memmove(vc, vc + from, count * sizeof(fp16_t));
+  base = lo;
+  return pos - base;
+}
+
+void Context::update_resume_floor() {
+  resume_floor_ = 0;
+  for (size_t l = 0; l < kv_base_.size(); ++l)
+    if (kv_base_[l] > 0) resume_floor_ = std::max<int64_t>(resume_floor_, kv_base_[l] + model_->layers[l].window - 1);
 }
 
 void Context::forward_batch(const int32_t* tokens, int64_t n, int64_t pos, bool all_logits, float* logits) {
@@ -262,8 +312,8 @@ void Context::forward_layer(int l, int64_t n, int64_t pos) {
   const int64_t d = c.d_model, hd = c.head_dim, q_dim = int64_t(c.n_head) * hd, kv_dim = int64_t(c.n_head_kv) * hd;
   const float eps = c.norm_eps;
   float* x = x_.data();
-  fp16_t* kc = k_cache_.data() + size_t(l) * size_t(n_ctx_) * size_t(kv_dim);
-  fp16_t* vc = v_cache_.data() + size_t(l) * size_t(n_ctx_) * size_t(kv_dim);
+  fp16_t* kc = k_cache_.data() + kv_offset_[size_t(l)];
+  fp16_t* vc = v_cache_.data() + kv_offset_[size_t(l)];
 
   // attention block
   rms_norm(x, L.attn_norm, n, d, eps, xn_.data());
@@ -273,12 +323,13 @@ void Context::forward_layer(int l, int64_t n, int64_t pos) {
   if (L.k_norm) rms_norm(k_.data(), L.k_norm, n * c.n_head_kv, hd, eps, k_.data());
   rope(q_.data(), n, c.n_head, int(hd), c.rope_dim, pos, L.rope_base, L.rope_freq_scale, c.rope_mode);
   rope(k_.data(), n, c.n_head_kv, int(hd), c.rope_dim, pos, L.rope_base, L.rope_freq_scale, c.rope_mode);
+  const int64_t row = kv_make_room(l, n, pos);
   for (int64_t i = 0; i < n * kv_dim; ++i) {
-    kc[pos * kv_dim + i] = f32_to_fp16(k_[size_t(i)]);
-    vc[pos * kv_dim + i] = f32_to_fp16(v_[size_t(i)]);
+    kc[row * kv_dim + i] = f32_to_fp16(k_[size_t(i)]);
+    vc[row * kv_dim + i] = f32_to_fp16(v_[size_t(i)]);
   }
   const float scale = c.attn_scale != 0.f ? c.attn_scale : 1.f / std::sqrt(float(hd));
-  attention(q_.data(), kc, vc, n, pos, c.n_head, c.n_head_kv, int(hd), n_ctx_, L.window, scale, attn_.data(),
+  attention(q_.data(), kc, vc, kv_base_[size_t(l)], n, pos, c.n_head, c.n_head_kv, int(hd), n_ctx_, L.window, scale, attn_.data(),
             att_scores_.data(), pool);
   if (L.attn_sub_norm) rms_norm(attn_.data(), L.attn_sub_norm, n, q_dim, eps, attn_.data());
   in_.set(attn_.data(), n, q_dim);

@@ -90,10 +90,19 @@ class Model {
   std::unique_ptr<ThreadPool> pool_;
 };
 
+// Positions of KV cache one layer holds. A sliding-window layer (window w > 0) needs only the last
+// w - 1 positions plus the batch being written, so it keeps a buffer of min(n_ctx, 2 * (w + n_batch))
+// rows that slides forward (the rows still needed are moved to the front when it fills: one copy of
+// w - 1 rows per w + 2 * n_batch positions). With full_window_kv, or w == 0, every position is kept.
+// python/lutllm/memory.py counts the same.
+int64_t kv_rows_for_layer(int window, int n_ctx, int n_batch, bool full_window_kv);
+
 // One sequence's state: KV cache for up to n_ctx positions plus scratch for batches of n_batch.
+// Sliding-window layers keep only recent positions (kv_rows_for_layer), so evaluation may restart at
+// position 0 or at any position >= resume_floor(); earlier restarts are refused with an error.
 class Context {
  public:
-  Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch);
+  Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, bool full_window_kv = false);
   int n_ctx() const { return n_ctx_; }
   int n_batch() const { return n_batch_; }
   int n_vocab() const { return model_->config().n_vocab; }
@@ -101,9 +110,14 @@ class Context {
   // Writes logits (n_vocab floats per row) for all n tokens when all_logits, else for the last.
   void eval(const int32_t* tokens, int64_t n, int64_t pos, bool all_logits, float* logits);
   void request_cancel() { cancel_.store(true); }
+  // Smallest position > 0 that eval may start at: the sliding-window layers hold every position a
+  // query there attends to. 0 when nothing has been dropped.
+  int64_t resume_floor() const { return resume_floor_; }
+  uint64_t kv_cache_bytes() const { return 2 * k_cache_.size() * sizeof(fp16_t); }
   // KV-cache state (runtime/context_state.cc): the first n_past positions of every layer's keys
   // and values, laid out (n_layer, 2 [K, V], n_past, n_head_kv * head_dim) as float32 (the cache
-  // holds fp16, so saving is exact and loading rounds to fp16).
+  // holds fp16, so saving is exact and loading rounds to fp16). Positions a sliding-window layer no
+  // longer holds are saved as zeros; after a load, evaluation continues at n_past (or restarts at 0).
   int64_t kv_state_floats(int64_t n_past) const;
   void save_kv(int64_t n_past, float* out) const;
   void load_kv(int64_t n_past, const float* in);
@@ -111,12 +125,20 @@ class Context {
  private:
   void forward_batch(const int32_t* tokens, int64_t n, int64_t pos, bool all_logits, float* logits);
   void forward_layer(int l, int64_t n, int64_t pos);  // one block over x_, rows at positions pos..
+  // Makes layer l's cache rows hold positions [max(0, pos - window + 1), pos + n) (sliding layers
+  // move the rows still needed to the front when the batch would not fit); returns the row of pos.
+  int64_t kv_make_room(int l, int64_t n, int64_t pos);
+  void update_resume_floor();
 
   std::shared_ptr<const Model> model_;
   int n_ctx_, n_batch_;
-  // (n_layer, n_ctx, n_head_kv * head_dim) in fp16, as llama.cpp keeps it by default: half the
-  // memory and half the attention reads of float32, at a rounding far below the weights' own.
+  // fp16, as llama.cpp keeps it by default: half the memory and half the attention reads of
+  // float32, at a rounding far below the weights' own. Layer l owns kv_rows_[l] rows of
+  // n_head_kv * head_dim from element kv_offset_[l]; row r holds position kv_base_[l] + r.
   std::vector<fp16_t> k_cache_, v_cache_;
+  std::vector<size_t> kv_offset_;
+  std::vector<int64_t> kv_rows_, kv_base_;
+  int64_t resume_floor_ = 0;
   // scratch, sized for n_batch tokens
   std::vector<float> x_, xn_, q_, k_, v_, attn_, ff_a_, ff_b_, att_scores_;
   LinearInput in_;

@@ -68,8 +68,9 @@ void gated_activation(FfnAct act, float* a, const float* b, int64_t n) {
   }
 }
 
-void attention(const float* q, const fp16_t* kc, const fp16_t* vc, int64_t n, int64_t pos0, int n_head, int n_kv,
-               int hd, int n_ctx, int window, float scale, float* out, float* scores, ThreadPool& pool) {
+void attention(const float* q, const fp16_t* kc, const fp16_t* vc, int64_t kv_base, int64_t n, int64_t pos0,
+               int n_head, int n_kv, int hd, int n_ctx, int window, float scale, float* out, float* scores,
+               ThreadPool& pool) {
   const int group = n_head / n_kv;
   const int64_t kv_stride = int64_t(n_kv) * hd;
   const AttnHeadFn head = kernels().attn_head;
@@ -79,8 +80,9 @@ void attention(const float* q, const fp16_t* kc, const fp16_t* vc, int64_t n, in
     // causal: keys first..pos0+t, where a window keeps only the last `window` of them
     const int64_t first = window > 0 ? std::max<int64_t>(0, pos0 + t + 1 - window) : 0;
     const int64_t len = pos0 + t + 1 - first;
-    head(q + (t * n_head + h) * int64_t(hd), kc + first * kv_stride + int64_t(kvh) * hd,
-         vc + first * kv_stride + int64_t(kvh) * hd, len, kv_stride, hd, scale, scores + int64_t(thread) * n_ctx,
+    const int64_t row = first - kv_base;
+    head(q + (t * n_head + h) * int64_t(hd), kc + row * kv_stride + int64_t(kvh) * hd,
+         vc + row * kv_stride + int64_t(kvh) * hd, len, kv_stride, hd, scale, scores + int64_t(thread) * n_ctx,
          out + (t * n_head + h) * int64_t(hd));
   });
 }

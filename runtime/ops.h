@@ -16,13 +16,16 @@ void rope(float* x, int64_t n, int n_heads, int head_dim, int rope_dim, int64_t 
           float freq_scale, RopeMode mode);
 // a[i] = act(a[i]) * b[i] with act = silu, gelu (tanh approximation) or relu^2
 void gated_activation(FfnAct act, float* a, const float* b, int64_t n);
-// Causal grouped-query attention for n queries at positions pos0.. against cache rows [0, pos0+n).
-//   q: (n, n_head*hd); kc, vc: (n_ctx, n_kv*hd) fp16 rows of this layer; out: (n, n_head*hd)
+// Causal grouped-query attention for n queries at positions pos0.. against the cached positions
+// before them (and their own).
+//   q: (n, n_head*hd); kc, vc: fp16 rows (n_kv*hd) of this layer, row r holding position kv_base + r;
+//   every position a query attends to must be there; out: (n, n_head*hd)
 //   Each (query, head) runs the registry's attn_head kernel (same bits on every ISA).
 //   window: 0 = all earlier positions, w > 0 = only the last w positions (the query's own included)
 //   scale: multiplies q.k before the softmax
 //   scores: per-thread scratch of n_ctx floats, pool.size() of them, contiguous
-void attention(const float* q, const fp16_t* kc, const fp16_t* vc, int64_t n, int64_t pos0, int n_head, int n_kv,
-               int hd, int n_ctx, int window, float scale, float* out, float* scores, ThreadPool& pool);
+void attention(const float* q, const fp16_t* kc, const fp16_t* vc, int64_t kv_base, int64_t n, int64_t pos0,
+               int n_head, int n_kv, int hd, int n_ctx, int window, float scale, float* out, float* scores,
+               ThreadPool& pool);
 
 }  // namespace lutllm

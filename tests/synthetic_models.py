@@ -52,7 +52,7 @@ def write_model(path, arch="llama", *, n_layer=2, d=256, n_head=4, n_kv=2, head_
     w.add_string("tokenizer.ggml.pre", "default")
     w.add_array("tokenizer.ggml.tokens", [f"<t{i}>" for i in range(n_vocab)])
     w.add_array("tokenizer.ggml.token_type", [1] * n_vocab)
-    w.add_array("tokenizer.ggml.merges", [])
+    w.add_array("tokenizer.ggml.merges", ["< t"])  # one rule: gguf drops an empty array
     w.add_uint32("tokenizer.ggml.bos_token_id", 1)
     w.add_uint32("tokenizer.ggml.eos_token_id", 2)
 

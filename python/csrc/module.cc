@@ -754,11 +754,13 @@ PYBIND11_MODULE(_core, m) {
       }, "Which kernel family runs each linear layer (q8, f32, dequant).");
 
   py::class_<Context>(m, "Context")
-      .def(py::init([](std::shared_ptr<Model> mdl, int n_ctx, int n_batch) {
-             return std::make_unique<Context>(std::move(mdl), n_ctx, n_batch);
+      .def(py::init([](std::shared_ptr<Model> mdl, int n_ctx, int n_batch, bool full_window_kv) {
+             return std::make_unique<Context>(std::move(mdl), n_ctx, n_batch, full_window_kv);
            }),
-           py::arg("model"), py::arg("n_ctx"), py::arg("n_batch") = 512)
+           py::arg("model"), py::arg("n_ctx"), py::arg("n_batch") = 512, py::arg("full_window_kv") = false)
       .def_property_readonly("n_ctx", &Context::n_ctx)
+      .def_property_readonly("resume_floor", &Context::resume_floor)
+      .def_property_readonly("kv_cache_bytes", &Context::kv_cache_bytes)
       .def_property_readonly("n_batch", &Context::n_batch)
       .def("eval", [](Context& ctx, const py::handle& tokens_obj, int64_t pos, bool all_logits) {
         auto tokens = exact_array<int32_t>(tokens_obj, "tokens");

@@ -25,7 +25,7 @@ _IGNORED_KWARGS = {
     "yarn_orig_ctx": 0, "logits_all": False, "last_n_tokens_size": 64, "numa": False,
     "chat_handler": None, "draft_model": None, "tokenizer": None, "type_k": None, "type_v": None,
     "spm_infill": False, "kv_overrides": None, "lora_base": None, "lora_scale": 1.0,
-    "n_ubatch": 512, "n_seq_max": 1, "no_perf": False, "check_tensors": False, "swa_full": None,
+    "n_ubatch": 512, "n_seq_max": 1, "no_perf": False, "check_tensors": False,
 }
 
 
@@ -90,6 +90,9 @@ class Llama:
       * mem_budget: bytes of DRAM for weights, caches and staging. A flash file (`lutllm convert
         --flash`) streams its FFN weights from storage when they do not fit; a budget below the
         minimum (or an ordinary GGUF that does not fit) raises ValueError naming the minimum.
+      * swa_full: as llama-cpp-python; by default sliding-window layers (gemma3's local ones) keep
+        only recent keys and values, and reusing a cached prefix that ends further back than their
+        window re-evaluates from the start; swa_full=True keeps every position.
       * progress(done, total) (lutllm only): called after each layer is bound while loading.
       * memory_warning(message) (lutllm only): called instead of a MemoryFitWarning when the estimated
         memory need exceeds what is available (see lutllm.memory); loading goes on either way.
@@ -125,6 +128,7 @@ class Llama:
         lora_path: str | None = None,
         progress: Callable[[int, int], None] | None = None,
         memory_warning: Callable[[str], None] | None = None,
+        swa_full: bool | None = None,
         **kwargs: Any,
     ):
         if n_gpu_layers is not None and n_gpu_layers != 0:
@@ -164,7 +168,7 @@ class Llama:
 
             self._engine = Engine(self.model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
                                   verbose=verbose, progress=progress, memory_warning=memory_warning,
-                                  mem_budget=mem_budget)
+                                  mem_budget=mem_budget, full_window_kv=bool(swa_full))
             self._gguf = self._engine.gguf
             self._tokenizer = self._engine.tokenizer
             self._n_ctx = self._engine.n_ctx

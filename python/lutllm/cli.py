@@ -49,6 +49,8 @@ def _common_options(f):
         click.option("--verbose", is_flag=True, help="Print prompt and generation speed."),
         click.option("--mem-budget", "mem_budget", type=_SIZE, default=None,
                      help="DRAM budget (e.g. 512M, 2G); a flash file streams its FFN weights to stay within it."),
+        click.option("--swa-full", "swa_full", is_flag=True,
+                     help="Keep every position in sliding-window layers' KV cache (default: only their window)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -108,7 +110,8 @@ def _load(kw, **extra):
     try:
         with _load_progress(kw.get("verbose")) as bar:
             return Engine(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"],
-                          progress=bar, memory_warning=_memory_warning, mem_budget=kw.get("mem_budget"), **extra)
+                          progress=bar, memory_warning=_memory_warning, mem_budget=kw.get("mem_budget"),
+                          full_window_kv=bool(kw.get("swa_full")), **extra)
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
 
@@ -362,7 +365,8 @@ def serve(host, port, api_key, **kw):
     try:
         with _load_progress(kw["verbose"]) as bar:
             llm = Llama(kw["model"], n_ctx=kw["ctx_size"], n_threads=kw["threads"], n_batch=kw["batch_size"],
-                        progress=bar, memory_warning=_memory_warning, mem_budget=kw.get("mem_budget"))
+                        progress=bar, memory_warning=_memory_warning, mem_budget=kw.get("mem_budget"),
+                        swa_full=kw["swa_full"])
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     try:

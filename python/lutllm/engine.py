@@ -75,6 +75,7 @@ class Engine:
         flash_mode: str | None = None,
         flash_io: str | None = None,
         flash_window: int = 4,
+        full_window_kv: bool = False,
     ):
         """lut: run <= 4-bit weights (Q4_0, Q4_1, Q4_K, Q2_K, TQ1_0, TQ2_0) through the table-lookup
         kernels (repacked once at load, exactly); False keeps every weight mapped and uses the
@@ -88,7 +89,11 @@ class Engine:
         (`lutllm convert --flash`) keeps its FFN resident when it fits and streams it otherwise;
         flash_mode forces "resident", "dense" (streamed) or "windowed" (sparse: gate resident, active
         bundles cached for flash_window tokens; thresholds from flash_set_thresholds), flash_io an
-        I/O backend (auto, uring, pool, buffered). See convert.plan_memory."""
+        I/O backend (auto, uring, pool, buffered). See convert.plan_memory.
+        full_window_kv: keep every position's keys and values in sliding-window layers too (gemma3's
+        local layers), as llama.cpp's swa_full does. By default those layers keep only recent
+        positions (a fraction of the memory at long contexts), and rewinding the cache further back
+        than their window re-evaluates the prompt from the start."""
         from . import _core
 
         path = resolve_model(str(model))
@@ -114,7 +119,8 @@ class Engine:
         if n_batch < 1:
             raise ValueError(f"n_batch must be >= 1, got {n_batch}")
         self.memory_estimate = estimate_memory(self.gguf, self.config, n_ctx, n_batch, lut=lut,
-                                               n_threads=n_threads or default_threads())
+                                               n_threads=n_threads or default_threads(),
+                                               full_window_kv=full_window_kv)
         # with a budget, plan_memory below decides what stays resident; without one, warn when the
         # whole model will not fit in what the machine has
         advice = None if mem_budget else fit_advice(self.memory_estimate, available_memory())
@@ -137,7 +143,7 @@ class Engine:
                                 resident_bundles=self.memory_plan.resident_bundles)
         self.mem_budget = mem_budget
         self._model = _core.Model(str(path), cfg, descs, n_threads or 0, progress=progress)
-        self._ctx = _core.Context(self._model, n_ctx, n_batch)
+        self._ctx = _core.Context(self._model, n_ctx, n_batch, full_window_kv=bool(full_window_kv))
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         self.lut = bool(lut)
@@ -215,6 +221,8 @@ class Engine:
         limit = min(len(self._cached), len(tokens) - 1)  # always compute at least the last token
         while keep < limit and self._cached[keep] == tokens[keep]:
             keep += 1
+        if keep < self._ctx.resume_floor:  # sliding-window layers dropped what resuming there needs
+            keep = 0
         new = np.asarray(tokens[keep:], dtype=np.int32)
         self._cached = self._cached[:keep]
         logits = self._ctx.eval(new, keep, all_logits)

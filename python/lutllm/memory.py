@@ -35,8 +35,8 @@ class MemoryEstimate:
     repack: int  # anonymous copies of the weights repacked for the LUT kernels
     repack_transient: int  # temporary buffers while one tensor is repacked (load time only)
     n_repacked: int  # tensors repacked
-    kv_cache: int  # keys + values, fp16, for n_ctx positions
-    kv_per_token: int  # kv_cache / n_ctx
+    kv_cache: int  # keys + values, fp16, for n_ctx positions (fewer in sliding-window layers)
+    kv_per_token: int  # what one more context position adds (the layers that keep every position)
     scratch: int  # activations, attention scores, activation tables, one logits row
     n_ctx: int
     n_batch: int
@@ -93,15 +93,25 @@ def repack_transient_bytes(ggml_type: int, rows: int, k: int) -> int:
     return rows * k + 2 * rows * (k // group) * _F32
 
 
+def kv_rows_for_layer(window: int, n_ctx: int, n_batch: int, full_window_kv: bool = False) -> int:
+    """Positions of KV cache one layer keeps (runtime/model.h kv_rows_for_layer): every position, or
+    for a sliding-window layer a buffer of 2 * (window + batch) rows that slides forward."""
+    if window <= 0 or full_window_kv:
+        return n_ctx
+    return min(n_ctx, 2 * (window + min(n_batch, n_ctx)))
+
+
 def estimate_memory(gguf, config, n_ctx: int, n_batch: int = 512, lut: bool = True,
-                    n_threads: int = 1) -> MemoryEstimate:
+                    n_threads: int = 1, full_window_kv: bool = False) -> MemoryEstimate:
     """Estimate what Engine(gguf file, n_ctx, n_batch, lut, n_threads) will use, from shapes alone.
 
     - weights: every tensor is mapped; with lut, <= 4-bit linear weights (Q4_0, Q4_1, Q4_K, Q2_K,
       TQ1_0, TQ2_0) are read once and copied into the packed LUT layout (owned, anonymous memory),
       so only the other tensors' mapped pages stay hot. An untied token embedding (the model has its
       own output.weight) is only read a row per token: it is mapped but not hot (weights_lookup).
-    - KV cache: n_layer * n_ctx * n_head_kv * head_dim * 2 (K and V) * 2 bytes (fp16).
+    - KV cache: per layer kv_rows_for_layer positions (n_ctx, or fewer for sliding-window layers)
+      * n_head_kv * head_dim * 2 (K and V) * 2 bytes (fp16); kv_per_token counts the layers that
+      grow with n_ctx.
     - scratch: the Context's per-batch buffers for min(n_batch, n_ctx) tokens, attention scores
       per thread, the int8 and LUT activation buffers of the widest linear input, one logits row.
     """
@@ -128,7 +138,9 @@ def estimate_memory(gguf, config, n_ctx: int, n_batch: int = 512, lut: bool = Tr
             n_repacked += 1
             transient = max(transient, repack_transient_bytes(t.ggml_type, rows, k))
     kv_dim = c.n_head_kv * c.head_dim
-    kv_per_token = c.n_layer * kv_dim * 2 * _F16
+    windows = list(c.layer_window) or [0] * c.n_layer
+    kv_rows = [kv_rows_for_layer(w, n_ctx, n_batch, full_window_kv) for w in windows]
+    kv_per_token = sum(r == n_ctx for r in kv_rows) * kv_dim * 2 * _F16
     nb = max(1, min(n_batch, n_ctx))
     q_dim = c.n_head * c.head_dim
     floats = nb * (c.d_model + max(c.d_model, q_dim) + 2 * q_dim + 2 * kv_dim + 2 * c.d_ff)
@@ -142,7 +154,7 @@ def estimate_memory(gguf, config, n_ctx: int, n_batch: int = 512, lut: bool = Tr
     return MemoryEstimate(
         weights_file=sum(int(t.nbytes) for t in gguf.tensors.values()),
         weights_mapped_hot=hot, repack=repack, repack_transient=transient, n_repacked=n_repacked,
-        kv_cache=kv_per_token * n_ctx, kv_per_token=kv_per_token, scratch=scratch,
+        kv_cache=sum(kv_rows) * kv_dim * 2 * _F16, kv_per_token=kv_per_token, scratch=scratch,
         n_ctx=n_ctx, n_batch=n_batch, weights_lookup=lookup,
     )
 
@@ -257,7 +269,7 @@ def available_memory() -> MemoryAvailable | None:
 def max_ctx_fitting(est: MemoryEstimate, budget: int, step: int = 256) -> int:
     """Largest n_ctx (a multiple of `step`) whose total need fits in `budget` bytes; 0 if none.
     Attention scores grow with n_ctx too, but are negligible next to the KV cache."""
-    fixed = est.total - est.kv_cache
+    fixed = est.total - est.kv_per_token * est.n_ctx  # sliding-window layers' rows do not grow
     if budget <= fixed or est.kv_per_token <= 0:
         return 0
     return min(est.n_ctx, (budget - fixed) // est.kv_per_token) // step * step
