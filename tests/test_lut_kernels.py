@@ -7,7 +7,7 @@ _core = pytest.importorskip("lutllm._core")
 
 KINDS = {1: "w1", 2: "w2", 3: "w3", 4: "w4", 5: "wt"}
 KIND_IDS = [1, 2, 3, 4, 5]
-GGML = {"Q4_0": 2, "Q4_1": 3, "Q2_K": 10, "Q4_K": 12, "TQ1_0": 34, "TQ2_0": 35}
+GGML = {"Q4_0": 2, "Q4_1": 3, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "TQ1_0": 34, "TQ2_0": 35}
 
 
 def simd_isas():
@@ -201,6 +201,8 @@ def random_blocks(rng, type_name, rows, k):
         blocks[:, 0:2], blocks[:, 2:4] = f16(1e-4, 1e-2), f16(1e-4, 1e-2)
     elif type_name == "Q2_K":  # scales[16], qs[64], d, dmin
         blocks[:, 80:82], blocks[:, 82:84] = f16(1e-4, 1e-2), f16(1e-4, 1e-2)
+    elif type_name == "Q3_K":  # hmask[32], qs[64], scales[12] (6-bit signed sub-scales), d
+        blocks[:, 108:110] = f16(-1e-2, 1e-2)
     elif type_name == "TQ2_0":  # qs[64], d: codes 0..2 only
         codes = rng.integers(0, 3, size=(nb, 64, 4), dtype=np.uint8)
         blocks[:, :64] = codes[..., 0] | codes[..., 1] << 2 | codes[..., 2] << 4 | codes[..., 3] << 6
@@ -208,7 +210,16 @@ def random_blocks(rng, type_name, rows, k):
     return blocks.reshape(rows, -1)
 
 
-@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q4_K", "Q2_K", "TQ2_0", "TQ1_0"])
+def _lossless(back, ref, type_name):
+    """Unpacked repack == gguf's dequantize, bit for bit; for Q3_K as floats: its zero weights carry
+    the sign of d*S in gguf and are +0 in the repack (s*q + o with q mirrored for negative S)."""
+    ref = ref.astype(np.float32)
+    if type_name == "Q3_K":
+        return np.array_equal(back, ref) and np.array_equal(back.view(np.uint32)[ref != 0], ref.view(np.uint32)[ref != 0])
+    return np.array_equal(back.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q4_K", "Q3_K", "Q2_K", "TQ2_0", "TQ1_0"])
 def test_repack_exact(type_name, rng):
     from gguf import quants, GGMLQuantizationType
 
@@ -218,7 +229,7 @@ def test_repack_exact(type_name, rng):
     packed, fmt = _core.lut_repack_ggml(GGML[type_name], np.ascontiguousarray(blocks).reshape(-1), rows, k)
     assert fmt == _core.lut_format_for_ggml(GGML[type_name])
     back = _core.lut_unpack(packed, fmt, rows, k)
-    assert np.array_equal(back.view(np.uint32), ref.astype(np.float32).view(np.uint32)), type_name  # lossless
+    assert _lossless(back, ref, type_name), type_name
     # the LUT path on the repacked tensor vs float math on gguf's dequantize, within the bound
     kind, g = fmt[0], fmt[1]
     x = rng.standard_normal((2, k)).astype(np.float32)
@@ -275,18 +286,23 @@ def _kq_vs_f32(blocks, type_name, rows, k, x, isas, ag=128):
     return pk.size, pf.size
 
 
-@pytest.mark.parametrize("type_name", ["Q4_K", "Q2_K"])
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q3_K", "Q2_K"])
 def test_kq_layout_bit_identical_to_fp32(type_name, rng):
     """Odd row counts, one and several super-blocks, 1 and 5 tokens (GEMM tiles and remainders),
-    plus worst-case scale bytes: 63 / 15 sub-scales and the largest fp16 d of either sign."""
+    plus worst-case scale bytes: 63 / 15 sub-scales (Q3_K: -32 and 31, every code mirrored or not)
+    and the largest fp16 d of either sign."""
     from gguf import quants, GGMLQuantizationType
 
     for rows, k, n_tok in ((1, 256, 1), (17, 768, 5), (45, 512, 3), (16, 1024, 8)):
         blocks = random_blocks(rng, type_name, rows, k)
         if rows == 45:  # every sub-scale and sub-min at its maximum, d and dmin large, mixed signs
-            bv = blocks.reshape(-1, 144 if type_name == "Q4_K" else 84)  # a view: one row per block
+            bv = blocks.reshape(-1, {"Q4_K": 144, "Q3_K": 110, "Q2_K": 84}[type_name])  # a view: a row per block
             dd = (np.where(rng.random((bv.shape[0], 2)) < 0.5, -1.0, 1.0) * 6e4).astype(np.float16).view(np.uint8)
-            if type_name == "Q4_K":
+            if type_name == "Q3_K":  # sub-scales all -32 or all 31 per block; m = 4 * 31 or 3 * 32
+                bv[:, 96:108] = np.where(rng.random((bv.shape[0], 1)) < 0.5, 0x00, 0xFF).astype(np.uint8)
+                bv[:, 108:110] = dd[:, :2] * 0 + (np.where(rng.random((bv.shape[0], 1)) < 0.5, -1.0, 1.0)
+                                                  * 1.5e4).astype(np.float16).view(np.uint8)
+            elif type_name == "Q4_K":
                 bv[:, 4:16] = 0xFF
                 bv[:, 0:4] = dd
             else:
@@ -297,10 +313,10 @@ def test_kq_layout_bit_identical_to_fp32(type_name, rng):
         nk, nf = _kq_vs_f32(blocks, type_name, rows, k, x, kernel_isas("lut_gemm"))
         pk, fk = _core.lut_repack_ggml(GGML[type_name], np.ascontiguousarray(blocks).reshape(-1), rows, k)
         back = _core.lut_unpack(pk, fk, rows, k)
-        assert np.array_equal(back.view(np.uint32), ref.astype(np.float32).view(np.uint32))  # lossless
+        assert _lossless(back, ref, type_name)
         rb = (rows + 15) // 16
-        bits = 4.625 if type_name == "Q4_K" else 3.125
-        assert nk == rb * 16 * k * bits / 8 and nf == rb * 16 * k * 6.0 / 8
+        bits, f32_bits = {"Q4_K": (4.625, 6.0), "Q3_K": (5.125, 8.0), "Q2_K": (3.125, 6.0)}[type_name]
+        assert nk == rb * 16 * k * bits / 8 and nf == rb * 16 * k * f32_bits / 8
 
 
 def _real_q4k_tensors(path, limit=None):
@@ -349,6 +365,7 @@ def test_kq_format_checks():
     assert _core.lut_format_for_ggml(GGML["Q4_K"]) == (4, 32, 1, 1)
     assert _core.lut_format_for_ggml(GGML["Q4_K"], kq=False) == (4, 32, 4, 1)
     assert _core.lut_format_for_ggml(GGML["Q2_K"]) == (2, 16, 1, 1)
+    assert _core.lut_format_for_ggml(GGML["Q3_K"]) == (4, 16, 1, 1)
     assert _core.lut_packed_bytes((4, 32, 1, 1), 17, 512) == 2 * 2 * 2368
     assert _core.lut_packed_bytes((2, 16, 1, 1), 16, 256) == 1600
 

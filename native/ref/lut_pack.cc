@@ -213,6 +213,12 @@ void lut_unpack(const LutWeights& w, int64_t row_begin, int64_t row_end, float* 
 //                                    (kq = false: those products stored as fp32: an fp16 mantissa
 //                                    (11 bits) times a 6-bit integer needs up to 17 bits.)
 //   Q2_K  (d*sc)*q - (dmin*m)     -> the same per 16 (4-bit sc, m)
+//   Q3_K  (d*S)*(c-4), S = 6-bit signed sub-scale per 16, c = 3-bit code
+//                                 -> k-quant sub-scales per 16, unsigned: S >= 0: sc = S, q = c,
+//                                    m = 4S; S < 0: sc = -S, q = 7-c, m = -3S (so sc*q - m = S*(c-4)),
+//                                    d and dmin = d per 256. Every product is exact in fp32 (kq =
+//                                    false: s = d*sc, o = -(d*m) stored the same way). Held in W4
+//                                    (top plane 0): a 3-plane layout needs groups of 32.
 //   TQ1_0 / TQ2_0  (t-1)*d        -> TERNARY, s = d (fp16), the same d for every group of a block
 
 bool lut_format_for_ggml(GgmlType t, int ternary_group, LutFormat* fmt, std::string* err, bool kq) {
@@ -222,6 +228,7 @@ bool lut_format_for_ggml(GgmlType t, int ternary_group, LutFormat* fmt, std::str
     case GgmlType::Q4_1: *fmt = {4, 32, 2, 1}; return true;
     case GgmlType::Q4_K: *fmt = {4, 32, ks, 1}; return true;
     case GgmlType::Q2_K: *fmt = {2, 16, ks, 1}; return true;
+    case GgmlType::Q3_K: *fmt = {4, 16, ks, 1}; return true;
     case GgmlType::TQ1_0:
     case GgmlType::TQ2_0:
       if (ternary_group != 32 && ternary_group != 64 && ternary_group != 128) {
@@ -231,7 +238,7 @@ bool lut_format_for_ggml(GgmlType t, int ternary_group, LutFormat* fmt, std::str
       *fmt = {5, ternary_group, 2, 0};
       return true;
     default:
-      *err = "GGUF type id " + std::to_string(uint32_t(t)) + " has no LUT repack (supported: Q4_0, Q4_1, Q4_K, Q2_K, TQ1_0, TQ2_0)";
+      *err = "GGUF type id " + std::to_string(uint32_t(t)) + " has no LUT repack (supported: Q4_0, Q4_1, Q4_K, Q3_K, Q2_K, TQ1_0, TQ2_0)";
       return false;
   }
 }
@@ -266,6 +273,7 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
     case GgmlType::Q4_1: tt = {QK32, int(sizeof(block_q4_1))}; break;
     case GgmlType::Q4_K: tt = {QK_K, int(sizeof(block_q4_K))}; break;
     case GgmlType::Q2_K: tt = {QK_K, int(sizeof(block_q2_K))}; break;
+    case GgmlType::Q3_K: tt = {QK_K, int(sizeof(block_q3_K))}; break;
     case GgmlType::TQ1_0: tt = {QK_K, int(sizeof(block_tq1_0))}; break;
     default: tt = {QK_K, int(sizeof(block_tq2_0))}; break;
   }
@@ -355,6 +363,35 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
           if (kq) {
             kd[size_t(r * nb + b)] = d;
             kdmin[size_t(r * nb + b)] = dmin;
+          }
+          break;
+        }
+        case GgmlType::Q3_K: {
+          block_q3_K blk;
+          std::memcpy(&blk, src, sizeof blk);
+          const float d = fp16_to_f32(blk.d);
+          for (int j = 0; j < 16; ++j) {
+            const int lo = (j < 8 ? blk.scales[j] : blk.scales[j - 8] >> 4) & 0x0F;
+            const int hi = (blk.scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+            const int S = (lo | hi << 4) - 32;
+            const int sc6 = S < 0 ? -S : S, m = S < 0 ? -3 * S : 4 * S;
+            for (int e = 16 * j; e < 16 * j + 16; ++e) {
+              const int r2 = e % 128;
+              const int c = ((blk.qs[32 * (e / 128) + r2 % 32] >> (2 * (r2 / 32))) & 3) |
+                            (((blk.hmask[e % 32] >> (e / 32)) & 1) << 2);
+              qb[e] = uint8_t(S < 0 ? 7 - c : c);
+            }
+            if (kq) {
+              ksc[size_t(r * ngroups + b * 16 + j)] = uint8_t(sc6);
+              km[size_t(r * ngroups + b * 16 + j)] = uint8_t(m);
+            } else {
+              sr[b * 16 + j] = d * float(sc6);
+              orow[b * 16 + j] = -(d * float(m));
+            }
+          }
+          if (kq) {
+            kd[size_t(r * nb + b)] = d;
+            kdmin[size_t(r * nb + b)] = d;
           }
           break;
         }

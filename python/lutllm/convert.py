@@ -37,7 +37,7 @@ dense mode keeps resident, and the ones windowed mode finds active) and the last
 The runtime puts every unit back at its original K position in the down product, so a reordered
 file gives exactly the logits of the source order.
 
-Weight types: Q4_0, Q4_1, Q4_K, Q2_K, TQ1_0 and TQ2_0 repack exactly (lut_repack_ggml; the same
+Weight types: Q4_0, Q4_1, Q4_K, Q3_K, Q2_K, TQ1_0 and TQ2_0 repack exactly (lut_repack_ggml; the same
 bytes the resident runtime builds). Every other type (Q5_0, Q6_K, Q8_0, F16, ...) has no exact LUT
 form, so it is dequantized and re-quantized to 4 bits, group 32, fp16 scale + offset (round to
 nearest, lut_quantize). That is lossy: such a flash file is a different (smaller) model than its

@@ -77,7 +77,7 @@ class Engine:
         flash_window: int = 4,
         full_window_kv: bool = False,
     ):
-        """lut: run <= 4-bit weights (Q4_0, Q4_1, Q4_K, Q2_K, TQ1_0, TQ2_0) through the table-lookup
+        """lut: run <= 4-bit weights (Q4_0, Q4_1, Q4_K, Q3_K, Q2_K, TQ1_0, TQ2_0) through the table-lookup
         kernels (repacked once at load, exactly); False keeps every weight mapped and uses the
         int8-activation dot-product kernels. Weights packed by `lutllm quantize` always run from the
         mapping through the table-lookup kernels.

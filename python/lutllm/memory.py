@@ -105,7 +105,7 @@ def estimate_memory(gguf, config, n_ctx: int, n_batch: int = 512, lut: bool = Tr
                     n_threads: int = 1, full_window_kv: bool = False) -> MemoryEstimate:
     """Estimate what Engine(gguf file, n_ctx, n_batch, lut, n_threads) will use, from shapes alone.
 
-    - weights: every tensor is mapped; with lut, <= 4-bit linear weights (Q4_0, Q4_1, Q4_K, Q2_K,
+    - weights: every tensor is mapped; with lut, <= 4-bit linear weights (Q4_0, Q4_1, Q4_K, Q3_K, Q2_K,
       TQ1_0, TQ2_0) are read once and copied into the packed LUT layout (owned, anonymous memory),
       so only the other tensors' mapped pages stay hot. An untied token embedding (the model has its
       own output.weight) is only read a row per token: it is mapped but not hot (weights_lookup).

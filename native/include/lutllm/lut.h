@@ -44,7 +44,7 @@ const char* lut_kind_name(int kind);  // "w1".."w4", "wt"
 //     offsets       16 x the same, row order; only when has_offset
 //
 // K-quant sub-scales (scale_bytes = kLutScaleKQ = 1; has_offset = 1, K % 256 == 0), the exact and
-// compact home of GGUF Q4_K / Q2_K: value = d*sc*q - dmin*m with fp16 d, dmin per 256 weights and
+// compact home of GGUF Q4_K / Q3_K / Q2_K: value = d*sc*q - dmin*m with fp16 d, dmin per 256 weights and
 // small integer sc, m per group. The row block is split into super-blocks of 256 weights:
 //   row block   = [super-block 0][super-block 1]...[super-block K/256-1]
 //   super-block = header: 16 x fp16 d, then 16 x fp16 dmin (row order, 64 B)
@@ -250,8 +250,11 @@ void lut_unpack(const LutWeights& w, int64_t row_begin, int64_t row_end, float* 
 //   Q4_0 -> W4 g32 fp16 symmetric   Q4_1 -> W4 g32 fp16 + offset
 //   Q4_K -> W4 g32 + offset, k-quant sub-scales (4.625 bits/weight)
 //   Q2_K -> W2 g16 + offset, k-quant sub-scales (3.125 bits/weight)
+//   Q3_K -> W4 g16 + offset, k-quant sub-scales (5.125 bits/weight: 3-bit codes in 4 planes,
+//           as odd plane counts need groups of 32; signed sub-scales become unsigned by
+//           mirroring the codes of a negative group, see lut_pack.cc)
 //   TQ1_0 / TQ2_0 -> TERNARY g=ternary_group (32/64/128) fp16
-// kq = false gives Q4_K / Q2_K fp32 s, o per group instead (d*sc, dmin*m need up to 17 mantissa
+// kq = false gives Q4_K / Q3_K / Q2_K fp32 s, o per group instead (d*sc, dmin*m need up to 17 mantissa
 // bits, so fp16 cannot hold them): the older, larger layout; the same products, the same results.
 // Returns false (and *err) for other types.
 bool lut_format_for_ggml(GgmlType t, int ternary_group, LutFormat* fmt, std::string* err, bool kq = true);
