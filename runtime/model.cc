@@ -151,7 +151,16 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
   if (cfg.flash) {  // flash hook: the streamed FFN computes silu(gate) * up, then down, nothing else
     if (cfg.ffn_act != FfnAct::SILU || parts.sub_norms)
       throw Error(path + ": flash files support SiLU-gated FFNs without sub-norms (llama, qwen2), not '" + cfg.arch + "'");
-    flash_ffn = std::make_shared<FlashFfn>(*cfg.flash, cfg.n_layer, cfg.d_model, cfg.d_ff);
+    std::vector<Linear> pred_a, pred_b;  // windowed mode's gate predictor (blk.N.ffn_pred_{a,b}), mapped as is
+    const Binder mapped(store_, false);
+    if (cfg.flash->mode == FlashMode::WINDOWED && cfg.flash->predictor_rank > 0)
+      for (int i = 0; i < cfg.n_layer; ++i) {
+        const std::string p = "blk." + std::to_string(i) + ".ffn_pred_";
+        pred_a.push_back(mapped.proj(p + "a", cfg.flash->predictor_rank, cfg.d_ff).w);
+        pred_b.push_back(mapped.proj(p + "b", cfg.d_model, cfg.flash->predictor_rank).w);
+      }
+    flash_ffn = std::make_shared<FlashFfn>(*cfg.flash, cfg.n_layer, cfg.d_model, cfg.d_ff, std::move(pred_a),
+                                           std::move(pred_b));
   }
   layers.resize(size_t(cfg.n_layer));
   for (int i = 0; i < cfg.n_layer; ++i) {
