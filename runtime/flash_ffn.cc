@@ -299,7 +299,8 @@ const uint8_t* FlashFfn::stage(int l) {
   return slot_[s].data();
 }
 
-void FlashFfn::forward(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool) {
+void FlashFfn::forward(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool,
+                       bool first_token) {
   std::lock_guard<std::mutex> g(mu_);
   if (layer < 0 || layer >= cfg_.n_layer) throw Error("flash FFN: layer " + std::to_string(layer) + " out of range");
   if (in.k() != cfg_.d_model) throw Error("flash FFN: input has " + std::to_string(in.k()) + " features, expected " +
@@ -307,7 +308,7 @@ void FlashFfn::forward(int layer, LinearInput& in, float* ff_a, float* ff_b, flo
   if (recording_inputs_)
     inputs_[size_t(layer)].insert(inputs_[size_t(layer)].end(), in.x(), in.x() + in.n() * in.k());
   if (cfg_.mode == FlashMode::WINDOWED) {
-    forward_windowed(layer, in, ff_a, ff_b, y, pool);
+    forward_windowed(layer, in, ff_a, ff_b, y, pool, first_token);
     ++stats_.layers_run;
     return;
   }
@@ -439,7 +440,8 @@ std::vector<std::vector<float>> FlashFfn::take_inputs() {
   return out;
 }
 
-void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool) {
+void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool,
+                                bool all_active) {
   const KernelTable& kt = kernels();
   const LutFormat gu = cfg_.gu_format[size_t(l)];
   const int64_t n = in.n(), d = cfg_.d_model, dff = cfg_.d_ff;
@@ -470,7 +472,7 @@ void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b
   // 2. active bundles: max over the batch's tokens and the bundle's neurons of |silu(gate)|
   const auto tc = Clock::now();
   Slab& S = slabs_[size_t(l)];
-  const float thr = cfg_.threshold.empty() ? -1.f : cfg_.threshold[size_t(l)];
+  const float thr = cfg_.threshold.empty() || all_active ? -1.f : cfg_.threshold[size_t(l)];
   score_tmp_.assign(size_t(nb) * size_t(n), 0.f);
   std::vector<int> act;
   for (int j = 0; j < nb; ++j) {

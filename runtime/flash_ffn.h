@@ -79,8 +79,11 @@ class FlashFfn {
 
   // y (n x d_model) = down(silu(gate x) * up x) for layer `layer`; `in` holds x (n x d_model) and
   // is shared with nothing else afterwards. ff_a, ff_b: scratch of n x d_ff floats each.
-  // Serialised internally (one staging area per model).
-  void forward(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool);
+  // first_token: the batch holds the sequence's first token; WINDOWED then uses every bundle for it
+  // (that token is the attention sink every later one reads, and its FFN input is unlike the rest:
+  // skipping its bundles costs far more than any other token's). Serialised internally.
+  void forward(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool,
+               bool first_token = false);
 
   FlashMode mode() const { return cfg_.mode; }
   IoBackend io_backend() const { return reader_->backend(); }
@@ -109,7 +112,8 @@ class FlashFfn {
   const uint8_t* stage(int layer);
   void compute(int layer, const uint8_t* bundles, LinearInput& in, float* ff_a, float* ff_b, float* y,
                ThreadPool& pool);
-  void forward_windowed(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool);
+  void forward_windowed(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool,
+                        bool all_active);
   // Down product over a subset of bundles: their down K-slices are gathered into one packed (d x K)
   // LUT matrix (K offsets in ascending bundle order), so over every bundle it is the resident down
   // matrix byte for byte; h holds the (n x K) activations of the same neurons in the same order.

@@ -299,7 +299,7 @@ void Context::forward_layer(int l, int64_t n, int64_t pos) {
   rms_norm(x, L.ffn_norm, n, d, eps, xn_.data());
   in_.set(xn_.data(), n, d);
   if (M.flash_ffn) {  // flash hook: the FFN streams from storage (runtime/flash_ffn.h)
-    M.flash_ffn->forward(l, in_, ff_a_.data(), ff_b_.data(), xn_.data(), pool);
+    M.flash_ffn->forward(l, in_, ff_a_.data(), ff_b_.data(), xn_.data(), pool, pos == 0);
   } else {
     forward_projections({{&L.w_gate, ff_a_.data()}, {&L.w_up, ff_b_.data()}}, in_, pool);
     gated_activation(c.ffn_act, ff_a_.data(), ff_b_.data(), n * c.d_ff);

@@ -200,3 +200,27 @@ def test_predictor_finds_most_active_bundles_on_an_unseen_text(pred_file):
     recall = predictor_recall(exact, pred, 0.5)
     # chance (a random half of the bundles) finds half of them
     assert recall > 0.62, recall
+
+
+@pytest.mark.slow
+def test_qwen15_windowed_fits_half_its_size(qwen15_path, tmp_path):
+    """The issue's budget: Qwen2.5-Coder-1.5B at 50 % of its file size runs windowed once the gate is
+    replaced by the predictor (the resident gate alone needs more), with a slab of a fifth of the
+    bundles per layer or more."""
+    import os
+
+    from lutllm.arch import model_config
+    from lutllm.convert import flash_shape_view
+    from lutllm.memory import estimate_memory
+
+    out = tmp_path / "q15.flash.gguf"
+    lay = convert_flash(qwen15_path, out, progress=False, predictor_rank=128)
+    g = GGUFFile(out)
+    est = estimate_memory(g, model_config(g.metadata, flash_shape_view(g.tensors, lay), str(out)), 512, 64)
+    budget = os.path.getsize(qwen15_path) // 2
+    plan = plan_memory(lay, est, budget, "windowed")
+    assert plan.total <= budget and plan.slab_bundles >= lay.n_bundles // 5, plan
+    no_pred = FlashLayout(lay.n_layer, lay.d_model, lay.d_ff, lay.bundle_neurons, lay.gu_format, lay.down_format,
+                          lay.bundle_stride, lay.requantized, lay.layer_offset)
+    with pytest.raises(ValueError, match="too small for windowed mode"):
+        plan_memory(no_pred, est, budget, "windowed")
