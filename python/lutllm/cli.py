@@ -521,7 +521,7 @@ def pull(name):
               help="Text file: order neurons by how often they are active on it (hot bundles first).")
 @click.option("--predictor-rank", type=click.IntRange(min=0), default=None,
               help="Rank of the low-rank gate predictor windowed mode uses (multiple of 32; 0: none; "
-                   "default d_model/16). Fitted to the --order-text inputs when given.")
+                   "default d_model/12). Fitted to the --order-text inputs when given.")
 def convert(src, out, flash, bundle_neurons, order_text, predictor_rank):
     """Convert the GGUF SRC into OUT (written atomically). Only --flash exists so far."""
     from .convert import convert_flash
