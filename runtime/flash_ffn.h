@@ -81,7 +81,8 @@ class FlashFfn {
   // is shared with nothing else afterwards. ff_a, ff_b: scratch of n x d_ff floats each.
   // first_token: the batch holds the sequence's first token; WINDOWED then uses every bundle for it
   // (that token is the attention sink every later one reads, and its FFN input is unlike the rest:
-  // skipping its bundles costs far more than any other token's). Serialised internally.
+  // skipping its bundles costs far more than any other token's: Qwen2.5-Coder-0.5B with the predictor
+  // at density 0.9, perplexity +79 % without this rule, +57 % with it). Serialised internally.
   void forward(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool,
                bool first_token = false);
 
