@@ -4,12 +4,21 @@ and llama-cpp-python with mmap under the same memory limit. Prints JSON lines + 
 
     python bench/flash.py -m qwen2.5-coder-1.5b-instruct [--budget-frac 0.5] [-n 32] [--windows 1,2,4,8]
     python bench/flash.py -m smollm2-135m-instruct --quality [--densities 0.9,0.7,0.5]
+    python bench/flash.py -m qwen2.5-coder-0.5b-instruct --recall --flash-file F [--ranks 32,64,128]
 
 --quality instead measures what windowed-sparse thresholds cost: perplexity, mean KL divergence and
 top-1 agreement against the dense model, one token at a time (n_batch 1, so each token's own
 active set is used), thresholds calibrated on tests/data/tokenizer_corpus.txt and evaluated on
 tests/data/ppl_text.txt (different texts). The flash file's neurons are ordered by activation
-frequency on the calibration text (convert_flash(order_text=...)) unless --no-order.
+frequency on the calibration text (convert_flash(order_text=...)) unless --no-order. With a gate
+predictor in the file (the default), --quality also reports its recall: of the (token, bundle) pairs
+the exact gate puts in the top `density` fraction, the share the predictor's top fraction finds.
+
+--recall compares gate predictors without converting: on a flash file (any), it records the FFN
+inputs and exact bundle scores on the calibration text and on the evaluation text, fits the plain
+truncated SVD of each layer's dequantized gate and the activation-aware one (whitened by the
+calibration inputs' covariance, several ridges) at several ranks, and prints each one's recall on the
+evaluation text, in float32 and after a Q8_0 round trip.
 
 The llama.cpp arm loads with use_extra_bufts = false (llama_model_params): otherwise llama.cpp
 repacks Q4_K / Q4_0 weights into anonymous memory on AVX2 CPUs (its CPU_REPACK buffer type), which
@@ -216,10 +225,73 @@ def llama_worker(job: dict) -> dict:
             "proc_mib": _own_memory()}
 
 
+def _record(e, toks, inputs: bool = False):
+    """Per layer (tokens x bundles) scores the bundles are chosen by, exact gate scores, and with
+    `inputs` the (tokens x d_model) FFN inputs, with every bundle active."""
+    import numpy as np
+
+    from lutllm import _core
+
+    m = e._model
+    _core.model_flash_set_thresholds(m, [])
+    _core.model_flash_record_scores(m, True, inputs)
+    try:
+        e.reset()
+        e.eval(list(toks))
+        n = len(toks)
+        used = [np.asarray(v).reshape(n, -1) for v in _core.model_flash_take_scores(m)]
+        exact = [np.asarray(v).reshape(n, -1) for v in _core.model_flash_take_scores(m, exact=True)]
+        xs = [np.asarray(v).reshape(n, -1) for v in _core.model_flash_take_inputs(m)] if inputs else None
+    finally:
+        _core.model_flash_record_scores(m, False)
+        e.reset()
+    return used, exact, xs
+
+
+def recall(src: str, flash: str, ranks: list[int], threads: int, n_calib: int, n_eval: int) -> None:
+    import gguf
+    import numpy as np
+
+    from lutllm.convert import _dequant, predictor_factors, predictor_recall
+    from lutllm.engine import Engine
+    from lutllm.gguf_file import GGUFFile
+
+    data = HERE.parent / "tests" / "data"
+    e = Engine(flash, n_ctx=max(n_calib, n_eval) + 8, n_threads=threads, n_batch=64, flash_mode="windowed")
+    enc = lambda f, n: e.tokenizer.encode((data / f).read_text(), add_special=True, parse_special=False)[:n]
+    _, _, xc = _record(e, enc("tokenizer_corpus.txt", n_calib), inputs=True)
+    _, exact, xe = _record(e, enc("ppl_text.txt", n_eval), inputs=True)
+    lay, g = e.flash_layout, GGUFFile(src)
+    gn, rmax, q8 = lay.bundle_neurons, max(ranks), gguf.GGMLQuantizationType.Q8_0
+    if lay.unit_order:
+        raise SystemExit("--recall needs a flash file in the source neuron order (--no-order)")
+
+    def scores(gh):
+        return np.abs(gh / (1 + np.exp(-gh))).reshape(len(gh), -1, gn).max(2)
+
+    def q8_trip(m):
+        return gguf.quants.dequantize(gguf.quants.quantize(np.ascontiguousarray(m), q8), q8).reshape(m.shape)
+
+    pred: dict = {}
+    methods = {"svd": None, "aware-ridge0.01": 0.01, "aware-ridge1": 1.0, "aware-ridge10": 10.0}
+    for layer in range(lay.n_layer):
+        w = _dequant(g, g.tensors[f"blk.{layer}.ffn_gate.weight"])
+        for name, ridge in methods.items():
+            a, b = predictor_factors(w, rmax, None if ridge is None else xc[layer], ridge=ridge or 0.0)
+            for r in ranks:
+                pred.setdefault((name, r, "f32"), []).append(scores(xe[layer] @ b[:r].T @ a[:, :r].T))
+                pred.setdefault((name, r, "q8_0"), []).append(
+                    scores(xe[layer] @ q8_trip(b[:r]).T @ q8_trip(np.ascontiguousarray(a[:, :r])).T))
+    for (name, r, dt), v in sorted(pred.items()):
+        row = {"method": name, "rank": r, "dtype": dt, "bytes_q8_0": lay.n_layer * r * (lay.d_ff + lay.d_model) * 34 // 32}
+        row.update({f"recall@{d}": round(predictor_recall(exact, v, d), 4) for d in (0.5, 0.3, 0.2)})
+        print(json.dumps(row), flush=True)
+
+
 def quality(flash: str, densities: list[float], window: int, threads: int, n_ctx: int, chunks: int) -> None:
     import numpy as np
 
-    from lutllm.convert import calibrate_thresholds
+    from lutllm.convert import calibrate_thresholds, predictor_recall
     from lutllm.engine import Engine
 
     data = HERE.parent / "tests" / "data"
@@ -228,6 +300,10 @@ def quality(flash: str, densities: list[float], window: int, threads: int, n_ctx
     toks = e.tokenizer.encode((data / "ppl_text.txt").read_text(), add_special=True, parse_special=False)
     if len(toks) < chunks * n_ctx:
         raise SystemExit(f"evaluation text has {len(toks)} tokens, fewer than {chunks} x {n_ctx}")
+    pred_recall = None
+    if e.flash_info()["predictor"]:  # on the evaluation text's first chunk, every bundle active
+        used, exact, _ = _record(e, toks[:n_ctx])
+        pred_recall = lambda d: predictor_recall(exact, used, d)
     ref = None
     for density in [1.0] + densities:
         e.flash_set_thresholds(calibrate_thresholds(e, calib[:n_ctx], density) if density < 1 else [])
@@ -249,7 +325,8 @@ def quality(flash: str, densities: list[float], window: int, threads: int, n_ctx
         print(json.dumps({"density": density, "window": window, "ppl": ppl, "dppl_pct": 100 * (ppl / ref[1] - 1),
                           "mean_kl": kl, "top1_agree": float((ref[0].argmax(1) == logp.argmax(1)).mean()),
                           "active_frac": info["bundles_active"] / slots,
-                          "loaded_frac": info["bundles_loaded"] / slots}), flush=True)
+                          "loaded_frac": info["bundles_loaded"] / slots, "predictor": info["predictor"],
+                          "recall": pred_recall(density) if pred_recall and density < 1 else None}), flush=True)
 
 
 # ---- driver --------------------------------------------------------------------------------------
@@ -292,6 +369,8 @@ def main():
     ap.add_argument("--quality", action="store_true", help="measure sparsity cost instead of speed")
     ap.add_argument("--densities", default="0.9,0.7,0.5")
     ap.add_argument("--chunks", type=int, default=2)
+    ap.add_argument("--recall", action="store_true", help="compare gate predictors (plain / activation-aware SVD)")
+    ap.add_argument("--ranks", default="32,64,128")
     ap.add_argument("--no-order", action="store_true", help="flash file in the source neuron order")
     ap.add_argument("--llama-repack", action="store_true", help="let llama.cpp repack weights (its default)")
     ap.add_argument("--arms", default=None, help="comma-separated subset of arm names to run")
@@ -309,6 +388,9 @@ def main():
     flash = a.flash_file or str(pathlib.Path(src).with_suffix(".flash.gguf" if a.no_order else ".flash-ordered.gguf"))
     if not os.path.exists(flash):
         convert_flash(src, flash, order_text=None if a.no_order else CALIB_FILE.read_text())
+    if a.recall:
+        recall(src, flash, [int(x) for x in a.ranks.split(",")], a.threads, 512, min(a.n_ctx, 256))
+        return
     if a.quality:
         quality(flash, [float(x) for x in a.densities.split(",") if x], int(a.windows.split(",")[-1]), a.threads,
                 min(a.n_ctx, 256), a.chunks)

@@ -63,7 +63,9 @@ const float* FlashFfn::unpermute(int l, const float* h, int64_t n) {
   return hperm_.data();
 }
 
-FlashFfn::FlashFfn(const FlashFfnConfig& cfg, int n_layer, int d_model, int d_ff) : cfg_(cfg) {
+FlashFfn::FlashFfn(const FlashFfnConfig& cfg, int n_layer, int d_model, int d_ff, std::vector<Linear> pred_a,
+                   std::vector<Linear> pred_b)
+    : cfg_(cfg) {
   const std::string where = cfg.path + ": flash layout";
   if (cfg.n_layer != n_layer || cfg.d_model != d_model || cfg.d_ff != d_ff)
     throw Error(where + " is for " + std::to_string(cfg.n_layer) + " layers, d_model " + std::to_string(cfg.d_model) +
@@ -178,22 +180,40 @@ FlashFfn::FlashFfn(const FlashFfnConfig& cfg, int n_layer, int d_model, int d_ff
     if (!cfg.threshold.empty() && cfg.threshold.size() != L) throw Error(where + ": one threshold per layer needed");
     const int nb = bundle_count();
     capacity_ = cfg.slab_bundles > 0 ? std::min(cfg.slab_bundles, nb) : nb;
-    uint64_t total = 0;
-    for (int l = 0; l < n_layer; ++l) {
-      gate_offset_.push_back(total);
-      total += uint64_t(nb) * gate_bytes(l, cfg.bundle_neurons);
+    if (cfg.predictor_rank > 0) {  // scores from the low-rank factors; no gate row stays resident
+      const int64_t R = cfg.predictor_rank;
+      if (pred_a.size() != L || pred_b.size() != L)
+        throw Error(where + ": the predictor needs factors for " + std::to_string(n_layer) + " layers, got " +
+                    std::to_string(pred_a.size()) + " and " + std::to_string(pred_b.size()));
+      for (int l = 0; l < n_layer; ++l) {
+        const Linear& a = pred_a[size_t(l)];
+        const Linear& b = pred_b[size_t(l)];
+        if (a.empty() || b.empty() || a.out_features() != d_ff || a.in_features() != R || b.out_features() != R ||
+            b.in_features() != d_model)
+          throw Error(where + ", layer " + std::to_string(l) + ": predictor factors must be (" + std::to_string(d_ff) +
+                      " x " + std::to_string(R) + ") and (" + std::to_string(R) + " x " + std::to_string(d_model) + ")");
+      }
+      pred_a_ = std::move(pred_a);
+      pred_b_ = std::move(pred_b);
+    } else {  // the exact gate rows of every bundle, resident
+      uint64_t total = 0;
+      for (int l = 0; l < n_layer; ++l) {
+        gate_offset_.push_back(total);
+        total += uint64_t(nb) * gate_bytes(l, cfg.bundle_neurons);
+      }
+      gates_ = AlignedBuffer(size_t(total));
+      std::vector<ReadRange> rr;
+      for (int l = 0; l < n_layer; ++l)
+        for (int j = 0; j < nb; ++j)
+          rr.push_back(ReadRange{cfg.layer_offset[size_t(l)] + uint64_t(j) * cfg.bundle_stride[size_t(l)],
+                                 gate_bytes(l, bundle_size(j)),
+                                 gates_.data() + gate_offset_[size_t(l)] + size_t(j) * gate_bytes(l, cfg.bundle_neurons)});
+      reader_->read(rr.data(), rr.size());
     }
-    gates_ = AlignedBuffer(size_t(total));
-    std::vector<ReadRange> rr;
-    for (int l = 0; l < n_layer; ++l)
-      for (int j = 0; j < nb; ++j)
-        rr.push_back(ReadRange{cfg.layer_offset[size_t(l)] + uint64_t(j) * cfg.bundle_stride[size_t(l)],
-                               gate_bytes(l, bundle_size(j)),
-                               gates_.data() + gate_offset_[size_t(l)] + size_t(j) * gate_bytes(l, cfg.bundle_neurons)});
-    reader_->read(rr.data(), rr.size());
     slabs_.resize(L);
     for (int l = 0; l < n_layer; ++l) {
-      const size_t ud = gate_bytes(l, cfg.bundle_neurons) + down_bytes(l, cfg.bundle_neurons);
+      const size_t ud = 2 * gate_bytes(l, cfg.bundle_neurons) + down_bytes(l, cfg.bundle_neurons) -
+                        slot_skip(l, cfg.bundle_neurons);
       ud_stride_.push_back((ud + FlashReader::kAlign - 1) / FlashReader::kAlign * FlashReader::kAlign);
       Slab& S = slabs_[size_t(l)];
       S.buf = AlignedBuffer(size_t(capacity_) * ud_stride_.back());
@@ -279,13 +299,16 @@ const uint8_t* FlashFfn::stage(int l) {
   return slot_[s].data();
 }
 
-void FlashFfn::forward(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool) {
+void FlashFfn::forward(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool,
+                       bool first_token) {
   std::lock_guard<std::mutex> g(mu_);
   if (layer < 0 || layer >= cfg_.n_layer) throw Error("flash FFN: layer " + std::to_string(layer) + " out of range");
   if (in.k() != cfg_.d_model) throw Error("flash FFN: input has " + std::to_string(in.k()) + " features, expected " +
                                           std::to_string(cfg_.d_model));
+  if (recording_inputs_)
+    inputs_[size_t(layer)].insert(inputs_[size_t(layer)].end(), in.x(), in.x() + in.n() * in.k());
   if (cfg_.mode == FlashMode::WINDOWED) {
-    forward_windowed(layer, in, ff_a, ff_b, y, pool);
+    forward_windowed(layer, in, ff_a, ff_b, y, pool, first_token);
     ++stats_.layers_run;
     return;
   }
@@ -389,27 +412,40 @@ void FlashFfn::set_thresholds(const std::vector<float>& t) {
   cfg_.threshold = t;
 }
 
-void FlashFfn::record_scores(bool on) {
+void FlashFfn::record_scores(bool on, bool inputs) {
   std::lock_guard<std::mutex> g(mu_);
   recording_ = on;
-  if (on) scores_.assign(size_t(cfg_.n_layer), {});
+  recording_inputs_ = on && inputs;
+  if (on) {
+    scores_.assign(size_t(cfg_.n_layer), {});
+    exact_scores_.assign(size_t(cfg_.n_layer), {});
+  }
+  if (recording_inputs_) inputs_.assign(size_t(cfg_.n_layer), {});
 }
 
-std::vector<std::vector<float>> FlashFfn::take_scores() {
+std::vector<std::vector<float>> FlashFfn::take_scores(bool exact) {
   std::lock_guard<std::mutex> g(mu_);
   std::vector<std::vector<float>> out;
-  out.swap(scores_);
-  if (recording_) scores_.assign(size_t(cfg_.n_layer), {});
+  std::vector<std::vector<float>>& src = exact ? exact_scores_ : scores_;
+  out.swap(src);
+  if (recording_) src.assign(size_t(cfg_.n_layer), {});
   return out;
 }
 
-void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool) {
+std::vector<std::vector<float>> FlashFfn::take_inputs() {
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<std::vector<float>> out;
+  out.swap(inputs_);
+  if (recording_inputs_) inputs_.assign(size_t(cfg_.n_layer), {});
+  return out;
+}
+
+void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool,
+                                bool all_active) {
   const KernelTable& kt = kernels();
   const LutFormat gu = cfg_.gu_format[size_t(l)];
   const int64_t n = in.n(), d = cfg_.d_model, dff = cfg_.d_ff;
   const int nb = bundle_count();
-  const size_t gstride = gate_bytes(l, cfg_.bundle_neurons);
-  const uint8_t* G = gates_.data() + gate_offset_[size_t(l)];
   const LutAct* acts = in.lut(pool, gu.group);
   LutGemvFn gemv = kt.lut_gemv[gu.kind];
   LutGemmFn gemm = kt.lut_gemm[gu.kind];
@@ -418,14 +454,25 @@ void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b
     if (n == 1) gemv(&w, acts, 0, nj, out);
     else gemm(&w, acts, n, 0, nj, out, dff);
   };
-  // 1. the whole gate (resident)
+  // 1. the whole gate into ff_a: predicted, A (B x), or exact from the resident gate rows
   const auto t0 = Clock::now();
-  pool.parallel_for(nb, [&](int64_t j, int) { run(G + size_t(j) * gstride, bundle_size(int(j)), ff_a + j * cfg_.bundle_neurons); });
+  const bool predict = !pred_a_.empty();
+  if (predict) {
+    const int64_t R = cfg_.predictor_rank;
+    pred_z_.resize(size_t(n * R));
+    pred_b_[size_t(l)].forward(in, pred_z_.data(), pool);
+    pred_in_.set(pred_z_.data(), n, R);
+    pred_a_[size_t(l)].forward(pred_in_, ff_a, pool);
+  } else {
+    const size_t gstride = gate_bytes(l, cfg_.bundle_neurons);
+    const uint8_t* G = gates_.data() + gate_offset_[size_t(l)];
+    pool.parallel_for(nb, [&](int64_t j, int) { run(G + size_t(j) * gstride, bundle_size(int(j)), ff_a + j * cfg_.bundle_neurons); });
+  }
 
   // 2. active bundles: max over the batch's tokens and the bundle's neurons of |silu(gate)|
   const auto tc = Clock::now();
   Slab& S = slabs_[size_t(l)];
-  const float thr = cfg_.threshold.empty() ? -1.f : cfg_.threshold[size_t(l)];
+  const float thr = cfg_.threshold.empty() || all_active ? -1.f : cfg_.threshold[size_t(l)];
   score_tmp_.assign(size_t(nb) * size_t(n), 0.f);
   std::vector<int> act;
   for (int j = 0; j < nb; ++j) {
@@ -440,7 +487,11 @@ void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b
     }
     if (thr < 0.f || best > thr) act.push_back(j);
   }
-  if (recording_) scores_[size_t(l)].insert(scores_[size_t(l)].end(), score_tmp_.begin(), score_tmp_.end());
+  if (recording_) {
+    scores_[size_t(l)].insert(scores_[size_t(l)].end(), score_tmp_.begin(), score_tmp_.end());
+    if (predict) exact_tmp_.assign(score_tmp_.size(), NAN);  // filled below for the active bundles
+    else exact_scores_[size_t(l)].insert(exact_scores_[size_t(l)].end(), score_tmp_.begin(), score_tmp_.end());
+  }
   const int64_t tok = ++S.tokens;
   for (int j : act) S.last_active[size_t(j)] = tok;
 
@@ -519,8 +570,9 @@ void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b
       for (size_t i : miss) {
         const int j = act[i];
         const int64_t nj = bundle_size(j);
-        const uint64_t off = cfg_.layer_offset[size_t(l)] + uint64_t(j) * cfg_.bundle_stride[size_t(l)] + gate_bytes(l, nj);
-        rr.push_back(ReadRange{off, gate_bytes(l, nj) + down_bytes(l, nj),
+        const size_t skip = slot_skip(l, nj);
+        const uint64_t off = cfg_.layer_offset[size_t(l)] + uint64_t(j) * cfg_.bundle_stride[size_t(l)] + skip;
+        rr.push_back(ReadRange{off, 2 * gate_bytes(l, nj) + down_bytes(l, nj) - skip,
                                S.buf.data() + size_t(S.bundle_slot[size_t(j)]) * ud});
       }
       const auto ti = Clock::now();
@@ -528,16 +580,29 @@ void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b
       stats_.io_wait_s += secs(ti, Clock::now());
       stats_.bundles_loaded += miss.size();
     }
-    // up rows into ff_b's columns n0.., SwiGLU into ff_a, activations to h_ at k0 (n x K)
+    // (predictor: exact gate rows into ff_a's columns n0..,) up rows into ff_b's columns n0..,
+    // SwiGLU into ff_a, activations to h_ at k0 (n x K)
     const auto t1 = Clock::now();
     std::vector<std::vector<DownPart>> rparts(round.size());
     pool.parallel_for(int64_t(round.size()), [&](int64_t r, int) {
       const size_t i = round[size_t(r)];
       const int j = act[i];
       const int64_t n0 = int64_t(j) * cfg_.bundle_neurons, nj = bundle_size(j);
+      // the slot holds the bundle from byte slot_skip on: [gate|]up|down
       const uint8_t* slot = S.buf.data() + size_t(S.bundle_slot[size_t(j)]) * ud;
-      bundle_parts(l, j, slot + gate_bytes(l, nj), [&](int64_t u) { return kpos[size_t(u)]; }, rparts[size_t(r)]);
-      run(slot, nj, ff_b + n0);
+      const size_t up_at = gate_bytes(l, nj) - slot_skip(l, nj);
+      bundle_parts(l, j, slot + up_at + gate_bytes(l, nj), [&](int64_t u) { return kpos[size_t(u)]; }, rparts[size_t(r)]);
+      if (predict) {
+        run(slot, nj, ff_a + n0);
+        if (recording_)
+          for (int64_t t = 0; t < n; ++t) {
+            float m = 0.f;
+            const float* g = ff_a + t * dff + n0;
+            for (int64_t i = 0; i < nj; ++i) m = std::max(m, std::fabs(g[i] / (1.f + std::exp(-g[i]))));
+            exact_tmp_[size_t(t) * size_t(nb) + size_t(j)] = m;
+          }
+      }
+      run(slot + up_at, nj, ff_b + n0);
       for (int64_t t = 0; t < n; ++t) {
         gated_activation(FfnAct::SILU, ff_a + t * dff + n0, ff_b + t * dff + n0, nj);
         for (int64_t u = U.first(n0); u < U.end(n0, nj); ++u)
@@ -554,6 +619,7 @@ void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b
     }
     n_done += round.size();
   }
+  if (recording_ && predict) exact_scores_[size_t(l)].insert(exact_scores_[size_t(l)].end(), exact_tmp_.begin(), exact_tmp_.end());
   stats_.compute_s += secs(t0, tc);
   const auto t2 = Clock::now();
   down_matmul(l, h_.data(), n, K, y, pool);

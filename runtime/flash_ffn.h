@@ -2,9 +2,12 @@
 // instead of resident matrices: gate/up/SwiGLU/down with the LUT kernels on staged bundle bytes.
 // Modes: RESIDENT (all bundles read once at load), DENSE_STREAM (the first `resident_bundles` of
 // each layer read once at load, the rest read per token with the next layer prefetched into a second
-// buffer) and WINDOWED (gate rows resident; only the up/down parts of bundles whose gate activation
-// clears a per-layer threshold are used, kept in a per-layer slab while active within the last
-// `window` tokens, misses read synchronously).
+// buffer) and WINDOWED (a per-bundle score decides which bundles a token uses; those are kept in a
+// per-layer slab while active within the last `window` tokens, misses read synchronously). The score
+// is max |silu(gate)| over the bundle's neurons, from one of two sources: the exact gate rows, kept
+// resident (slot = the bundle's up|down part), or, when the file has a low-rank predictor
+// (Wg ~= A B, convert --predictor-rank), the predicted gate A (B x) with the gate rows not resident
+// (slot = the whole bundle, the exact gate computed from it).
 // RESIDENT and DENSE_STREAM give exactly the logits of the resident runtime on the same packed
 // weights; so does WINDOWED with every bundle active (threshold < 0). It does not own attention or
 // the residual stream.
@@ -48,6 +51,7 @@ struct FlashFfnConfig {
   int slab_bundles = 0;                   // slab capacity per layer in bundles (0: all of them)
   std::vector<float> threshold;           // per layer: bundle active if max |silu(gate)| > threshold
                                           // (empty or < 0: every bundle active)
+  int predictor_rank = 0;                 // > 0: score with the predictor factors passed to FlashFfn
 };
 
 // Time and bytes of the streamed path since load (or the last reset_stats()).
@@ -65,15 +69,22 @@ struct FlashStats {
 class FlashFfn {
  public:
   // Validates the layout against the model's shapes and the file; RESIDENT reads everything here.
-  FlashFfn(const FlashFfnConfig& cfg, int n_layer, int d_model, int d_ff);
+  // WINDOWED with cfg.predictor_rank > 0: pred_a[l] (d_ff x rank, the file's neuron order) and
+  // pred_b[l] (rank x d_model) per layer, the gate's low-rank factors (ignored in other modes).
+  FlashFfn(const FlashFfnConfig& cfg, int n_layer, int d_model, int d_ff, std::vector<Linear> pred_a = {},
+           std::vector<Linear> pred_b = {});
   ~FlashFfn();
   FlashFfn(const FlashFfn&) = delete;
   FlashFfn& operator=(const FlashFfn&) = delete;
 
   // y (n x d_model) = down(silu(gate x) * up x) for layer `layer`; `in` holds x (n x d_model) and
   // is shared with nothing else afterwards. ff_a, ff_b: scratch of n x d_ff floats each.
-  // Serialised internally (one staging area per model).
-  void forward(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool);
+  // first_token: the batch holds the sequence's first token; WINDOWED then uses every bundle for it
+  // (that token is the attention sink every later one reads, and its FFN input is unlike the rest:
+  // skipping its bundles costs far more than any other token's: Qwen2.5-Coder-0.5B with the predictor
+  // at density 0.9, perplexity +79 % without this rule, +57 % with it). Serialised internally.
+  void forward(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool,
+               bool first_token = false);
 
   FlashMode mode() const { return cfg_.mode; }
   IoBackend io_backend() const { return reader_->backend(); }
@@ -83,10 +94,15 @@ class FlashFfn {
   FlashStats stats() const;
   void reset_stats();
   // WINDOWED: set per-layer thresholds; record per-bundle scores (max |silu(gate)| per token) for
-  // calibration while `on`; take_scores() returns and clears them (layer -> scores, token-major).
+  // calibration while `on`; take_scores() returns and clears them (layer -> scores, token-major):
+  // the scores the bundles are chosen by (predicted with a predictor), or with `exact` the scores of
+  // the exact gate (NaN for bundles not active on a token). With `inputs`, the FFN inputs x are
+  // recorded too (any mode; take_inputs: layer -> n x d_model floats, token-major).
   void set_thresholds(const std::vector<float>& t);
-  void record_scores(bool on);
-  std::vector<std::vector<float>> take_scores();
+  void record_scores(bool on, bool inputs = false);
+  std::vector<std::vector<float>> take_scores(bool exact = false);
+  std::vector<std::vector<float>> take_inputs();
+  bool has_predictor() const { return !pred_a_.empty(); }
   int bundle_count() const;
 
  private:
@@ -97,7 +113,8 @@ class FlashFfn {
   const uint8_t* stage(int layer);
   void compute(int layer, const uint8_t* bundles, LinearInput& in, float* ff_a, float* ff_b, float* y,
                ThreadPool& pool);
-  void forward_windowed(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool);
+  void forward_windowed(int layer, LinearInput& in, float* ff_a, float* ff_b, float* y, ThreadPool& pool,
+                        bool all_active);
   // Down product over a subset of bundles: their down K-slices are gathered into one packed (d x K)
   // LUT matrix (K offsets in ascending bundle order), so over every bundle it is the resident down
   // matrix byte for byte; h holds the (n x K) activations of the same neurons in the same order.
@@ -152,9 +169,15 @@ class FlashFfn {
   std::vector<Slab> slabs_;
   std::vector<size_t> ud_stride_;      // layer -> slot size (up + down of a full bundle, 4096-rounded)
   int capacity_ = 0;
-  bool recording_ = false;
-  std::vector<std::vector<float>> scores_;
-  std::vector<float> score_tmp_;
+  bool recording_ = false, recording_inputs_ = false;
+  std::vector<std::vector<float>> scores_, exact_scores_, inputs_;
+  std::vector<float> score_tmp_, exact_tmp_;
+  // predictor (WINDOWED, predictor_rank > 0): gate ~= A (B x); slots then hold whole bundles
+  std::vector<Linear> pred_a_, pred_b_;
+  std::vector<float> pred_z_;          // B x (n x rank)
+  LinearInput pred_in_;
+  // bytes of a bundle's front not kept in a slot: its gate rows when they are resident, else 0
+  size_t slot_skip(int layer, int64_t n) const { return pred_a_.empty() ? gate_bytes(layer, n) : 0; }
   std::vector<float> h_;               // compacted activations of the active neurons (n x K)
   std::vector<float> hperm_;           // activations put back in the original neuron order
 };

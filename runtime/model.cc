@@ -151,7 +151,16 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
   if (cfg.flash) {  // flash hook: the streamed FFN computes silu(gate) * up, then down, nothing else
     if (cfg.ffn_act != FfnAct::SILU || parts.sub_norms)
       throw Error(path + ": flash files support SiLU-gated FFNs without sub-norms (llama, qwen2), not '" + cfg.arch + "'");
-    flash_ffn = std::make_shared<FlashFfn>(*cfg.flash, cfg.n_layer, cfg.d_model, cfg.d_ff);
+    std::vector<Linear> pred_a, pred_b;  // windowed mode's gate predictor (blk.N.ffn_pred_{a,b}), mapped as is
+    const Binder mapped(store_, false);
+    if (cfg.flash->mode == FlashMode::WINDOWED && cfg.flash->predictor_rank > 0)
+      for (int i = 0; i < cfg.n_layer; ++i) {
+        const std::string p = "blk." + std::to_string(i) + ".ffn_pred_";
+        pred_a.push_back(mapped.proj(p + "a", cfg.flash->predictor_rank, cfg.d_ff).w);
+        pred_b.push_back(mapped.proj(p + "b", cfg.d_model, cfg.flash->predictor_rank).w);
+      }
+    flash_ffn = std::make_shared<FlashFfn>(*cfg.flash, cfg.n_layer, cfg.d_model, cfg.d_ff, std::move(pred_a),
+                                           std::move(pred_b));
   }
   layers.resize(size_t(cfg.n_layer));
   for (int i = 0; i < cfg.n_layer; ++i) {
@@ -341,7 +350,7 @@ void Context::forward_layer(int l, int64_t n, int64_t pos) {
   rms_norm(x, L.ffn_norm, n, d, eps, xn_.data());
   in_.set(xn_.data(), n, d);
   if (M.flash_ffn) {  // flash hook: the FFN streams from storage (runtime/flash_ffn.h)
-    M.flash_ffn->forward(l, in_, ff_a_.data(), ff_b_.data(), xn_.data(), pool);
+    M.flash_ffn->forward(l, in_, ff_a_.data(), ff_b_.data(), xn_.data(), pool, pos == 0);
   } else {
     forward_projections({{&L.w_gate, ff_a_.data()}, {&L.w_up, ff_b_.data()}}, in_, pool);
     gated_activation(c.ffn_act, ff_a_.data(), ff_b_.data(), n * c.d_ff);

@@ -20,12 +20,13 @@ def smollm2_path():
 
 @pytest.fixture(scope="session")
 def smollm2_flash(smollm2_path, tmp_path_factory):
-    """SmolLM2 converted once to the flash layout (`lutllm convert --flash`), shared read-only by the
-    flash test modules: (source path, flash path, FlashLayout)."""
+    """SmolLM2 converted once to the flash layout (`lutllm convert --flash`) without a gate predictor
+    (windowed mode keeps the gate resident), shared read-only by the flash test modules:
+    (source path, flash path, FlashLayout)."""
     from lutllm.convert import convert_flash
 
     out = tmp_path_factory.mktemp("flash") / "smol.flash.gguf"
-    lay = convert_flash(smollm2_path, out, progress=False)
+    lay = convert_flash(smollm2_path, out, progress=False, predictor_rank=0)
     return smollm2_path, str(out), lay
 
 

@@ -351,6 +351,7 @@ std::shared_ptr<const FlashFfnConfig> flash_config_from_dict(const py::dict& d) 
   c->bundle_stride = need("bundle_stride").cast<std::vector<uint64_t>>();
   c->layer_offset = need("layer_offset").cast<std::vector<uint64_t>>();
   if (d.contains("resident_bundles")) c->resident_bundles = d["resident_bundles"].cast<int>();
+  if (d.contains("predictor_rank")) c->predictor_rank = d["predictor_rank"].cast<int>();
   if (d.contains("unit_order") && !d["unit_order"].is_none()) {
     c->unit_neurons = need("unit_neurons").cast<int>();
     c->unit_order = d["unit_order"].cast<std::vector<std::vector<int32_t>>>();
@@ -389,26 +390,36 @@ void bind_flash(py::module_& m) {
     out["compute_s"] = s.compute_s;
     out["gather_s"] = s.gather_s;
     out["layers_run"] = s.layers_run;
+    out["predictor"] = f.has_predictor();
     return out;
   }, py::arg("model"), "Flash FFN mode, I/O backend, memory and counters since the last reset (None: no flash).");
   m.def("model_flash_set_thresholds", [](Model& mdl, const std::vector<float>& t) {
     if (!mdl.flash_ffn) throw py::value_error("the model has no flash FFN");
     mdl.flash_ffn->set_thresholds(t);
   }, py::arg("model"), py::arg("thresholds"), "Per-layer activation thresholds (windowed mode); [] = all active.");
-  m.def("model_flash_record_scores", [](Model& mdl, bool on) {
+  m.def("model_flash_record_scores", [](Model& mdl, bool on, bool inputs) {
     if (!mdl.flash_ffn) throw py::value_error("the model has no flash FFN");
-    mdl.flash_ffn->record_scores(on);
-  }, py::arg("model"), py::arg("on"));
-  m.def("model_flash_take_scores", [](Model& mdl) {
-    if (!mdl.flash_ffn) throw py::value_error("the model has no flash FFN");
+    mdl.flash_ffn->record_scores(on, inputs);
+  }, py::arg("model"), py::arg("on"), py::arg("inputs") = false);
+  auto to_list = [](std::vector<std::vector<float>> vs) {
     py::list out;
-    for (auto& v : mdl.flash_ffn->take_scores()) {
+    for (auto& v : vs) {
       py::array_t<float> a(py::ssize_t(v.size()));
       if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(float));
       out.append(a);
     }
     return out;
-  }, py::arg("model"), "Recorded per-bundle scores, one flat float32 array per layer (tokens x bundles).");
+  };
+  m.def("model_flash_take_scores", [to_list](Model& mdl, bool exact) {
+    if (!mdl.flash_ffn) throw py::value_error("the model has no flash FFN");
+    return to_list(mdl.flash_ffn->take_scores(exact));
+  }, py::arg("model"), py::arg("exact") = false,
+     "Recorded per-bundle scores, one flat float32 array per layer (tokens x bundles): the ones bundles are "
+     "chosen by, or with exact those of the exact gate (NaN where a bundle was not active).");
+  m.def("model_flash_take_inputs", [to_list](Model& mdl) {
+    if (!mdl.flash_ffn) throw py::value_error("the model has no flash FFN");
+    return to_list(mdl.flash_ffn->take_inputs());
+  }, py::arg("model"), "Recorded FFN inputs, one flat float32 array per layer (tokens x d_model).");
   m.def("model_flash_reset_stats", [](Model& mdl) {
     if (mdl.flash_ffn) mdl.flash_ffn->reset_stats();
   }, py::arg("model"));

@@ -523,7 +523,10 @@ def pull(name):
               help="Neurons per bundle (default: smallest with bundles >= 32 KiB and little padding).")
 @click.option("--order-text", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Text file: order neurons by how often they are active on it (hot bundles first).")
-def convert(src, out, flash, bundle_neurons, order_text):
+@click.option("--predictor-rank", type=click.IntRange(min=0), default=None,
+              help="Rank of the low-rank gate predictor windowed mode uses (multiple of 32; 0: none; "
+                   "default d_model/12). Fitted to the --order-text inputs when given.")
+def convert(src, out, flash, bundle_neurons, order_text, predictor_rank):
     """Convert the GGUF SRC into OUT (written atomically). Only --flash exists so far."""
     from .convert import convert_flash
 
@@ -532,7 +535,7 @@ def convert(src, out, flash, bundle_neurons, order_text):
     try:
         text = None if order_text is None else open(order_text, encoding="utf-8").read()
         lay = convert_flash(src, out, bundle_neurons=bundle_neurons, log=lambda m: click.echo(m, err=True),
-                            order_text=text)
+                            order_text=text, predictor_rank=predictor_rank)
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{out}: {lay.n_layer} layers x {lay.n_bundles} bundles of {lay.bundle_neurons} neurons "

@@ -87,9 +87,10 @@ class Engine:
         MemoryFitWarning. Loading goes on either way: mapped weights can page.
         mem_budget: bytes of DRAM for weights, caches and staging (None: no limit). A flash file
         (`lutllm convert --flash`) keeps its FFN resident when it fits and streams it otherwise;
-        flash_mode forces "resident", "dense" (streamed) or "windowed" (sparse: gate resident, active
-        bundles cached for flash_window tokens; thresholds from flash_set_thresholds), flash_io an
-        I/O backend (auto, uring, pool, buffered). See convert.plan_memory.
+        flash_mode forces "resident", "dense" (streamed) or "windowed" (sparse: the gate predictor, or
+        without one the gate, resident; active bundles cached for flash_window tokens; thresholds
+        from flash_set_thresholds), flash_io an I/O backend (auto, uring, pool, buffered). See
+        convert.plan_memory.
         full_window_kv: keep every position's keys and values in sliding-window layers too (gemma3's
         local layers), as llama.cpp's swa_full does. By default those layers keep only recent
         positions (a fraction of the memory at long contexts), and rewinding the cache further back
