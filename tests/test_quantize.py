@@ -549,3 +549,29 @@ def test_c_api_loads_packed_files(smollm2_q4, tmp_path):
     _corrupt(pathlib.Path(smollm2_q4), bad, "lutllm.quant.layouts", 1, 64)
     assert lib.lutllm_load(str(bad).encode(), 64, 1, err) == ffi.NULL
     assert "bytes given" in ffi.string(err[0]).decode()
+
+
+@pytest.mark.parametrize("bits", ["1", "2", "3", "4", "ternary"])
+def test_mix_gives_the_sensitive_tensors_more_bits(tiny, tmp_path, bits):
+    """--mix: attn_v gets 2 more bits, ffn_down and attn_output 1 more (capped at 4; 4-bit and ternary
+    unchanged), and each tensor holds exactly a numpy round-to-nearest at its own bit width."""
+    extra = {"attn_v": 2, "ffn_down": 1, "attn_output": 1}
+    out = tmp_path / "mix.gguf"
+    rep = quantize_model(tiny, out, bits, 32, method="rtn", progress=False, threads=2, mix=True)
+    r = GGUFReader(str(out))
+    lay = np.asarray(_field(r, "lutllm.quant.layouts")).reshape(-1, 6)
+    src, dst = _reader_tensors(tiny), {t.name: t for t in r.tensors}
+    base = KINDS[bits]
+    seen = set()
+    for name, (knd, g, sb, off, k, rows) in zip(_field(r, "lutllm.quant.tensors"), lay):
+        role = name.split(".")[2]
+        want = base if base > 3 else min(4, base + extra.get(role, 0))
+        assert knd == want, (name, knd, want)
+        seen.add(int(knd))
+        codes, s, o = decode_packed(np.asarray(dst[name].data).view(np.uint8), knd, g, sb, off, k, rows)
+        ref_w = dequantize(src[name].data, src[name].tensor_type).reshape(rows, k)
+        rc, rs, _ = numpy_rtn(ref_w, int(knd), int(g))
+        np.testing.assert_array_equal(s, rs.reshape(rows, -1), err_msg=name)
+        np.testing.assert_array_equal(codes, rc, err_msg=name)
+    assert len(seen) == (1 if base > 3 else len({min(4, base + e) for e in (0, 1, 2)}))
+    assert rep.label.endswith("-mix") == (base <= 3)

@@ -32,6 +32,9 @@ METHODS = {"rtn": 0, "mse": 1}  # values: the method argument of _core.lut_quant
 OUT_ALIGNMENT = 64  # data offsets of the output: whole cache lines for every packed tensor
 _LINEAR = re.compile(r"^blk\.\d+\.(attn_q|attn_k|attn_v|attn_qkv|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$")
 _CHUNK_WEIGHTS = 1 << 18  # weights per task: small enough to bound memory, large enough to amortize
+# --mix: extra bits for the tensors whose error hurts most, as llama.cpp's low-bit recipes do (its Q2_K
+# keeps ffn_down and attn_output at 3 bits and attn_v at 3-4). Measured on Qwen2.5-Coder-1.5B (README).
+_MIX_EXTRA_BITS = {"attn_v": 2, "ffn_down": 1, "attn_output": 1}
 
 
 class QuantizeError(ValueError):
@@ -76,7 +79,15 @@ def _decodable_types() -> set[int]:
     return {k["wtype"] for k in _core.kernel_list() if k["op"] == "dequant" and k["supported"]}
 
 
-def _plan(g: GGUFFile, kind: int, group: int, output_head: bool, report: QuantizeReport):
+def _tensor_kind(name: str, kind: int, mix: bool) -> int:
+    """Bits of one tensor: `kind`, or with mix, more for the sensitive ones (1..3 bits only, capped at 4)."""
+    if not mix or kind > 3:
+        return kind
+    role = name.split(".")[-2] if name.startswith("blk.") else ""
+    return min(4, kind + _MIX_EXTRA_BITS.get(role, 0))
+
+
+def _plan(g: GGUFFile, kind: int, group: int, output_head: bool, report: QuantizeReport, mix: bool = False):
     """[(TensorInfo, LutLayout | None, requantize?)] in file order."""
     decodable = _decodable_types()
     plan = []
@@ -95,7 +106,8 @@ def _plan(g: GGUFFile, kind: int, group: int, output_head: bool, report: Quantiz
             report.group_fallback.append(f"{t.name}: g{g_use}")
         if t.lut is None and t.ggml_type not in decodable:
             raise QuantizeError(f"{g.path}: tensor {t.name!r} has type {t.type_name}, which lutllm cannot decode")
-        plan.append((t, LutLayout(kind, g_use, 2, 0 if kind == 5 else 1), True))
+        knd = _tensor_kind(t.name, kind, mix)
+        plan.append((t, LutLayout(knd, g_use, 2, 0 if knd == 5 else 1), True))
     if not any(req for _, _, req in plan):
         raise QuantizeError(f"{g.path}: no linear-layer weights (blk.N.attn_*/ffn_*.weight) to quantize")
     return plan
@@ -175,9 +187,10 @@ def _check_paths(src: Path, dst: Path) -> None:
 
 def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str], bits: str | int, group: int = 32,
                    method: str = "mse", output_head: bool = False, threads: int | None = None,
-                   progress: bool = True, stats: bool = True) -> QuantizeReport:
+                   progress: bool = True, stats: bool = True, mix: bool = False) -> QuantizeReport:
     """Write a copy of GGUF `src` (a path or registry name) to `dst` with its linear weights in the
-    packed LUT layout: `bits` 1..4 or "ternary", `group` weights per scale. Returns a report."""
+    packed LUT layout: `bits` 1..4 or "ternary", `group` weights per scale; `mix` gives attn_v two
+    more bits and ffn_down / attn_output one more (for 1..3 bits; at most 4). Returns a report."""
     from .models import resolve_model
     from .progress import Progress
 
@@ -197,9 +210,9 @@ def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str], bit
     arch = g.architecture
     if arch is None:
         raise QuantizeError(f"{g.path}: not a model (metadata 'general.architecture' is missing)")
-    label = LutLayout(kind, group, 2, 0).label
+    label = LutLayout(kind, group, 2, 0).label + ("-mix" if mix and kind <= 3 else "")
     report = QuantizeReport(str(src_path), str(dst), label, method)
-    plan = _plan(g, kind, group, output_head, report)
+    plan = _plan(g, kind, group, output_head, report, mix)
     if threads is None:
         from . import _core
 
