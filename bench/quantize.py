@@ -2,7 +2,7 @@
 width, group and method. A script, not a test.
 
     PYTHONPATH=python python3 bench/quantize.py [-m MODEL] [--bits 4,3,2,ternary] [--groups 32,64,128]
-        [--methods rtn,mse] [--chars 12000] [--ctx 256] [--no-ppl] [-t THREADS]
+        [--methods rtn,mse] [--recipes uniform,mix] [--chars 12000] [--ctx 256] [--no-ppl] [-t THREADS]
 
 Perplexity uses the first --chars characters of tests/data/ppl_text.txt in chunks of --ctx tokens
 (llama-perplexity's method, engine.py); the source model's figure is printed first. Output: one
@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--bits", default="4,3,2,ternary")
     ap.add_argument("--groups", default="32,64,128")
     ap.add_argument("--methods", default="rtn,mse")
+    ap.add_argument("--recipes", default="uniform", help="uniform and/or mix (quantize --mix)")
     ap.add_argument("--chars", type=int, default=12000)
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--no-ppl", action="store_true")
@@ -48,14 +49,17 @@ def main():
         for bits in a.bits.split(","):
             for group in map(int, a.groups.split(",")):
                 for method in a.methods.split(","):
-                    out = pathlib.Path(d) / "q.gguf"
-                    t0 = time.perf_counter()
-                    rep = quantize_model(src, out, bits, group, method=method, progress=False, threads=a.threads)
-                    dt = time.perf_counter() - t0
-                    p, n = ppl(out)
-                    print(json.dumps({"variant": rep.label, "bits": bits, "group": group, "method": method,
-                                      "seconds": round(dt, 2), "nmse": rep.nmse, "ppl": p, "chunks": n,
-                                      "bytes": rep.bytes_out, "group_fallback": len(rep.group_fallback)}), flush=True)
+                    for recipe in a.recipes.split(","):
+                        out = pathlib.Path(d) / "q.gguf"
+                        t0 = time.perf_counter()
+                        rep = quantize_model(src, out, bits, group, method=method, progress=False, threads=a.threads,
+                                             mix=recipe == "mix")
+                        dt = time.perf_counter() - t0
+                        p, n = ppl(out)
+                        print(json.dumps({"variant": rep.label, "bits": bits, "group": group, "method": method,
+                                          "recipe": recipe, "seconds": round(dt, 2), "nmse": rep.nmse, "ppl": p,
+                                          "chunks": n, "bytes": rep.bytes_out,
+                                          "group_fallback": len(rep.group_fallback)}), flush=True)
 
 
 if __name__ == "__main__":
