@@ -157,12 +157,12 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   KqHeader hc;
   const uint8x16_t m4 = vdupq_n_u8(0x0F);
   const float32x4_t vcn = vdupq_n_f32(float((1 << n) - 1) * 0.5f), vmhalf = vdupq_n_f32(-0.5f);
+  PrefetchCursor pfc{blk + lut_group_at(ga, g0) + pf};
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* p = blk + lut_group_at(ga, g);
     // the bytes pf ahead of this group block (later groups, then the next row blocks); the extent
     // also covers a k-quant super-block header, so the prefetched windows leave no gaps
-    if (pf)
-      for (size_t l = 0; l < ga.group_bytes + ga.header_bytes; l += 64) __builtin_prefetch(p + pf + l, 0, 3);
+    if (pf) pfc.upto(p + pf + ga.group_bytes + ga.header_bytes);
     const int8_t* tq[NT];
     // [token][pp][half]: P and S accumulators; X for the single plane
     int16x8_t P[NT][2][2], S[NT][2][2], X[NT][2];

@@ -165,12 +165,15 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   const __m256i mul23 = _mm256_set1_epi16(0x0804);                    // (4, 8)
   const __m256i mulS = _mm256_set1_epi8(char(1 << (n - 1)));
   const __m256 vcn = _mm256_set1_ps(float((1 << n) - 1) * 0.5f), vmhalf = _mm256_set1_ps(-0.5f);
+  // the group's int16 lane sums add up exactly in int16 when the whole-group bound fits (lut.h:
+  // |I| <= 127 * (2^n - 1) * G/4; ternary 127 * 2 * G/4): then one widening per row half, not two
+  const bool fold16 = 127 * (kTern ? 2 : (1 << n) - 1) * (G / 4) <= 32767;
+  PrefetchCursor pfc{blk + lut_group_at(ga, g0) + pf};
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* p = blk + lut_group_at(ga, g);
     // the bytes pf ahead of this group block (later groups, then the next row blocks); the extent
     // also covers a k-quant super-block header, so the prefetched windows leave no gaps
-    if (pf)
-      for (size_t l = 0; l < ga.group_bytes + ga.header_bytes; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + pf + l), _MM_HINT_T0);
+    if (pf) pfc.upto(p + pf + ga.group_bytes + ga.header_bytes);
     const int8_t* tq[NT];
     __m256i accA[NT], accB[NT];
     for (int t = 0; t < NT; ++t) {
@@ -219,10 +222,16 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
       }
     }
     for (int t = 0; t < NT; ++t) {
-      const __m256i I0 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(accA[t])),
-                                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(accA[t], 1)));
-      const __m256i I1 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(accB[t])),
-                                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(accB[t], 1)));
+      __m256i I0, I1;
+      if (fold16) {
+        I0 = _mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(accA[t]), _mm256_extracti128_si256(accA[t], 1)));
+        I1 = _mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(accB[t]), _mm256_extracti128_si256(accB[t], 1)));
+      } else {
+        I0 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(accA[t])),
+                              _mm256_cvtepi16_epi32(_mm256_extracti128_si256(accA[t], 1)));
+        I1 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(accB[t])),
+                              _mm256_cvtepi16_epi32(_mm256_extracti128_si256(accB[t], 1)));
+      }
       const __m256 tsh = _mm256_set1_ps(0.5f * act[t].scale[g * G / act[t].ag]);
       yv[t].v[0] = _mm256_fmadd_ps(_mm256_mul_ps(s0, tsh), _mm256_cvtepi32_ps(I0), yv[t].v[0]);
       yv[t].v[1] = _mm256_fmadd_ps(_mm256_mul_ps(s1, tsh), _mm256_cvtepi32_ps(I1), yv[t].v[1]);

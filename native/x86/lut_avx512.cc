@@ -118,8 +118,13 @@ inline __m512i widen16(__m256i v) {
 #endif
 }
 
-// int16 lanes of acc: 4 x (rows 0..7) -> int32 rows 0..7
-inline __m256i fold_lanes(__m512i acc) {
+// int16 lanes of acc: 4 x (rows 0..7) -> int32 rows 0..7. fold16: the lanes add up exactly in int16
+// (the group's whole-sum bound fits, see row_block), so they are summed before one widening.
+inline __m256i fold_lanes(__m512i acc, bool fold16) {
+  if (fold16) {
+    const __m256i a = _mm256_add_epi16(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+    return _mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1)));
+  }
   const __m512i a = widen16(_mm512_castsi512_si256(acc));        // lanes 0,1
   const __m512i b = widen16(_mm512_extracti64x4_epi64(acc, 1));  // lanes 2,3
   const __m512i s = _mm512_add_epi32(a, b);
@@ -147,12 +152,14 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   const __m512i mul23 = _mm512_set1_epi16(0x0804);
   const __m512i mulS = _mm512_set1_epi8(char(1 << (n - 1)));
   const __m512 vcn = _mm512_set1_ps(float((1 << n) - 1) * 0.5f), vmhalf = _mm512_set1_ps(-0.5f);
+  // |I| <= 127 * (2^n - 1) * G/4 (ternary 127 * 2 * G/4) for the whole group (lut.h)
+  const bool fold16 = 127 * (kTern ? 2 : (1 << n) - 1) * (G / 4) <= 32767;
+  PrefetchCursor pfc{blk + lut_group_at(ga, g0) + pf};
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* p = blk + lut_group_at(ga, g);
     // the bytes pf ahead of this group block (later groups, then the next row blocks); the extent
     // also covers a k-quant super-block header, so the prefetched windows leave no gaps
-    if (pf)
-      for (size_t l = 0; l < ga.group_bytes + ga.header_bytes; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + pf + l), _MM_HINT_T0);
+    if (pf) pfc.upto(p + pf + ga.group_bytes + ga.header_bytes);
     const int8_t* tq[NT];
     __m512i accA[NT], accB[NT];
     for (int t = 0; t < NT; ++t) {
@@ -201,7 +208,8 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
     __m512 cc = s;
     if (!kTern) cc = has_off ? _mm512_fmadd_ps(s, vcn, o) : _mm512_mul_ps(s, vmhalf);
     for (int t = 0; t < NT; ++t) {
-      const __m512i I = _mm512_inserti64x4(_mm512_castsi256_si512(fold_lanes(accA[t])), fold_lanes(accB[t]), 1);
+      const __m512i I =
+          _mm512_inserti64x4(_mm512_castsi256_si512(fold_lanes(accA[t], fold16)), fold_lanes(accB[t], fold16), 1);
       const __m512 tsh = _mm512_set1_ps(0.5f * act[t].scale[g * G / act[t].ag]);
       yv[t].v = _mm512_fmadd_ps(_mm512_mul_ps(s, tsh), cvt_i32_f32(I), yv[t].v);
       if (!kTern) yv[t].v = _mm512_fmadd_ps(cc, _mm512_set1_ps(sxg[t][g - g0]), yv[t].v);
