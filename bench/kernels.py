@@ -2,13 +2,16 @@
 streamed, beside the machine's measured DRAM read bandwidth (bench/membw.c). A script, not a test.
 
     PYTHONPATH=python python3 bench/kernels.py [--quick] [--isa avx2,avx512] [--n 1,8,64,256] [--threads 1,2]
+    PYTHONPATH=python python3 bench/kernels.py --ggml Q2_K,Q3_K --shapes 8960x1536,1536x8960 --n 1 --threads 1,2
 
 Weights are cold: each call reads the next of several copies whose total exceeds the last-level
 cache. With T threads the rows are split into tasks the way runtime/linear.cc splits them (LUT: whole
 16-row blocks, about 4 tasks per thread) and the roofline is the probe run with T threads. Besides
 the LUT kernels it times the int8 path: Q4_0 / Q8_0 on the same shapes and Q6_K GEMV on the shapes
 of a Qwen2.5-1.5B output head and ffn_down (Q6_K_SHAPES). Output: one JSON object per line, then a
-short table.
+short table. --ggml times GGUF k-quant types repacked exactly (lut_repack_ggml) instead, in the
+current layout and the older ones (GGML_LAYOUTS), alternating between them (--rounds) so that drift
+hits all alike; each record carries its layout and bits/weight.
 """
 import argparse
 import json
@@ -28,6 +31,12 @@ GROUP = 128  # LUT weight group (64 where K is not a multiple of 128); the table
 COLD_BYTES = 256 << 20  # LLC here is 32 MiB; rotate through at least 8x that
 Q6_K_SHAPES = [(151936, 1536), (1536, 8960)]  # tied embedding / output head and ffn_down of Qwen2.5-1.5B
 Q6_K_BLOCK = 210  # bytes per 256 weights: ql[128] qh[64] scales[16] d(fp16)
+# --ggml: type -> (type id, block bytes, offset of its fp16 d (and dmin), {layout: LUT format}) (lut.h)
+GGML_LAYOUTS = {
+    "Q2_K": (10, 84, 80, {"kq4": (2, 16, 3, 1), "kq8 (older)": (2, 16, 1, 1), "fp32": (2, 16, 4, 1)}),
+    "Q3_K": (11, 110, 108, {"w3 kq sym": (3, 16, 1, 0), "w4 kq8 (older)": (4, 16, 1, 1), "w3 fp32": (3, 16, 4, 0)}),
+    "Q4_K": (12, 144, 0, {"kq8": (4, 32, 1, 1), "fp32": (4, 32, 4, 1)}),
+}
 
 
 def dram_read_gbps(threads=1):
@@ -67,6 +76,47 @@ def random_q6_k(rng, rows, k):
     return blocks.reshape(-1)
 
 
+def random_kquant(rng, type_name, rows, k):
+    """GGUF blocks of a k-quant type with random codes and sub-scales and finite d (Q3_K: of either sign)."""
+    _, bb, dpos, _ = GGML_LAYOUTS[type_name]
+    nb = rows * k // 256
+    blocks = rng.integers(0, 256, size=(nb, bb), dtype=np.uint8)
+    nd = 1 if type_name == "Q3_K" else 2
+    lo = -1e-2 if type_name == "Q3_K" else 1e-4
+    blocks[:, dpos:dpos + 2 * nd] = rng.uniform(lo, 1e-2, size=(nb, nd)).astype(np.float16).view(np.uint8)
+    return blocks.reshape(-1)
+
+
+def bench_ggml(args, rng, shapes, ns, isas, threads, record):
+    """Repacked GGUF k-quant types, every layout of GGML_LAYOUTS, rounds alternating between layouts."""
+    for type_name in args.ggml.split(","):
+        tid, _, _, layouts = GGML_LAYOUTS[type_name]
+        for rows, k in shapes:
+            blocks = random_kquant(rng, type_name, rows, k)
+            lay = {}
+            for label, fmt in layouts.items():
+                packed, f = _core.lut_repack_ggml(tid, blocks, rows, k, fmt=fmt)
+                lay[label] = (tuple(f), cold_copies(packed), packed.nbytes)
+            for n in ns:
+                x = rng.standard_normal((n, k), dtype=np.float32)
+                for isa in isas:
+                    for th in threads:
+                        best = {label: [] for label in lay}
+                        for _ in range(args.rounds):
+                            for label, (fmt, copies, _) in lay.items():
+                                name = f"lut_{'gemv' if n == 1 else 'gemm'}_{KINDS[fmt[0]]}_g4__{isa}"
+                                if not any(kk["name"] == name and kk["supported"] for kk in _core.kernel_list()):
+                                    continue
+                                tables = _core.run_lut_build("lut_build_g4__ref", x, fmt[1])
+                                best[label].append(time_lut(name, copies, fmt, rows, k, tables, 20 if n == 1 else 3, th))
+                        for label, (fmt, _, nbytes) in lay.items():
+                            if best[label]:
+                                record(f"lut_{'gemv' if n == 1 else 'gemm'}_{KINDS[fmt[0]]}_g4__{isa}", rows, k, n,
+                                       type_name, nbytes, min(best[label]), th, layout=label, fmt=list(fmt),
+                                       bits_per_weight=round(nbytes * 8 / (-(-rows // 16) * 16 * k), 4))
+            del lay
+
+
 def q8_isa_kernel(isa, op):
     names = {kk["name"]: kk["supported"] for kk in _core.kernel_list()}
     name = f"{op}__{isa}"
@@ -83,6 +133,9 @@ def main():
     ap.add_argument("--no-q8", action="store_true", help="skip the int8 (Q4_0 / Q8_0 x Q8) comparison")
     ap.add_argument("--no-q6k", action="store_true", help="skip the Q6_K GEMV (Q6_K_SHAPES)")
     ap.add_argument("--threads", default="1", help="thread counts, e.g. 1,2 (rows split as the runtime does)")
+    ap.add_argument("--ggml", default="", help="instead: GGUF k-quant types repacked exactly, e.g. Q2_K,Q3_K "
+                    "(every layout of GGML_LAYOUTS)")
+    ap.add_argument("--rounds", type=int, default=3, help="--ggml: alternating rounds per layout (best is kept)")
     args = ap.parse_args()
 
     isas = [i for i in args.isa.split(",") if i]
@@ -106,6 +159,10 @@ def main():
         print(json.dumps(rec), flush=True)
         rows_out.append(rec)
 
+    if args.ggml:
+        bench_ggml(args, rng, shapes, ns, isas, threads, record)
+        shapes = []
+        args.no_q6k = True
     for rows, k in shapes:
         w = rng.standard_normal((rows, k), dtype=np.float32)
         x_all = rng.standard_normal((max(ns), k), dtype=np.float32)

@@ -1,5 +1,5 @@
 """Q4_K / Q2_K repack layouts side by side: µs per GEMV/GEMM call and GB/s of packed weights for the
-compact k-quant sub-scale layout (scale_bytes 1) against fp32 scales (scale_bytes 4), same blocks,
+compact k-quant sub-scale layout (scale_bytes 1, or 3 for Q2_K) against fp32 scales (scale_bytes 4), same blocks,
 same kernel, cold weights (rotating copies larger than the last-level cache). A script, not a test.
 
     PYTHONPATH=python python3 bench/q4k_layout.py [--shapes 1536x8960,8960x1536] [--n 1,8] [--type Q4_K]

@@ -20,7 +20,7 @@ def kernel_isas(op):
 
 
 def groups_for(kind):
-    return (16, 32, 64, 128) if kind in (2, 4, 5) else (32, 64, 128)
+    return (16, 32, 64, 128)
 
 
 def misaligned(a, off):
@@ -51,23 +51,29 @@ def table_bound(kind, group, s, ts):
     return np.abs(s) * ts * m * group / 16.0
 
 
+KQ8, KQ4 = 1, 3  # k-quant sub-scale encodings (scale_bytes codes, lut.h)
+
+
 def group_scales(fmt, packed, rows, k):
-    """Per (row, group) scale s, read back through unpack of unit codes is not possible; derive
-    from the packed bytes: the scale block follows the tiles of each group block (lut.h)."""
+    """Per (row, group) scale s, derived from the packed bytes: the scale block follows the tiles of
+    each group block (lut.h)."""
     kind, group, sb, off = fmt
     planes = 2 if kind == 5 else kind
     tile = 2 * group * planes
-    gbb = tile + 16 * sb * (1 + off)
     nrb = (rows + 15) // 16
     ng = k // group
-    if sb == 1:  # k-quant sub-scales: [64-byte header: 16 fp16 d, 16 fp16 dmin][256/G group blocks] per 256
+    if sb in (KQ8, KQ4):  # k-quant: [header: 16 fp16 d (, 16 fp16 dmin)][256/G group blocks] per 256
+        gbb = tile + (16 if sb == KQ4 else 16 * (1 + off))
+        hb = 32 * (1 + off)
         gps, nsup = 256 // group, k // 256
-        sbb = 64 + gps * gbb
+        sbb = hb + gps * gbb
         sup = packed[: nrb * nsup * sbb].reshape(nrb, nsup, sbb)
         d = np.ascontiguousarray(sup[:, :, :32]).view(np.float16).astype(np.float64)  # (nrb, nsup, 16)
-        sc = sup[:, :, 64:].reshape(nrb, nsup, gps, gbb)[:, :, :, tile:tile + 16].astype(np.float64)
+        raw = sup[:, :, hb:].reshape(nrb, nsup, gps, gbb)[:, :, :, tile:tile + 16]
+        sc = (raw & 15 if sb == KQ4 else raw if off else raw.view(np.int8)).astype(np.float64)
         s = d[:, :, None, :] * sc  # (nrb, nsup, gps, 16)
         return s.reshape(nrb, ng, 16).transpose(0, 2, 1).reshape(nrb * 16, ng)[:rows]
+    gbb = tile + 16 * sb * (1 + off)
     blocks = packed[: nrb * ng * gbb].reshape(nrb, ng, gbb)
     raw = np.ascontiguousarray(blocks[:, :, tile:tile + 16 * sb])
     s = raw.view(np.float16 if sb == 2 else np.float32).astype(np.float64)  # (nrb, ng, 16)
@@ -259,13 +265,14 @@ def test_q4k_scales_need_fp32(rng):
 
 # ---- k-quant sub-scales (scale_bytes 1) == fp32 scales, bit for bit ----------------------------
 
-def _kq_vs_f32(blocks, type_name, rows, k, x, isas, ag=128):
-    """Repack the same GGUF blocks to both Q4_K/Q2_K layouts; every kernel must give identical bits
-    on both, and the ISA kernels the scalar twin's bits. Returns (compact bytes, fp32 bytes)."""
+def _kq_vs_f32(blocks, type_name, rows, k, x, isas, ag=128, fmts=None):
+    """Repack the same GGUF blocks to the type's k-quant and fp32 layouts (fmts: an explicit pair,
+    e.g. an older one); every kernel must give identical bits on both, and the ISA kernels the
+    scalar twin's bits. Returns (compact bytes, fp32 bytes)."""
     flat = np.ascontiguousarray(blocks).reshape(-1)
-    pk, fk = _core.lut_repack_ggml(GGML[type_name], flat, rows, k)
-    pf, ff = _core.lut_repack_ggml(GGML[type_name], flat, rows, k, kq=False)
-    assert fk[2] == 1 and ff[2] == 4 and fk[:2] == ff[:2] and fk[3] == ff[3] == 1
+    pk, fk = _core.lut_repack_ggml(GGML[type_name], flat, rows, k, fmt=fmts[0] if fmts else None)
+    pf, ff = _core.lut_repack_ggml(GGML[type_name], flat, rows, k, kq=False, fmt=fmts[1] if fmts else None)
+    assert fk[2] in (KQ8, KQ4) and ff[2] == 4 and fk[:2] == ff[:2] and fk[3] == ff[3]
     assert pk.size == _core.lut_packed_bytes(fk, rows, k) < pf.size
     back_k, back_f = _core.lut_unpack(pk, fk, rows, k), _core.lut_unpack(pf, ff, rows, k)
     assert np.array_equal(back_k.view(np.uint32), back_f.view(np.uint32))
@@ -273,7 +280,8 @@ def _kq_vs_f32(blocks, type_name, rows, k, x, isas, ag=128):
     kind = fk[0]
     want = run("ref", "gemm", kind, pf, ff, rows, k, tabs, ag)
     for isa in ["ref"] + isas:
-        for fmt, packed in ((fk, pk), (ff, pf)):
+        for j, (fmt, packed) in enumerate(((fk, pk), (ff, pf))):
+            packed = misaligned(packed, (rows + j) % 4)  # weights at any address
             got = run(isa, "gemm", kind, packed, fmt, rows, k, tabs, ag)
             assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (type_name, isa, fmt, "gemm")
             t1 = tuple(np.ascontiguousarray(a[-1:]) for a in tabs)
@@ -315,8 +323,19 @@ def test_kq_layout_bit_identical_to_fp32(type_name, rng):
         back = _core.lut_unpack(pk, fk, rows, k)
         assert _lossless(back, ref, type_name)
         rb = (rows + 15) // 16
-        bits, f32_bits = {"Q4_K": (4.625, 6.0), "Q3_K": (5.125, 8.0), "Q2_K": (3.125, 6.0)}[type_name]
+        bits, f32_bits = {"Q4_K": (4.625, 6.0), "Q3_K": (3.5625, 5.0), "Q2_K": (2.625, 6.0)}[type_name]
         assert nk == rb * 16 * k * bits / 8 and nf == rb * 16 * k * f32_bits / 8
+        # the layouts earlier versions repacked to still repack exactly and run bit-identically
+        if type_name in OLD_LAYOUTS:
+            fmts, old_bits = OLD_LAYOUTS[type_name]
+            ok, of = _kq_vs_f32(blocks, type_name, rows, k, x, kernel_isas("lut_gemm"), fmts=fmts)
+            assert ok == rb * 16 * k * old_bits / 8
+            po, fo = _core.lut_repack_ggml(GGML[type_name], np.ascontiguousarray(blocks).reshape(-1), rows, k, fmt=fmts[0])
+            assert _lossless(_core.lut_unpack(po, fo, rows, k), ref, type_name)
+
+
+# older k-quant layouts: ((compact fmt, fp32 fmt), compact bits/weight)
+OLD_LAYOUTS = {"Q2_K": (((2, 16, KQ8, 1), (2, 16, 4, 1)), 3.125), "Q3_K": (((4, 16, KQ8, 1), (4, 16, 4, 1)), 5.125)}
 
 
 def _real_q4k_tensors(path, limit=None):
@@ -358,16 +377,39 @@ def test_kq_layout_bit_identical_real_qwen15(qwen15_path, rng):
 def test_kq_format_checks():
     with pytest.raises(ValueError, match="super-block"):
         _core.lut_packed_bytes((4, 32, 1, 1), 16, 96)
-    with pytest.raises(ValueError, match="has_offset"):
-        _core.lut_packed_bytes((4, 32, 1, 0), 16, 256)
-    with pytest.raises(ValueError, match="scale_bytes"):
-        _core.lut_packed_bytes((4, 32, 3, 1), 16, 256)
+    with pytest.raises(ValueError, match="super-block"):
+        _core.lut_packed_bytes((2, 16, KQ4, 1), 16, 128)
+    with pytest.raises(ValueError, match="4-bit k-quant sub-scales.*has_offset"):
+        _core.lut_packed_bytes((2, 16, KQ4, 0), 16, 256)
+    with pytest.raises(ValueError, match="ternary.*k-quant"):
+        _core.lut_packed_bytes((5, 32, KQ8, 0), 16, 256)
+    with pytest.raises(ValueError, match="scale_bytes 5 is not"):
+        _core.lut_packed_bytes((4, 32, 5, 1), 16, 256)
+    with pytest.raises(ValueError, match="scale_bytes 0 is not"):
+        _core.lut_packed_bytes((4, 32, 0, 1), 16, 256)
     assert _core.lut_format_for_ggml(GGML["Q4_K"]) == (4, 32, 1, 1)
     assert _core.lut_format_for_ggml(GGML["Q4_K"], kq=False) == (4, 32, 4, 1)
-    assert _core.lut_format_for_ggml(GGML["Q2_K"]) == (2, 16, 1, 1)
-    assert _core.lut_format_for_ggml(GGML["Q3_K"]) == (4, 16, 1, 1)
+    assert _core.lut_format_for_ggml(GGML["Q2_K"]) == (2, 16, KQ4, 1)
+    assert _core.lut_format_for_ggml(GGML["Q2_K"], kq=False) == (2, 16, 4, 1)
+    assert _core.lut_format_for_ggml(GGML["Q3_K"]) == (3, 16, KQ8, 0)
+    assert _core.lut_format_for_ggml(GGML["Q3_K"], kq=False) == (3, 16, 4, 0)
     assert _core.lut_packed_bytes((4, 32, 1, 1), 17, 512) == 2 * 2 * 2368
-    assert _core.lut_packed_bytes((2, 16, 1, 1), 16, 256) == 1600
+    # per 16 rows x 256: GGUF Q2_K's 2.625 bits/weight; Q3_K symmetric 3.5625; the older layouts
+    assert _core.lut_packed_bytes((2, 16, KQ4, 1), 16, 256) == 1344 == 16 * 84
+    assert _core.lut_packed_bytes((3, 16, KQ8, 0), 16, 256) == 1824
+    assert _core.lut_packed_bytes((2, 16, KQ8, 1), 16, 256) == 1600
+    assert _core.lut_packed_bytes((4, 16, KQ8, 1), 16, 256) == 2624
+    # 8-bit sub-scales without offset are signed (W1..W4); 3 planes at g16 in any encoding
+    assert _core.lut_packed_bytes((3, 16, 2, 1), 16, 16) == 96 + 64
+    assert _core.lut_packed_bytes((1, 16, KQ4, 1), 16, 256) == 16 * (32 + 16) + 64
+
+
+def test_repack_to_unsupported_format(rng):
+    blocks = random_blocks(rng, "Q2_K", 2, 256)
+    with pytest.raises(ValueError, match="does not repack exactly"):
+        _core.lut_repack_ggml(GGML["Q2_K"], np.ascontiguousarray(blocks).reshape(-1), 2, 256, fmt=(4, 16, KQ4, 1))
+    with pytest.raises(ValueError, match="does not repack exactly"):  # Q3_K's sub-scales are 6 bits
+        _core.lut_repack_ggml(GGML["Q3_K"], np.zeros(2 * 110, np.uint8), 2, 256, fmt=(3, 16, KQ4, 1))
 
 
 def test_repack_rejects_bad_input(rng):
@@ -379,8 +421,6 @@ def test_repack_rejects_bad_input(rng):
         _core.lut_repack_ggml(GGML["TQ2_0"], blocks, 1, 512)
     with pytest.raises(ValueError, match="multiple of the group"):
         _core.lut_packed_bytes((2, 32, 2, 1), 4, 48)
-    with pytest.raises(ValueError, match="at least 32"):
-        _core.lut_quantize(np.zeros((2, 64), np.float32), 3, 16)
 
 
 def test_registry_has_lut_kernels():

@@ -52,14 +52,15 @@ def decode_packed(buf: np.ndarray, kind: int, group: int, scale_bytes: int, has_
                     planes[b, :, :, j // 2, 4 * q + i] = (lo >> i) & 1
                     planes[b, :, :, 8 + j // 2, 4 * q + i] = (hi >> i) & 1
     if n % 2:
-        for c in range(G // 32):
-            for i in range(4):
+        C = min(G, 32) // 4  # quads per single-tile chunk; ST(c, i): quads C*c + i (low), C*c + i + C/2 (high)
+        for c in range(G // 4 // C):
+            for i in range(C // 2):
                 tile = blocks[:, :, pos:pos + 16].astype(np.int64)
                 pos += 16
                 for j in range(16):
                     for bit in range(4):
-                        planes[n - 1, :, :, j, 4 * (8 * c + i) + bit] = (tile[:, :, j] >> bit) & 1
-                        planes[n - 1, :, :, j, 4 * (8 * c + i + 4) + bit] = ((tile[:, :, j] >> 4) >> bit) & 1
+                        planes[n - 1, :, :, j, 4 * (C * c + i) + bit] = (tile[:, :, j] >> bit) & 1
+                        planes[n - 1, :, :, j, 4 * (C * c + i + C // 2) + bit] = ((tile[:, :, j] >> 4) >> bit) & 1
     scales = blocks[:, :, pos:pos + 16 * scale_bytes].copy().view(sdt).astype(np.float32)
     pos += 16 * scale_bytes
     offsets = blocks[:, :, pos:pos + 16 * scale_bytes].copy().view(sdt).astype(np.float32) if has_offset else None
@@ -201,6 +202,19 @@ def test_rtn_codes_and_scales_match_numpy(tiny, tmp_path, bits, group):
             np.testing.assert_array_equal(o, ro.reshape(rows, -1), err_msg=name)
         np.testing.assert_array_equal(codes, rc, err_msg=name)
     assert rep.packed == 14 and rep.copied == len(src) - 14
+
+
+@pytest.mark.parametrize("kind", [1, 3])
+def test_lut_unpack_agrees_with_numpy_decoder_g16(kind):
+    """Odd plane counts at G = 16: two single tiles per group (lut.h), read back by both decoders."""
+    from lutllm import _core
+
+    rows, k = 21, 80
+    w = np.random.default_rng(kind).standard_normal((rows, k)).astype(np.float32)
+    buf, fmt = _core.lut_quantize(w, kind, 16)
+    assert fmt == (kind, 16, 2, 1)
+    ours = _core.lut_unpack(buf, fmt, rows, k)
+    np.testing.assert_array_equal(ours, decoded_values(*decode_packed(buf, kind, 16, 2, 1, k, rows), kind, 16))
 
 
 def test_lut_unpack_agrees_with_numpy_decoder(tiny, tmp_path):

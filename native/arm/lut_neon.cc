@@ -92,11 +92,27 @@ inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb
       const uint8_t* hp = blk + lut_header_at(ga, g);
       for (int q = 0; q < 4; ++q) {
         hc.d[q] = load_scales4(hp + 8 * q, 2);
-        hc.nd[q] = vnegq_f32(load_scales4(hp + 32 + 8 * q, 2));
+        if (has_offset) hc.nd[q] = vnegq_f32(load_scales4(hp + 32 + 8 * q, 2));
       }
       hc.super = super;
     }
-    const uint8x16_t scb = vld1q_u8(sp), mb = vld1q_u8(sp + kLutRows);
+    // sub-scale bytes: uint8 sc then uint8 m; int8 sc alone; or one byte sc | m << 4 per row
+    uint8x16_t scb = vld1q_u8(sp), mb = scb;
+    if (ga.kq == kLutKqNibble) {
+      mb = vshrq_n_u8(scb, 4);
+      scb = vandq_u8(scb, vdupq_n_u8(0x0F));
+    } else if (ga.kq == kLutKqU8) {
+      mb = vld1q_u8(sp + kLutRows);
+    }
+    if (ga.kq == kLutKqS8) {
+      const int8x16_t sb8 = vreinterpretq_s8_u8(scb);
+      const int16x8_t sc16[2] = {vmovl_s8(vget_low_s8(sb8)), vmovl_high_s8(sb8)};
+      for (int q = 0; q < 4; ++q) {
+        const int32x4_t scq = (q & 1) ? vmovl_high_s16(sc16[q >> 1]) : vmovl_s16(vget_low_s16(sc16[q >> 1]));
+        s[q] = vmulq_f32(hc.d[q], vcvtq_f32_s32(scq));
+      }
+      return;
+    }
     const uint16x8_t sc16[2] = {vmovl_u8(vget_low_u8(scb)), vmovl_high_u8(scb)};
     const uint16x8_t m16[2] = {vmovl_u8(vget_low_u8(mb)), vmovl_high_u8(mb)};
     for (int q = 0; q < 4; ++q) {
@@ -141,12 +157,12 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   KqHeader hc;
   const uint8x16_t m4 = vdupq_n_u8(0x0F);
   const float32x4_t vcn = vdupq_n_f32(float((1 << n) - 1) * 0.5f), vmhalf = vdupq_n_f32(-0.5f);
+  PrefetchCursor pfc{blk + lut_group_at(ga, g0) + pf};
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* p = blk + lut_group_at(ga, g);
     // the bytes pf ahead of this group block (later groups, then the next row blocks); the extent
     // also covers a k-quant super-block header, so the prefetched windows leave no gaps
-    if (pf)
-      for (size_t l = 0; l < ga.group_bytes + ga.header_bytes; l += 64) __builtin_prefetch(p + pf + l, 0, 3);
+    if (pf) pfc.upto(p + pf + ga.group_bytes + ga.header_bytes);
     const int8_t* tq[NT];
     // [token][pp][half]: P and S accumulators; X for the single plane
     int16x8_t P[NT][2][2], S[NT][2][2], X[NT][2];
@@ -172,13 +188,13 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
         }
       }
     if (n & 1)
-      for (int c = 0; c < G / 32; ++c)
-        for (int i = 0; i < 4; ++i, p += 16) {
+      for (int c = 0, C = lut_st_chunk_quads(G); c < G / 4 / C; ++c)  // ST(c, i): quads C*c + i, C*c + i + C/2
+        for (int i = 0; i < C / 2; ++i, p += 16) {
           const uint8x16_t wv = vld1q_u8(p);
           const uint8x16_t lo = vandq_u8(wv, m4), hi = vshrq_n_u8(wv, 4);
           for (int t = 0; t < NT; ++t) {
-            const int8x16_t La = vqtbl1q_s8(vld1q_s8(tq[t] + (8 * c + i) * 16), lo);
-            const int8x16_t Lb = vqtbl1q_s8(vld1q_s8(tq[t] + (8 * c + i + 4) * 16), hi);
+            const int8x16_t La = vqtbl1q_s8(vld1q_s8(tq[t] + (C * c + i) * 16), lo);
+            const int8x16_t Lb = vqtbl1q_s8(vld1q_s8(tq[t] + (C * c + i + C / 2) * 16), hi);
             X[t][0] = vaddq_s16(X[t][0], vaddl_s8(vget_low_s8(La), vget_low_s8(Lb)));
             X[t][1] = vaddq_s16(X[t][1], vaddl_high_s8(La, Lb));
           }

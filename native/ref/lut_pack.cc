@@ -24,12 +24,16 @@ std::string lut_check_format(const LutFormat& f, int64_t rows, int64_t k) {
   if (f.kind < 1 || f.kind > 5) return "LUT kind " + std::to_string(f.kind) + " is not 1..4 bits or 5 (ternary)";
   if (f.group != 16 && f.group != 32 && f.group != 64 && f.group != 128)
     return "LUT group " + std::to_string(f.group) + " is not 16, 32, 64 or 128";
-  if ((lut_planes(f.kind) & 1) && f.group < 32) return "odd plane counts (1 or 3 bits) need a group of at least 32";
-  if (f.scale_bytes != kLutScaleKQ && f.scale_bytes != 2 && f.scale_bytes != 4)
-    return "scale_bytes must be 1 (k-quant sub-scales), 2 (fp16) or 4 (fp32)";
+  if (f.scale_bytes != kLutScaleKQ && f.scale_bytes != kLutScaleF16 && f.scale_bytes != kLutScaleKQ4 &&
+      f.scale_bytes != kLutScaleF32)
+    return "scale_bytes " + std::to_string(f.scale_bytes) +
+           " is not 1 (8-bit k-quant sub-scales), 2 (fp16), 3 (4-bit k-quant sub-scales) or 4 (fp32)";
   if (f.has_offset != 0 && f.has_offset != 1) return "has_offset must be 0 or 1";
   if (f.kind == int(LutKind::TERNARY) && f.has_offset) return "ternary weights have no offset";
-  if (lut_is_kq(f) && !f.has_offset) return "k-quant sub-scales (scale_bytes 1) need has_offset = 1";
+  if (f.kind == int(LutKind::TERNARY) && lut_is_kq(f))
+    return "ternary weights take fp16 or fp32 scales, not k-quant sub-scales (scale_bytes " + std::to_string(f.scale_bytes) + ")";
+  if (f.scale_bytes == kLutScaleKQ4 && !f.has_offset)
+    return "4-bit k-quant sub-scales (scale_bytes 3) need has_offset = 1 (the signed, offset-free form is scale_bytes 1)";
   if (rows <= 0) return "rows must be positive";
   if (k <= 0 || k % f.group) return "k = " + std::to_string(k) + " is not a positive multiple of the group " + std::to_string(f.group);
   if (lut_is_kq(f) && k % kLutSuperK)
@@ -86,10 +90,12 @@ uint8_t* pack_tiles(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t
         const int b = 2 * pp + (j & 1);
         *p++ = uint8_t(nib(j >> 1, b, qd) | nib(8 + (j >> 1), b, qd) << 4);
       }
-  if (n & 1)
-    for (int c = 0; c < G / 32; ++c)
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 16; ++j) *p++ = uint8_t(nib(j, n - 1, 8 * c + i) | nib(j, n - 1, 8 * c + i + 4) << 4);
+  if (n & 1) {
+    const int C = lut_st_chunk_quads(G), H = C / 2;  // ST(c, i): quads C*c + i (low), C*c + i + H (high)
+    for (int c = 0; c < G / 4 / C; ++c)
+      for (int i = 0; i < H; ++i)
+        for (int j = 0; j < 16; ++j) *p++ = uint8_t(nib(j, n - 1, C * c + i) | nib(j, n - 1, C * c + i + H) << 4);
+  }
   return p;
 }
 
@@ -99,10 +105,18 @@ void lut_group_scales(const uint8_t* row_block, const LutFormat& f, int64_t g, f
   const uint8_t* sp = row_block + lut_group_offset(f, g) + lut_tile_bytes_per_group(f);
   if (lut_is_kq(f)) {
     const uint8_t* hp = row_block + lut_super_header_offset(f, g);
+    const int32_t kq = lut_kq_kind(f);
     for (int r = 0; r < kLutRows; ++r) {
-      const float d = load_scale(hp + 2 * r, 2), dmin = load_scale(hp + 2 * (kLutRows + r), 2);
-      s[r] = d * float(sp[r]);
-      o[r] = -(dmin * float(sp[kLutRows + r]));
+      const float d = load_scale(hp + 2 * r, 2);
+      if (kq == kLutKqS8) {
+        s[r] = d * float(int8_t(sp[r]));
+        o[r] = 0.0f;
+        continue;
+      }
+      const int sc = kq == kLutKqNibble ? sp[r] & 15 : sp[r], m = kq == kLutKqNibble ? sp[r] >> 4 : sp[kLutRows + r];
+      const float dmin = load_scale(hp + 2 * (kLutRows + r), 2);
+      s[r] = d * float(sc);
+      o[r] = -(dmin * float(m));
     }
     return;
   }
@@ -139,17 +153,26 @@ void lut_pack_kq(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q
   const int G = fmt.group;
   const int64_t ngroups = k / G, nsuper = k / kLutSuperK, nrb = lut_row_blocks(rows);
   const int gps = kLutSuperK / G;
+  const int32_t kq = lut_kq_kind(fmt);
+  const int halves = fmt.has_offset ? 2 : 1;
   uint8_t* p = out;
   for (int64_t rb = 0; rb < nrb; ++rb)
     for (int64_t b = 0; b < nsuper; ++b) {
-      for (int half = 0; half < 2; ++half)  // d, then dmin
+      for (int half = 0; half < halves; ++half)  // d, then dmin
         for (int r = 0; r < kLutRows; ++r, p += 2) {
           const int64_t row = rb * kLutRows + r;
           store_scale(p, row < rows ? (half ? dmin : d)[row * nsuper + b] : 0.0f, 2);
         }
       for (int64_t g = b * gps; g < (b + 1) * gps; ++g) {
         p = pack_tiles(fmt, rows, k, q, rb, g, p);
-        for (int half = 0; half < 2; ++half)  // sc, then m
+        if (kq == kLutKqNibble) {  // one byte per row: sc | m << 4
+          for (int r = 0; r < kLutRows; ++r) {
+            const int64_t row = rb * kLutRows + r;
+            *p++ = row < rows ? uint8_t((sc[row * ngroups + g] & 15) | (m[row * ngroups + g] & 15) << 4) : 0;
+          }
+          continue;
+        }
+        for (int half = 0; half < halves; ++half)  // sc, then m
           for (int r = 0; r < kLutRows; ++r) {
             const int64_t row = rb * kLutRows + r;
             *p++ = row < rows ? (half ? m : sc)[row * ngroups + g] : 0;
@@ -178,13 +201,15 @@ void lut_unpack(const LutWeights& w, int64_t row_begin, int64_t row_end, float* 
             put(j >> 1, 2 * pp + (j & 1), qd, p[j] & 15);
             put(8 + (j >> 1), 2 * pp + (j & 1), qd, p[j] >> 4);
           }
-      if (n & 1)
-        for (int c = 0; c < G / 32; ++c)
-          for (int i = 0; i < 4; ++i, p += 16)
+      if (n & 1) {
+        const int C = lut_st_chunk_quads(G), H = C / 2;
+        for (int c = 0; c < G / 4 / C; ++c)
+          for (int i = 0; i < H; ++i, p += 16)
             for (int j = 0; j < 16; ++j) {
-              put(j, n - 1, 8 * c + i, p[j] & 15);
-              put(j, n - 1, 8 * c + i + 4, p[j] >> 4);
+              put(j, n - 1, C * c + i, p[j] & 15);
+              put(j, n - 1, C * c + i + H, p[j] >> 4);
             }
+      }
       float sv[kLutRows], ov[kLutRows];
       lut_group_scales(blk, f, g, sv, ov);
       for (int r = 0; r < kLutRows; ++r) {
@@ -212,35 +237,54 @@ void lut_unpack(const LutWeights& w, int64_t row_begin, int64_t row_end, float* 
 //                                    256 kept as is; kernels form s = d*sc, o = -(dmin*m) exactly in fp32.
 //                                    (kq = false: those products stored as fp32: an fp16 mantissa
 //                                    (11 bits) times a 6-bit integer needs up to 17 bits.)
-//   Q2_K  (d*sc)*q - (dmin*m)     -> the same per 16 (4-bit sc, m)
+//   Q2_K  (d*sc)*q - (dmin*m)     -> the same per 16 with 4-bit sc, m: one byte sc | m << 4 per
+//                                    group (kLutScaleKQ4), GGUF's own 2.625 bits/weight (older
+//                                    layout: a byte each, kLutScaleKQ)
 //   Q3_K  (d*S)*(c-4), S = 6-bit signed sub-scale per 16, c = 3-bit code
-//                                 -> k-quant sub-scales per 16, unsigned: S >= 0: sc = S, q = c,
-//                                    m = 4S; S < 0: sc = -S, q = 7-c, m = -3S (so sc*q - m = S*(c-4)),
-//                                    d and dmin = d per 256. Every product is exact in fp32 (kq =
-//                                    false: s = d*sc, o = -(d*m) stored the same way). Held in W4
-//                                    (top plane 0): a 3-plane layout needs groups of 32.
+//                                 -> W3 g16 symmetric: value = s*(q - 4) with q = c and s = d*S,
+//                                    signed sub-scales sc = S (int8), d per 256, no offset; d*S is
+//                                    exact in fp32 and so is gguf's product (kq = false: d*S stored
+//                                    as fp32). 3.5625 bits/weight against 4.125 for 3 planes with
+//                                    uint8 sc, m (the offset form below) and 5.125 for the older
+//                                    W4 layout.
+//                                 -> (older layouts, W4 g16 + offset) unsigned sub-scales: S >= 0:
+//                                    sc = S, q = c, m = 4S; S < 0: sc = -S, q = 7-c, m = -3S (so
+//                                    sc*q - m = S*(c-4)), d and dmin = d per 256 (kLutScaleKQ) or
+//                                    s = d*sc, o = -(d*m) in fp32.
+//                                    Both forms give gguf's values exactly, up to the sign of zero.
 //   TQ1_0 / TQ2_0  (t-1)*d        -> TERNARY, s = d (fp16), the same d for every group of a block
 
 bool lut_format_for_ggml(GgmlType t, int ternary_group, LutFormat* fmt, std::string* err, bool kq) {
   const int32_t ks = kq ? kLutScaleKQ : kLutScaleF32;
   switch (t) {
-    case GgmlType::Q4_0: *fmt = {4, 32, 2, 0}; return true;
-    case GgmlType::Q4_1: *fmt = {4, 32, 2, 1}; return true;
+    case GgmlType::Q4_0: *fmt = {4, 32, kLutScaleF16, 0}; return true;
+    case GgmlType::Q4_1: *fmt = {4, 32, kLutScaleF16, 1}; return true;
     case GgmlType::Q4_K: *fmt = {4, 32, ks, 1}; return true;
-    case GgmlType::Q2_K: *fmt = {2, 16, ks, 1}; return true;
-    case GgmlType::Q3_K: *fmt = {4, 16, ks, 1}; return true;
+    case GgmlType::Q2_K: *fmt = {2, 16, kq ? kLutScaleKQ4 : kLutScaleF32, 1}; return true;
+    case GgmlType::Q3_K: *fmt = {3, 16, ks, 0}; return true;
     case GgmlType::TQ1_0:
     case GgmlType::TQ2_0:
       if (ternary_group != 32 && ternary_group != 64 && ternary_group != 128) {
         *err = "ternary group must be 32, 64 or 128";
         return false;
       }
-      *fmt = {5, ternary_group, 2, 0};
+      *fmt = {5, ternary_group, kLutScaleF16, 0};
       return true;
     default:
       *err = "GGUF type id " + std::to_string(uint32_t(t)) + " has no LUT repack (supported: Q4_0, Q4_1, Q4_K, Q3_K, Q2_K, TQ1_0, TQ2_0)";
       return false;
   }
+}
+
+bool lut_repack_supported(GgmlType t, const LutFormat& fmt) {
+  auto same = [&](const LutFormat& o) { return std::memcmp(&o, &fmt, sizeof fmt) == 0; };
+  std::string err;
+  LutFormat f;
+  for (bool kq : {true, false})
+    if (lut_format_for_ggml(t, fmt.group, &f, &err, kq) && same(f)) return true;
+  if (t == GgmlType::Q2_K) return same(LutFormat{2, 16, kLutScaleKQ, 1});
+  if (t == GgmlType::Q3_K) return same(LutFormat{4, 16, kLutScaleKQ, 1}) || same(LutFormat{4, 16, kLutScaleF32, 1});
+  return false;
 }
 
 namespace {
@@ -260,9 +304,11 @@ void q4k_scale_min(const uint8_t* s, int j, int* sc, int* m) {
 bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, const LutFormat& fmt, uint8_t* out,
                      std::string* err) {
   LutFormat want;
-  if (!lut_format_for_ggml(t, fmt.group, &want, err, lut_is_kq(fmt))) return false;
-  if (std::memcmp(&want, &fmt, sizeof fmt) != 0) {
-    *err = "format does not match lut_format_for_ggml for this type";
+  if (!lut_format_for_ggml(t, fmt.group, &want, err)) return false;
+  if (!lut_repack_supported(t, fmt)) {
+    *err = "GGUF type id " + std::to_string(uint32_t(t)) + " does not repack exactly to LUT format (" +
+           std::to_string(fmt.kind) + ", " + std::to_string(fmt.group) + ", " + std::to_string(fmt.scale_bytes) + ", " +
+           std::to_string(fmt.has_offset) + ")";
     return false;
   }
   const bool kq = lut_is_kq(fmt);
@@ -374,19 +420,21 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
             const int lo = (j < 8 ? blk.scales[j] : blk.scales[j - 8] >> 4) & 0x0F;
             const int hi = (blk.scales[8 + j % 4] >> (2 * (j / 4))) & 3;
             const int S = (lo | hi << 4) - 32;
-            const int sc6 = S < 0 ? -S : S, m = S < 0 ? -3 * S : 4 * S;
+            // symmetric (W3): sc = S signed, q = c; offset form (W4): mirrored codes, unsigned sc, m
+            const bool mirror = fmt.has_offset && S < 0;
+            const int sc6 = fmt.has_offset ? (S < 0 ? -S : S) : S, m = S < 0 ? -3 * S : 4 * S;
             for (int e = 16 * j; e < 16 * j + 16; ++e) {
               const int r2 = e % 128;
               const int c = ((blk.qs[32 * (e / 128) + r2 % 32] >> (2 * (r2 / 32))) & 3) |
                             (((blk.hmask[e % 32] >> (e / 32)) & 1) << 2);
-              qb[e] = uint8_t(S < 0 ? 7 - c : c);
+              qb[e] = uint8_t(mirror ? 7 - c : c);
             }
             if (kq) {
-              ksc[size_t(r * ngroups + b * 16 + j)] = uint8_t(sc6);
-              km[size_t(r * ngroups + b * 16 + j)] = uint8_t(m);
+              ksc[size_t(r * ngroups + b * 16 + j)] = uint8_t(int8_t(sc6));
+              km[size_t(r * ngroups + b * 16 + j)] = uint8_t(fmt.has_offset ? m : 0);
             } else {
               sr[b * 16 + j] = d * float(sc6);
-              orow[b * 16 + j] = -(d * float(m));
+              orow[b * 16 + j] = fmt.has_offset ? -(d * float(m)) : 0.0f;
             }
           }
           if (kq) {

@@ -68,11 +68,13 @@ void row_block_ref(const LutWeights& w, const LutAct& act, int64_t rb, float acc
           I[j >> 1] += m * tq[qd * 16 + (p[j] & 15)];
           I[8 + (j >> 1)] += m * tq[qd * 16 + (p[j] >> 4)];
         }
-    if (n & 1)
-      for (int c = 0; c < G / 32; ++c)
-        for (int i = 0; i < 4; ++i, p += 16)
+    if (n & 1) {
+      const int C = lut_st_chunk_quads(G), H = C / 2;  // ST(c, i): quads C*c + i and C*c + i + H
+      for (int c = 0; c < G / 4 / C; ++c)
+        for (int i = 0; i < H; ++i, p += 16)
           for (int j = 0; j < 16; ++j)
-            I[j] += (1 << (n - 1)) * (tq[(8 * c + i) * 16 + (p[j] & 15)] + tq[(8 * c + i + 4) * 16 + (p[j] >> 4)]);
+            I[j] += (1 << (n - 1)) * (tq[(C * c + i) * 16 + (p[j] & 15)] + tq[(C * c + i + H) * 16 + (p[j] >> 4)]);
+    }
     const float tsh = 0.5f * act.scale[g * G / act.ag];
     const float sx = kTern ? 0.0f : lut_group_sum(act.sum16, g, G);
     float sv[kLutRows], ov[kLutRows];

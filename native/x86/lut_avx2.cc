@@ -9,6 +9,7 @@
 #include "lutllm/kernel_decls.h"
 #include "lutllm/lut.h"
 #include "lutllm/lut_driver.h"
+#include "lut_kq_x86.h"
 
 namespace lutllm {
 namespace {
@@ -102,6 +103,11 @@ struct KqHeader {
   __m256 d[2]{}, nd[2]{};
 };
 
+// 8 bytes (unsigned or, with sgn, signed) -> 8 exact floats
+inline __m256 bytes8_f32(__m128i b, bool sgn) {
+  return _mm256_cvtepi32_ps(sgn ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b));
+}
+
 // Scale s and offset o (o only with has_offset) of the 16 rows of group g of row block blk, as
 // lut_group_scales computes them: loaded (fp16 / fp32), or for k-quant sub-scales formed exactly as
 // s = float(d) * float(sc), o = (-float(dmin)) * float(m) (== -(dmin * m) bit for bit: exact products).
@@ -115,16 +121,20 @@ inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb
       const __m256 sign = _mm256_set1_ps(-0.0f);
       for (int h = 0; h < 2; ++h) {
         hc.d[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 16 * h)));
-        hc.nd[h] = _mm256_xor_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 32 + 16 * h))), sign);
+        if (has_offset)
+          hc.nd[h] = _mm256_xor_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 32 + 16 * h))), sign);
       }
       hc.super = super;
     }
-    const __m128i scb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sp));
-    const __m128i mb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + kLutRows));
-    s[0] = _mm256_mul_ps(hc.d[0], _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(scb)));
-    s[1] = _mm256_mul_ps(hc.d[1], _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(scb, 8))));
-    o[0] = _mm256_mul_ps(hc.nd[0], _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mb)));
-    o[1] = _mm256_mul_ps(hc.nd[1], _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(mb, 8))));
+    __m128i scb, mb;
+    kq_subscale_bytes(sp, ga.kq, &scb, &mb);
+    const bool sgn = ga.kq == kLutKqS8;
+    s[0] = _mm256_mul_ps(hc.d[0], bytes8_f32(scb, sgn));
+    s[1] = _mm256_mul_ps(hc.d[1], bytes8_f32(_mm_srli_si128(scb, 8), sgn));
+    if (has_offset) {
+      o[0] = _mm256_mul_ps(hc.nd[0], bytes8_f32(mb, false));
+      o[1] = _mm256_mul_ps(hc.nd[1], bytes8_f32(_mm_srli_si128(mb, 8), false));
+    }
     return;
   }
   s[0] = load_scales8(sp, sb);
@@ -155,12 +165,15 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   const __m256i mul23 = _mm256_set1_epi16(0x0804);                    // (4, 8)
   const __m256i mulS = _mm256_set1_epi8(char(1 << (n - 1)));
   const __m256 vcn = _mm256_set1_ps(float((1 << n) - 1) * 0.5f), vmhalf = _mm256_set1_ps(-0.5f);
+  // the group's int16 lane sums add up exactly in int16 when the whole-group bound fits (lut.h:
+  // |I| <= 127 * (2^n - 1) * G/4; ternary 127 * 2 * G/4): then one widening per row half, not two
+  const bool fold16 = 127 * (kTern ? 2 : (1 << n) - 1) * (G / 4) <= 32767;
+  PrefetchCursor pfc{blk + lut_group_at(ga, g0) + pf};
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* p = blk + lut_group_at(ga, g);
     // the bytes pf ahead of this group block (later groups, then the next row blocks); the extent
     // also covers a k-quant super-block header, so the prefetched windows leave no gaps
-    if (pf)
-      for (size_t l = 0; l < ga.group_bytes + ga.header_bytes; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + pf + l), _MM_HINT_T0);
+    if (pf) pfc.upto(p + pf + ga.group_bytes + ga.header_bytes);
     const int8_t* tq[NT];
     __m256i accA[NT], accB[NT];
     for (int t = 0; t < NT; ++t) {
@@ -180,13 +193,14 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
       }
     }
     if (n & 1) {
-      for (int c = 0; c < G / 32; ++c)
-        for (int i = 0; i < 4; i += 2, p += 32) {
+      const int C = lut_st_chunk_quads(G), H = C / 2;  // two STs per load: quads C*c + i, +1 and those + H
+      for (int c = 0; c < G / 4 / C; ++c)
+        for (int i = 0; i < H; i += 2, p += 32) {
           const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
           const __m256i lo = _mm256_and_si256(wv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
           for (int t = 0; t < NT; ++t) {
-            const __m256i Tl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tq[t] + (8 * c + i) * 16));
-            const __m256i Th = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tq[t] + (8 * c + i + 4) * 16));
+            const __m256i Tl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tq[t] + (C * c + i) * 16));
+            const __m256i Th = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tq[t] + (C * c + i + H) * 16));
             const __m256i La = _mm256_shuffle_epi8(Tl, lo), Lb = _mm256_shuffle_epi8(Th, hi);
             accA[t] = _mm256_add_epi16(accA[t], _mm256_maddubs_epi16(mulS, _mm256_unpacklo_epi8(La, Lb)));
             accB[t] = _mm256_add_epi16(accB[t], _mm256_maddubs_epi16(mulS, _mm256_unpackhi_epi8(La, Lb)));
@@ -208,10 +222,16 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
       }
     }
     for (int t = 0; t < NT; ++t) {
-      const __m256i I0 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(accA[t])),
-                                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(accA[t], 1)));
-      const __m256i I1 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(accB[t])),
-                                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(accB[t], 1)));
+      __m256i I0, I1;
+      if (fold16) {
+        I0 = _mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(accA[t]), _mm256_extracti128_si256(accA[t], 1)));
+        I1 = _mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(accB[t]), _mm256_extracti128_si256(accB[t], 1)));
+      } else {
+        I0 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(accA[t])),
+                              _mm256_cvtepi16_epi32(_mm256_extracti128_si256(accA[t], 1)));
+        I1 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(accB[t])),
+                              _mm256_cvtepi16_epi32(_mm256_extracti128_si256(accB[t], 1)));
+      }
       const __m256 tsh = _mm256_set1_ps(0.5f * act[t].scale[g * G / act[t].ag]);
       yv[t].v[0] = _mm256_fmadd_ps(_mm256_mul_ps(s0, tsh), _mm256_cvtepi32_ps(I0), yv[t].v[0]);
       yv[t].v[1] = _mm256_fmadd_ps(_mm256_mul_ps(s1, tsh), _mm256_cvtepi32_ps(I1), yv[t].v[1]);

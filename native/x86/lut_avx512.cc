@@ -16,6 +16,7 @@
 #include "lutllm/kernel_decls.h"
 #include "lutllm/lut.h"
 #include "lutllm/lut_driver.h"
+#include "lut_kq_x86.h"
 
 namespace lutllm {
 namespace {
@@ -42,14 +43,14 @@ inline __m512 cvt_i32_f32(__m512i v) {
 #endif
 }
 
-// 16 unsigned bytes -> 16 floats (exact)
-inline __m512 bytes_to_f32(const uint8_t* p) {
-  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-#if defined(LUTLLM_SIMDE_AVX512)  // SIMDe 0.7 lacks the 512-bit form
-  const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepu8_epi32(b)),
-                                       _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)), 1);
+// 16 unsigned (or, with sgn, signed) bytes -> 16 floats (exact)
+inline __m512 bytes_to_f32(__m128i b, bool sgn) {
+#if defined(LUTLLM_SIMDE_AVX512)  // SIMDe 0.7 lacks the 512-bit forms
+  const __m128i b2 = _mm_srli_si128(b, 8);
+  const __m512i v = sgn ? _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi8_epi32(b2), 1)
+                        : _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepu8_epi32(b)), _mm256_cvtepu8_epi32(b2), 1);
 #else
-  const __m512i v = _mm512_cvtepu8_epi32(b);
+  const __m512i v = sgn ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b);
 #endif
   return cvt_i32_f32(v);
 }
@@ -71,12 +72,15 @@ inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb
     if (super != hc.super) {
       const uint8_t* hp = blk + lut_header_at(ga, g);
       hc.d = load_scales16(hp, 2);
-      hc.nd = _mm512_castsi512_ps(
-          _mm512_xor_si512(_mm512_castps_si512(load_scales16(hp + 32, 2)), _mm512_set1_epi32(int(0x80000000u))));
+      if (has_offset)
+        hc.nd = _mm512_castsi512_ps(
+            _mm512_xor_si512(_mm512_castps_si512(load_scales16(hp + 32, 2)), _mm512_set1_epi32(int(0x80000000u))));
       hc.super = super;
     }
-    *s = _mm512_mul_ps(hc.d, bytes_to_f32(sp));
-    *o = _mm512_mul_ps(hc.nd, bytes_to_f32(sp + kLutRows));
+    __m128i scb, mb;
+    kq_subscale_bytes(sp, ga.kq, &scb, &mb);
+    *s = _mm512_mul_ps(hc.d, bytes_to_f32(scb, ga.kq == kLutKqS8));
+    if (has_offset) *o = _mm512_mul_ps(hc.nd, bytes_to_f32(mb, false));
     return;
   }
   *s = load_scales16(sp, sb);
@@ -114,8 +118,13 @@ inline __m512i widen16(__m256i v) {
 #endif
 }
 
-// int16 lanes of acc: 4 x (rows 0..7) -> int32 rows 0..7
-inline __m256i fold_lanes(__m512i acc) {
+// int16 lanes of acc: 4 x (rows 0..7) -> int32 rows 0..7. fold16: the lanes add up exactly in int16
+// (the group's whole-sum bound fits, see row_block), so they are summed before one widening.
+inline __m256i fold_lanes(__m512i acc, bool fold16) {
+  if (fold16) {
+    const __m256i a = _mm256_add_epi16(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+    return _mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1)));
+  }
   const __m512i a = widen16(_mm512_castsi512_si256(acc));        // lanes 0,1
   const __m512i b = widen16(_mm512_extracti64x4_epi64(acc, 1));  // lanes 2,3
   const __m512i s = _mm512_add_epi32(a, b);
@@ -143,12 +152,14 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   const __m512i mul23 = _mm512_set1_epi16(0x0804);
   const __m512i mulS = _mm512_set1_epi8(char(1 << (n - 1)));
   const __m512 vcn = _mm512_set1_ps(float((1 << n) - 1) * 0.5f), vmhalf = _mm512_set1_ps(-0.5f);
+  // |I| <= 127 * (2^n - 1) * G/4 (ternary 127 * 2 * G/4) for the whole group (lut.h)
+  const bool fold16 = 127 * (kTern ? 2 : (1 << n) - 1) * (G / 4) <= 32767;
+  PrefetchCursor pfc{blk + lut_group_at(ga, g0) + pf};
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* p = blk + lut_group_at(ga, g);
     // the bytes pf ahead of this group block (later groups, then the next row blocks); the extent
     // also covers a k-quant super-block header, so the prefetched windows leave no gaps
-    if (pf)
-      for (size_t l = 0; l < ga.group_bytes + ga.header_bytes; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + pf + l), _MM_HINT_T0);
+    if (pf) pfc.upto(p + pf + ga.group_bytes + ga.header_bytes);
     const int8_t* tq[NT];
     __m512i accA[NT], accB[NT];
     for (int t = 0; t < NT; ++t) {
@@ -167,7 +178,19 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
         }
       }
     }
-    if (n & 1) {
+    if ((n & 1) && G == 16) {  // two STs (32 bytes): quads 0, 1 (low nibbles) and 2, 3 (high), in lanes 0, 1
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      const __m256i m4h = _mm256_set1_epi8(0x0F), mulSh = _mm256_set1_epi8(char(1 << (n - 1)));
+      const __m256i lo = _mm256_and_si256(wv, m4h), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4h);
+      for (int t = 0; t < NT; ++t) {
+        const __m256i La = _mm256_shuffle_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(tq[t])), lo);
+        const __m256i Lb = _mm256_shuffle_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(tq[t] + 32)), hi);
+        const __m256i a = _mm256_maddubs_epi16(mulSh, _mm256_unpacklo_epi8(La, Lb));
+        const __m256i b = _mm256_maddubs_epi16(mulSh, _mm256_unpackhi_epi8(La, Lb));
+        accA[t] = _mm512_add_epi16(accA[t], _mm512_inserti64x4(_mm512_setzero_si512(), a, 0));
+        accB[t] = _mm512_add_epi16(accB[t], _mm512_inserti64x4(_mm512_setzero_si512(), b, 0));
+      }
+    } else if (n & 1) {
       for (int c = 0; c < G / 32; ++c, p += 64) {
         const __m512i wv = _mm512_loadu_si512(p);
         const __m512i lo = _mm512_and_si512(wv, m4), hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), m4);
@@ -185,7 +208,8 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
     __m512 cc = s;
     if (!kTern) cc = has_off ? _mm512_fmadd_ps(s, vcn, o) : _mm512_mul_ps(s, vmhalf);
     for (int t = 0; t < NT; ++t) {
-      const __m512i I = _mm512_inserti64x4(_mm512_castsi256_si512(fold_lanes(accA[t])), fold_lanes(accB[t]), 1);
+      const __m512i I =
+          _mm512_inserti64x4(_mm512_castsi256_si512(fold_lanes(accA[t], fold16)), fold_lanes(accB[t], fold16), 1);
       const __m512 tsh = _mm512_set1_ps(0.5f * act[t].scale[g * G / act[t].ag]);
       yv[t].v = _mm512_fmadd_ps(_mm512_mul_ps(s, tsh), cvt_i32_f32(I), yv[t].v);
       if (!kTern) yv[t].v = _mm512_fmadd_ps(cc, _mm512_set1_ps(sxg[t][g - g0]), yv[t].v);

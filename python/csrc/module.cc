@@ -548,14 +548,21 @@ PYBIND11_MODULE(_core, m) {
       if (!lut_format_for_ggml(GgmlType(type_id), ternary_group, &f, &err, kq)) throw py::value_error(err);
       return from_fmt(f);
     }, py::arg("type_id"), py::arg("ternary_group") = 128, py::arg("kq") = true,
-       "LUT format a GGUF type repacks to exactly; kq=False: Q4_K / Q2_K with fp32 scales instead of "
+       "LUT format a GGUF type repacks to exactly; kq=False: Q4_K / Q3_K / Q2_K with fp32 scales instead of "
        "k-quant sub-scales.");
-    m.def("lut_repack_ggml", [from_fmt](int type_id, const py::handle& blocks_obj, int64_t rows, int64_t k,
-                                        int ternary_group, bool kq) {
+    m.def("lut_repack_ggml", [from_fmt, to_fmt](int type_id, const py::handle& blocks_obj, int64_t rows, int64_t k,
+                                                int ternary_group, bool kq, const py::object& fmt_obj) {
       auto blocks = exact_array<uint8_t>(blocks_obj, "blocks");
       LutFormat f;
       std::string err;
       if (!lut_format_for_ggml(GgmlType(type_id), ternary_group, &f, &err, kq)) throw py::value_error(err);
+      if (!fmt_obj.is_none()) {  // an explicit target, e.g. an older layout of the type
+        f = to_fmt(fmt_obj.cast<py::tuple>());
+        if (!lut_repack_supported(GgmlType(type_id), f))
+          throw py::value_error("GGUF type id " + std::to_string(type_id) + " does not repack exactly to LUT format (" +
+                                std::to_string(f.kind) + ", " + std::to_string(f.group) + ", " +
+                                std::to_string(f.scale_bytes) + ", " + std::to_string(f.has_offset) + ")");
+      }
       const size_t need = row_bytes_for(type_id, k) * size_t(rows);
       if (rows <= 0 || size_t(blocks.size()) < need)
         throw py::value_error("blocks holds " + std::to_string(blocks.size()) + " bytes, " + std::to_string(need) + " needed");
@@ -572,7 +579,9 @@ PYBIND11_MODULE(_core, m) {
       if (!ok) throw py::value_error(err);
       return py::make_tuple(out, from_fmt(f));
     }, py::arg("type_id"), py::arg("blocks"), py::arg("rows"), py::arg("k"), py::arg("ternary_group") = 128,
-       py::arg("kq") = true, "Repack GGUF blocks (rows x k) into the LUT layout -> (packed, fmt).");
+       py::arg("kq") = true, py::arg("fmt") = py::none(),
+       "Repack GGUF blocks (rows x k) into the LUT layout -> (packed, fmt); fmt: any format the type "
+       "repacks to exactly (default: lut_format_for_ggml's, with kq).");
     m.def("lut_unpack", [to_fmt, weights_view](const py::handle& packed_obj, const py::tuple& fmt, int64_t rows, int64_t k) {
       auto packed = exact_array<uint8_t>(packed_obj, "packed");
       const LutWeights w = weights_view(packed, to_fmt(fmt), rows, k);

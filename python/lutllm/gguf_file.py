@@ -130,8 +130,6 @@ class LutLayout:
             return f"kind {self.kind} is not 1..4 bits or 5 (ternary)"
         if self.group not in (16, 32, 64, 128):
             return f"group {self.group} is not 16, 32, 64 or 128"
-        if self.planes % 2 and self.group < 32:
-            return "odd plane counts (1 or 3 bits) need a group of at least 32"
         if self.scale_bytes not in (2, 4):
             return f"scale_bytes {self.scale_bytes} is not 2 (fp16) or 4 (fp32)"
         if self.has_offset not in (0, 1):

@@ -88,7 +88,7 @@ def repack_transient_bytes(ggml_type: int, rows: int, k: int) -> int:
     from . import _core
 
     _, group, scale_bytes, _ = _core.lut_format_for_ggml(int(ggml_type), _TERNARY_GROUP)
-    if scale_bytes == 1:
+    if scale_bytes in (1, 3):  # 8- or 4-bit k-quant sub-scales (lut.h)
         return rows * k + 2 * rows * (k // group) + 2 * rows * (k // 256) * _F32
     return rows * k + 2 * rows * (k // group) * _F32
 

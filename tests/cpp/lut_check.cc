@@ -100,7 +100,7 @@ void check_case(Rng& rng, int kind, int G, int sb, int off, int64_t rows, int64_
   if (lut_is_kq(fmt)) {  // k-quant sub-scales: any byte sc, m; fp16 d, dmin of either sign
     std::vector<uint8_t> ksc(sc.size()), km(sc.size());
     for (size_t i = 0; i < ksc.size(); ++i) {
-      ksc[i] = uint8_t(extreme ? 255 : rng.next() & 0xFF);
+      ksc[i] = uint8_t(extreme ? (fmt.has_offset ? 255 : 0x80) : rng.next() & 0xFF);  // int8 -128 without offset
       km[i] = uint8_t(rng.next() & 0xFF);
     }
     std::vector<float> d(size_t(rows * (k / kLutSuperK))), dmin(d.size());
@@ -147,7 +147,6 @@ int main() {
   const int groups[] = {16, 32, 64, 128};
   for (int kind = 1; kind <= 5; ++kind)
     for (int G : groups) {
-      if ((lut_planes(kind) & 1) && G < 32) continue;
       for (int64_t rows = 1; rows <= 17; ++rows)
         check_case(rng, kind, G, (rows & 1) ? 2 : 4, int(rows & 2) >> 1, rows, 3 * G, 1 + int(rows % 8), int(rows % 4),
                    false);
@@ -156,14 +155,17 @@ int main() {
       check_case(rng, kind, G, 2, 1, 33, G, 6, 1, true);  // all-max codes x all +-3: largest |I|
       check_case(rng, kind, G, 2, 0, 16, 8 * G, 2, 2, true);
     }
-  // k-quant sub-scales (scale_bytes 1): several super-blocks, rows not a multiple of 16
+  // k-quant sub-scales: uint8 sc, m; int8 sc without offset; 4-bit sc | m << 4. Several
+  // super-blocks, rows 1..17 and past a row block, GEMV and GEMM token tiles, misaligned buffers
+  const int kq[3][2] = {{kLutScaleKQ, 1}, {kLutScaleKQ, 0}, {kLutScaleKQ4, 1}};
   for (int kind = 1; kind <= 4; ++kind)
-    for (int G : groups) {
-      if ((lut_planes(kind) & 1) && G < 32) continue;
-      for (int64_t rows : {1, 7, 16, 17, 33})
-        check_case(rng, kind, G, kLutScaleKQ, 1, rows, 256 * (1 + rows % 3), 1 + int(rows % 5), int(rows % 4), false);
-      check_case(rng, kind, G, kLutScaleKQ, 1, 33, 256, 6, 1, true);
-    }
+    for (int G : groups)
+      for (const auto& e : kq) {
+        for (int64_t rows = 1; rows <= 17; ++rows)
+          check_case(rng, kind, G, e[0], e[1], rows, 256 * (1 + rows % 3), 1 + int(rows % 9), int(rows % 4), false);
+        check_case(rng, kind, G, e[0], e[1], 33, 512, 5, 3, false);
+        check_case(rng, kind, G, e[0], e[1], 33, 256, 6, 1, true);
+      }
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
 }

@@ -456,6 +456,9 @@ void fill_lut_x(Rng& r, int mode, std::vector<float>& x, int64_t k) {
   }
 }
 
+// k-quant sub-scale encodings: (scale_bytes, has_offset)
+constexpr int kKqEnc[3][2] = {{kLutScaleKQ, 1}, {kLutScaleKQ, 0}, {kLutScaleKQ4, 1}};
+
 struct LutCase {
   int G, sb, off;
   int64_t rows, k, n_tok;
@@ -465,7 +468,6 @@ struct LutCase {
 std::vector<LutCase> lut_cases(int kind) {
   std::vector<LutCase> cs;
   for (int G : {16, 32, 64, 128}) {
-    if ((lut_planes(kind) & 1) && G < 32) continue;
     for (int64_t rows = 1; rows <= 17; ++rows)
       cs.push_back({G, (rows & 1) ? 2 : 4, int(rows & 2) >> 1, rows, (1 + rows % 4) * G, 1 + rows % 17 * 3 % 17,
                     rows % 5 == 0 ? 2 : 1, int(rows % 4), int(rows % 3)});
@@ -474,13 +476,14 @@ std::vector<LutCase> lut_cases(int kind) {
     cs.push_back({G, 2, 1, 33, G, 6, 1, 1, 1});
     cs.push_back({G, 2, 0, 16, 8 * G, 2, 1, 2, 1});
     cs.push_back({G, 4, 1, 20, 4 * G, 17, 1, 1, 2});
-    if (kind != int(LutKind::TERNARY))  // k-quant sub-scales: whole super-blocks of 256
-      for (int64_t rows : {1, 17, 33})
-        cs.push_back({G, kLutScaleKQ, 1, rows, 256 * (1 + rows % 3), 1 + rows % 7, 1, int(rows % 4), int(rows % 3)});
+    if (kind != int(LutKind::TERNARY))  // k-quant sub-scales (uint8 sc, m; int8 sc; 4-bit): super-blocks of 256
+      for (const int* e : {kKqEnc[0], kKqEnc[1], kKqEnc[2]})
+        for (int64_t rows : {1, 5, 16, 17, 33})
+          cs.push_back({G, e[0], e[1], rows, 256 * (1 + rows % 3), 1 + rows % 7, 1, int(rows % 4), int(rows % 3)});
   }
   // more tokens than one chunk of the AVX-512 GEMM driver (4096 / min(k/G, 512/G) tokens)
+  cs.push_back({16, 2, 1, 17, 1024, 130, 1, 1, 0});
   if (lut_planes(kind) & 1) cs.push_back({32, 2, 1, 17, 1024, 260, 1, 1, 0});
-  else cs.push_back({16, 2, 1, 17, 1024, 130, 1, 1, 0});
   cs.push_back({128, 2, 0, 40, 128 * 40, 3, 1, 0, 0});
   return cs;
 }
@@ -509,7 +512,7 @@ void check_lut(int kind, bool gemm, void* ref, void* simd, Report& rep) {
     if (lut_is_kq(lf)) {  // any byte sub-scale / sub-min; fp16 d, dmin as the mode picks them
       std::vector<uint8_t> ksc(sc.size()), km(sc.size());
       for (size_t i = 0; i < ksc.size(); ++i) {
-        ksc[i] = uint8_t(c.mode == 1 ? 255 : r.below(256));
+        ksc[i] = uint8_t(c.mode == 1 ? (lf.has_offset ? 255 : 0x80) : r.below(256));  // int8 -128 without offset
         km[i] = uint8_t(r.below(256));
       }
       std::vector<float> d(size_t(rows * (k / kLutSuperK))), dmin(d.size());

@@ -33,28 +33,36 @@ const char* lut_kind_name(int kind);  // "w1".."w4", "wt"
 // Packed weight layout (one buffer serves every ISA; weights are streamed once, front to back)
 //
 // Rows are padded to row blocks of 16 (kLutRows); padding rows hold q = 0, s = 0, o = 0.
-// K is split into groups of G weights (G = 16, 32, 64 or 128; odd plane counts need G >= 32).
+// K is split into groups of G weights (G = 16, 32, 64 or 128).
 //
 //   buffer    = [row block 0][row block 1]...                       (ceil(rows / 16) blocks)
 //   row block = [group block 0][group block 1]...[group block K/G-1]
 //   group block (16 rows x G weights):
 //     pair tiles    for pp in 0 .. n/2-1 (planes 2pp, 2pp+1), for quad q in 0 .. G/4-1: one PT
-//     single tiles  only for odd n (plane n-1): for chunk c in 0 .. G/32-1, for i in 0..3: one ST
+//     single tiles  only for odd n (plane n-1): for chunk c in 0 .. G/C-1 (C = min(G, 32) weights),
+//                   for i in 0 .. C/8-1: one ST (4 per chunk of 32, 2 for G = 16)
 //     scales        16 x fp16 or 16 x fp32 (scale_bytes 2 / 4), row order
 //     offsets       16 x the same, row order; only when has_offset
 //
-// K-quant sub-scales (scale_bytes = kLutScaleKQ = 1; has_offset = 1, K % 256 == 0), the exact and
-// compact home of GGUF Q4_K / Q3_K / Q2_K: value = d*sc*q - dmin*m with fp16 d, dmin per 256 weights and
-// small integer sc, m per group. The row block is split into super-blocks of 256 weights:
+// K-quant sub-scales (scale_bytes kLutScaleKQ or kLutScaleKQ4; K % 256 == 0): the exact and compact
+// home of GGUF Q4_K / Q3_K / Q2_K: value = d*sc*q - dmin*m (has_offset = 1) or d*sc*(q - 2^(n-1))
+// (has_offset = 0) with fp16 d, dmin per 256 weights and small integer sc, m per group. The row
+// block is split into super-blocks of 256 weights:
 //   row block   = [super-block 0][super-block 1]...[super-block K/256-1]
-//   super-block = header: 16 x fp16 d, then 16 x fp16 dmin (row order, 64 B)
-//                 then its 256/G group blocks, each: tiles as above, 16 x uint8 sc, 16 x uint8 m
-//   per (row, group):  s = float(d) * float(sc),  o = -(float(dmin) * float(m))   in fp32
+//   super-block = header: 16 x fp16 d, then (has_offset) 16 x fp16 dmin, row order (64 or 32 B)
+//                 then its 256/G group blocks, each: tiles as above, then its sub-scales:
+//     kLutScaleKQ,  has_offset 1:  16 x uint8 sc, then 16 x uint8 m                (32 B)
+//     kLutScaleKQ,  has_offset 0:  16 x int8 sc (signed: the symmetric form)       (16 B)
+//     kLutScaleKQ4, has_offset 1:  16 bytes, row r's byte = sc | m << 4 (4 bits each; 16 B)
+//   per (row, group):  s = float(d) * float(sc),  o = -(float(dmin) * float(m))  (0 without offset)
 // Both products are exact in fp32 (11-bit x 8-bit mantissas), so every kernel that forms them and
 // then runs the shared epilogue below gives bit for bit what an fp32 copy of s, o would give.
-// Q4_K (W4 g32) needs 2368 B per 16 rows x 256 = 4.625 bits/weight (fp32 s, o: 6.0); Q2_K (W2 g16)
-// 1600 B = 3.125 bits/weight (fp32: 6.0). The header comes first, so weights still stream front
-// to back. lut_group_addr() / lut_group_at() below are the one place that knows where group g starts.
+// Bytes per 16 rows x 256 and bits/weight (GGUF's own size in brackets):
+//   Q4_K -> W4 g32 KQ        64 + 8 x (256 + 32)  = 2368 B  4.625  [4.5]   (fp32 s, o: 6.0)
+//   Q2_K -> W2 g16 KQ4       64 + 16 x (64 + 16)  = 1344 B  2.625  [2.625] (fp32 s, o: 6.0)
+//   Q3_K -> W3 g16 KQ sym    32 + 16 x (96 + 16)  = 1824 B  3.5625 [3.4375] (fp32 s: 5.0)
+// The header comes first, so weights still stream front to back. lut_group_addr() / lut_group_at()
+// below are the one place that knows where group g starts.
 //
 // A tile is 16 bytes = 32 four-bit table indices that all refer to one activation quad
 // (4 consecutive k) per nibble half; nibble bit i (i = 0..3) is the plane bit of weight k = 4q + i.
@@ -63,16 +71,18 @@ const char* lut_kind_name(int kind);  // "w1".."w4", "wt"
 //     high nibble -> row 8 + j/2, plane 2pp + (j & 1), quad q
 //     so after one table lookup, byte pairs (2i, 2i+1) hold the two planes of one row; x86 folds
 //     them with pmaddubsw (multipliers 2^b, 2^(b+1)) and NEON with padal + sra.
-//   ST(c, i), byte j = 0..15 (row j, plane n-1):
-//     low nibble  -> quad 8c + i,  high nibble -> quad 8c + i + 4
-//     so the low halves of 1/2/4 consecutive STs use tables of consecutive quads, as do the highs.
+//   ST(c, i), byte j = 0..15 (row j, plane n-1), with H = C/8 (4, or 2 for G = 16):
+//     low nibble  -> quad 2Hc + i,  high nibble -> quad 2Hc + i + H
+//     so the low halves of 1/2/4 consecutive STs use tables of consecutive quads, as do the highs
+//     (G = 16: ST(0) low quad 0, high quad 2; ST(1) low quad 1, high quad 3; one AVX2 load holds
+//     both, AVX-512 reads them as one 256-bit half).
 //
 // Consecutive tiles of one kind use consecutive quads' tables, which are stored contiguously
 // (LutAct::tab): NEON consumes one tile per vector, AVX2 two and AVX-512 four, each with one plain
 // 16/32/64-byte table load and no shuffles of the tables.
 //
-// Bytes per group block = 2*G*n (tiles) + 16*scale_bytes*(1 + has_offset) (k-quant: + 32), plus a
-// 64-byte header per super-block for k-quant sub-scales.
+// Bytes per group block = 2*G*n (tiles) + its scales: 16*scale_bytes*(1 + has_offset) for fp16 / fp32
+// and kLutScaleKQ, 16 for kLutScaleKQ4; k-quant adds a 32*(1 + has_offset)-byte header per super-block.
 // Nothing shape-specific is baked in: any rows, any K that is a multiple of G (k-quant: of 256).
 // =============================================================================================
 constexpr int kLutRows = 16;       // rows per row block
@@ -87,7 +97,7 @@ static_assert(sizeof(LutTile) == 16, "LutTile is one 128-bit vector");
 struct LutFormat {
   int32_t kind;         // LutKind
   int32_t group;        // G
-  int32_t scale_bytes;  // 2 = fp16 scales/offsets, 4 = fp32, 1 = k-quant sub-scales (kLutScaleKQ)
+  int32_t scale_bytes;  // scale encoding: 2 = fp16 scales/offsets, 4 = fp32, 1 / 3 = k-quant sub-scales (below)
   int32_t has_offset;   // 0 or 1 (ternary: 0)
 };
 static_assert(sizeof(LutFormat) == 16, "LutFormat size");
@@ -101,23 +111,31 @@ struct LutWeights {
 };
 static_assert(sizeof(LutWeights) == 40, "LutWeights size");
 
-// Scale encodings (LutFormat::scale_bytes).
-constexpr int32_t kLutScaleKQ = 1;   // k-quant sub-scales: uint8 sc, m per group; fp16 d, dmin per super-block
+// Scale encodings (LutFormat::scale_bytes). The fp values give the bytes per scale; the k-quant
+// codes are names (the byte counts follow from lut_scale_block_bytes / lut_super_header_bytes).
+constexpr int32_t kLutScaleKQ = 1;   // k-quant 8-bit sub-scales: uint8 sc, m (has_offset) or int8 sc per group
 constexpr int32_t kLutScaleF16 = 2;  // fp16 s (and o) per group
+constexpr int32_t kLutScaleKQ4 = 3;  // k-quant 4-bit sub-scales: one byte sc | m << 4 per group (has_offset 1)
 constexpr int32_t kLutScaleF32 = 4;  // fp32 s (and o) per group
-constexpr int kLutSuperK = 256;                        // weights per k-quant super-block (per row)
-constexpr int kLutSuperHeaderBytes = 2 * kLutRows * 2;  // 16 fp16 d + 16 fp16 dmin
+constexpr int kLutSuperK = 256;      // weights per k-quant super-block (per row)
 
-static inline bool lut_is_kq(const LutFormat& f) { return f.scale_bytes == kLutScaleKQ; }
+static inline bool lut_is_kq(const LutFormat& f) { return f.scale_bytes == kLutScaleKQ || f.scale_bytes == kLutScaleKQ4; }
 static inline int64_t lut_row_blocks(int64_t rows) { return (rows + kLutRows - 1) / kLutRows; }
 static inline size_t lut_tile_bytes_per_group(const LutFormat& f) { return size_t(2) * f.group * lut_planes(f.kind); }
-static inline size_t lut_group_block_bytes(const LutFormat& f) {
-  return lut_tile_bytes_per_group(f) + size_t(kLutRows) * f.scale_bytes * (1 + f.has_offset);
+// Quads per single-tile chunk (C/4 in the layout above): 8, or 4 for G = 16.
+static inline int lut_st_chunk_quads(int group) { return group < 32 ? group / 4 : 8; }
+// Bytes of one group block's scales (and offsets / sub-scales), after its tiles.
+static inline size_t lut_scale_block_bytes(const LutFormat& f) {
+  if (f.scale_bytes == kLutScaleKQ4) return size_t(kLutRows);
+  return size_t(kLutRows) * f.scale_bytes * (1 + f.has_offset);
 }
+// k-quant super-block header: 16 fp16 d, and 16 fp16 dmin with has_offset.
+static inline size_t lut_super_header_bytes(const LutFormat& f) { return size_t(kLutRows) * 2 * (1 + f.has_offset); }
+static inline size_t lut_group_block_bytes(const LutFormat& f) { return lut_tile_bytes_per_group(f) + lut_scale_block_bytes(f); }
 // log2 of the groups per k-quant super-block (256 / G, G a power of two in 16..128)
 static inline int lut_kq_group_shift(const LutFormat& f) { return f.group == 16 ? 4 : f.group == 32 ? 3 : f.group == 64 ? 2 : 1; }
 static inline size_t lut_super_block_bytes(const LutFormat& f) {
-  return kLutSuperHeaderBytes + (size_t(1) << lut_kq_group_shift(f)) * lut_group_block_bytes(f);
+  return lut_super_header_bytes(f) + (size_t(1) << lut_kq_group_shift(f)) * lut_group_block_bytes(f);
 }
 static inline size_t lut_row_block_bytes(const LutFormat& f, int64_t k) {
   if (lut_is_kq(f)) return size_t(k / kLutSuperK) * lut_super_block_bytes(f);
@@ -132,17 +150,24 @@ static inline size_t lut_packed_bytes(const LutFormat& f, int64_t rows, int64_t 
 //   its scales       = that + tile_bytes
 //   k-quant header   = (g >> shift) * super_bytes
 // Without k-quant sub-scales shift = 63 (g >> 63 = 0), mask = all ones, no header: g * group_bytes.
+// kq says how the sub-scales after the tiles read (LutKq); kernels branch on it once per group.
+enum LutKq : int32_t { kLutKqNone = 0, kLutKqU8 = 1, kLutKqS8 = 2, kLutKqNibble = 3 };
 struct LutGroupAddr {
   size_t group_bytes, super_bytes, header_bytes, tile_bytes;
   int64_t mask;
   int32_t shift;
-  int32_t kq;
+  int32_t kq;  // LutKq: none; uint8 sc, m; int8 sc (no offset); nibbles sc | m << 4
 };
+static inline int32_t lut_kq_kind(const LutFormat& f) {
+  if (f.scale_bytes == kLutScaleKQ4) return kLutKqNibble;
+  if (f.scale_bytes == kLutScaleKQ) return f.has_offset ? kLutKqU8 : kLutKqS8;
+  return kLutKqNone;
+}
 static inline LutGroupAddr lut_group_addr(const LutFormat& f) {
   const bool kq = lut_is_kq(f);
   const int sh = kq ? lut_kq_group_shift(f) : 63;
-  return LutGroupAddr{lut_group_block_bytes(f), kq ? lut_super_block_bytes(f) : 0, size_t(kq ? kLutSuperHeaderBytes : 0),
-                      lut_tile_bytes_per_group(f), kq ? (int64_t(1) << sh) - 1 : ~int64_t(0), sh, kq ? 1 : 0};
+  return LutGroupAddr{lut_group_block_bytes(f), kq ? lut_super_block_bytes(f) : 0, kq ? lut_super_header_bytes(f) : 0,
+                      lut_tile_bytes_per_group(f), kq ? (int64_t(1) << sh) - 1 : ~int64_t(0), sh, lut_kq_kind(f)};
 }
 static inline size_t lut_group_at(const LutGroupAddr& a, int64_t g) {
   return size_t(g >> a.shift) * a.super_bytes + a.header_bytes + size_t(g & a.mask) * a.group_bytes;
@@ -150,14 +175,18 @@ static inline size_t lut_group_at(const LutGroupAddr& a, int64_t g) {
 static inline size_t lut_header_at(const LutGroupAddr& a, int64_t g) { return size_t(g >> a.shift) * a.super_bytes; }
 // Byte offset of group g's block (its tiles; its scales follow them) from the start of a row block.
 static inline size_t lut_group_offset(const LutFormat& f, int64_t g) { return lut_group_at(lut_group_addr(f), g); }
-// K-quant only: byte offset of the header (16 fp16 d, 16 fp16 dmin) of the super-block holding group g.
+// K-quant only: byte offset of the header (16 fp16 d[, 16 fp16 dmin]) of the super-block holding group g.
 static inline size_t lut_super_header_offset(const LutFormat& f, int64_t g) { return lut_header_at(lut_group_addr(f), g); }
 // Worked sizes (16 rows x G): 2-bit g32 fp16 no offset = 128 + 32 B; 4-bit g32 fp32 + offset = 256 + 128 B.
 static_assert(2 * 32 * 2 + 16 * 2 == 160, "W2 g32 fp16 group block");
 static_assert(2 * 32 * 4 + 16 * 4 * 2 == 384, "W4 g32 fp32+offset group block");
-// K-quant: Q4_K (W4 g32) 64 + 8 x (256 + 32) B per 16 x 256 weights = 4.625 bits; Q2_K (W2 g16) 3.125 bits.
-static_assert(kLutSuperHeaderBytes + 8 * (2 * 32 * 4 + 16 * 2) == 2368 && 2368 * 8 * 1000 / (16 * 256) == 4625, "Q4_K");
-static_assert(kLutSuperHeaderBytes + 16 * (2 * 16 * 2 + 16 * 2) == 1600 && 1600 * 8 * 1000 / (16 * 256) == 3125, "Q2_K");
+// K-quant per 16 x 256 weights (see the table above), in bits/weight x 10000:
+static_assert(64 + 8 * (2 * 32 * 4 + 32) == 2368 && 2368 * 8 * 10000 / (16 * 256) == 46250, "Q4_K: W4 g32 KQ");
+static_assert(64 + 16 * (2 * 16 * 2 + 32) == 1600 && 1600 * 8 * 10000 / (16 * 256) == 31250, "W2 g16 KQ (older Q2_K)");
+static_assert(64 + 16 * (2 * 16 * 2 + 16) == 1344 && 1344 * 8 * 10000 / (16 * 256) == 26250, "Q2_K: W2 g16 KQ4");
+static_assert(32 + 16 * (2 * 16 * 3 + 16) == 1824 && 1824 * 8 * 10000 / (16 * 256) == 35625, "Q3_K: W3 g16 KQ sym");
+static_assert(64 + 16 * (2 * 16 * 4 + 32) == 2624 && 2624 * 8 * 10000 / (16 * 256) == 51250, "W4 g16 KQ (older Q3_K)");
+static_assert(2 * 16 * 2 + kLutRows == 80 && 2 * 16 * 3 + kLutRows == 112, "g16 group blocks with 16 B sub-scales");
 
 // Empty string if the format and shape are usable, else what is wrong.
 std::string lut_check_format(const LutFormat& f, int64_t rows, int64_t k);
@@ -214,7 +243,8 @@ using LutGemmFn = void (*)(const LutWeights* w, const LutAct* a, int64_t n_tok, 
 // fp32; SIMD int16 partial sums stay below 32767 (derived in each ISA file).
 // Error vs exact float math on the same weights, per row and group (table rounding only):
 //   |dy| <= |s| * ts_g * (2^n - 1) * G / 16   (W1..W4),   |s| * ts_g * G / 8   (TERNARY)
-//   K-quant sub-scales: s = float(d) * float(sc) and o = -(float(dmin) * float(m)), both exact.
+//   K-quant sub-scales: s = float(d) * float(sc) and o = -(float(dmin) * float(m)), both exact
+//   (sc signed for kLutScaleKQ without offset).
 static inline float lut_group_sum(const float* sum16, int64_t g, int group) {
   const int64_t i0 = g * (group / 16);
   float s = sum16[i0];
@@ -236,9 +266,11 @@ void lut_group_scales(const uint8_t* row_block, const LutFormat& f, int64_t g, f
 void lut_pack(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q, const float* scale,
               const float* offset, uint8_t* out);
 
-// Pack for k-quant sub-scales (fmt.scale_bytes == kLutScaleKQ): codes as lut_pack; sc[r*(k/G) + g]
-// and m[...] the integer sub-scale and sub-min (0..255); d[r*(k/256) + b] and dmin[...] fp32 values
-// that fp16 holds exactly (rounded to fp16 here).
+// Pack for k-quant sub-scales (lut_is_kq(fmt)): codes as lut_pack; sc[r*(k/G) + g] and m[...] the
+// integer sub-scale and sub-min: bytes 0..255 (kLutScaleKQ with offset), int8 as two's complement
+// (kLutScaleKQ without offset; m unused), or 0..15 (kLutScaleKQ4; higher bits dropped);
+// d[r*(k/256) + b] and dmin[...] (unused without offset) fp32 values that fp16 holds exactly
+// (rounded to fp16 here).
 void lut_pack_kq(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q, const uint8_t* sc, const uint8_t* m,
                  const float* d, const float* dmin, uint8_t* out);
 
@@ -248,18 +280,21 @@ void lut_unpack(const LutWeights& w, int64_t row_begin, int64_t row_end, float* 
 
 // Format a GGUF type repacks to (exactly; see lut_pack.cc for why each is lossless):
 //   Q4_0 -> W4 g32 fp16 symmetric   Q4_1 -> W4 g32 fp16 + offset
-//   Q4_K -> W4 g32 + offset, k-quant sub-scales (4.625 bits/weight)
-//   Q2_K -> W2 g16 + offset, k-quant sub-scales (3.125 bits/weight)
-//   Q3_K -> W4 g16 + offset, k-quant sub-scales (5.125 bits/weight: 3-bit codes in 4 planes,
-//           as odd plane counts need groups of 32; signed sub-scales become unsigned by
-//           mirroring the codes of a negative group, see lut_pack.cc)
+//   Q4_K -> W4 g32 + offset, 8-bit k-quant sub-scales (kLutScaleKQ, 4.625 bits/weight)
+//   Q2_K -> W2 g16 + offset, 4-bit k-quant sub-scales (kLutScaleKQ4, 2.625 bits/weight: GGUF's size)
+//   Q3_K -> W3 g16 symmetric, signed 8-bit k-quant sub-scales (kLutScaleKQ, no offset; 3.5625 bits)
 //   TQ1_0 / TQ2_0 -> TERNARY g=ternary_group (32/64/128) fp16
-// kq = false gives Q4_K / Q3_K / Q2_K fp32 s, o per group instead (d*sc, dmin*m need up to 17 mantissa
-// bits, so fp16 cannot hold them): the older, larger layout; the same products, the same results.
-// Returns false (and *err) for other types.
+// kq = false gives Q4_K / Q2_K fp32 s, o and Q3_K fp32 s per group instead (d*sc, dmin*m need up to
+// 17 mantissa bits, so fp16 cannot hold them): larger, with uniform group blocks; the same products,
+// the same results. Returns false (and *err) for other types.
 bool lut_format_for_ggml(GgmlType t, int ternary_group, LutFormat* fmt, std::string* err, bool kq = true);
-// Repack rows x k GGUF blocks (row-major, k % 256 or 32 as the type needs) into out; fmt must be
-// lut_format_for_ggml's answer for the type (with kq true or false).
+// Whether type t repacks exactly to fmt: lut_format_for_ggml's answers (kq true or false) and the
+// older layouts files may still hold: Q2_K as W2 g16 kLutScaleKQ + offset (3.125 bits/weight), Q3_K
+// as W4 g16 + offset, kLutScaleKQ or fp32 (5.125 / 8 bits; codes of a group with a negative
+// sub-scale mirrored so that the sub-scales are unsigned, see lut_pack.cc).
+bool lut_repack_supported(GgmlType t, const LutFormat& fmt);
+// Repack rows x k GGUF blocks (row-major, k % 256 or 32 as the type needs) into out
+// (lut_packed_bytes(fmt, rows, k) bytes); fmt must be one lut_repack_supported accepts.
 bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, const LutFormat& fmt, uint8_t* out,
                      std::string* err);
 

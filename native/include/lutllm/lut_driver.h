@@ -22,6 +22,15 @@ constexpr int64_t kSxBuf = 4096;  // floats of precomputed group sums per K bloc
 // 1-thread GEMV at ~75% of the read-bandwidth probe; 2-8 KB ahead measured best (4 KB chosen).
 constexpr size_t kPrefetchAhead = 4096;
 
+// Software prefetch of a row block's weights: each 64-byte line from `next` up to `end`, once (a
+// g16 group block is 80..112 bytes, so prefetching per group block would repeat lines).
+struct PrefetchCursor {
+  const uint8_t* next;
+  void upto(const uint8_t* end) {
+    for (; next < end; next += 64) __builtin_prefetch(next, 0, 3);
+  }
+};
+
 // Sum of the group's sum16 entries, left to right (the order of lut_group_sum in native/ref).
 inline float group_sum(const float* sum16, int64_t g, int group) {
   const int64_t i0 = g * (group / 16);

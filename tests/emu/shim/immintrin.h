@@ -76,27 +76,26 @@ static inline simde__m512 _mm512_cvtph_ps(simde__m256i v) {
   std::memcpy(&r, f, 64);
   return r;
 }
-#undef _mm512_cvtepi16_epi32
-static inline simde__m512i _mm512_cvtepi16_epi32(simde__m256i v) {
-  int16_t h[16];
+namespace lutllm_emu {
+// 16 integers of type T at the start of v, each widened (sign- or zero-extended) to int32 lanes.
+template <class T, class V>
+static inline simde__m512i widen_to_i32(const V& v) {
+  T b[16];
   int32_t a[16];
-  std::memcpy(h, &v, 32);
-  for (int i = 0; i < 16; ++i) a[i] = h[i];
-  simde__m512i r;
-  std::memcpy(&r, a, 64);
-  return r;
-}
-// Missing in SIMDe 0.7.4: zero-extend 16 bytes to 16 int32 lanes.
-#undef _mm512_cvtepu8_epi32
-static inline simde__m512i _mm512_cvtepu8_epi32(simde__m128i v) {
-  uint8_t b[16];
-  int32_t a[16];
-  std::memcpy(b, &v, 16);
+  std::memcpy(b, &v, sizeof b);
   for (int i = 0; i < 16; ++i) a[i] = b[i];
   simde__m512i r;
   std::memcpy(&r, a, 64);
   return r;
 }
+}  // namespace lutllm_emu
+#undef _mm512_cvtepi16_epi32
+static inline simde__m512i _mm512_cvtepi16_epi32(simde__m256i v) { return lutllm_emu::widen_to_i32<int16_t>(v); }
+// Missing in SIMDe 0.7.4: zero- / sign-extend 16 bytes to 16 int32 lanes.
+#undef _mm512_cvtepu8_epi32
+static inline simde__m512i _mm512_cvtepu8_epi32(simde__m128i v) { return lutllm_emu::widen_to_i32<uint8_t>(v); }
+#undef _mm512_cvtepi8_epi32
+static inline simde__m512i _mm512_cvtepi8_epi32(simde__m128i v) { return lutllm_emu::widen_to_i32<int8_t>(v); }
 // Masked loads / stores touch only the selected lanes (the others may lie outside the buffer).
 #undef _mm512_maskz_loadu_ps
 static inline simde__m512 _mm512_maskz_loadu_ps(simde__mmask16 m, const void* p) {
