@@ -142,6 +142,59 @@ def test_simd_matmul_extreme_codes_bit_exact(name, qt):
         check_ref_against_float64(qt, w, rows, k, a, want)
 
 
+
+def q6_k_max_blocks(rng, rows, k):
+    """Q6_K rows whose every 32-element block is at an integer extreme: all codes -32 (ql = qh = 0) or
+    all +31 (ql = qh = 0xFF), each 16-element scale -128 or 127, and d = 1 or -1 (large, finite)."""
+    nsb = k // 256
+    raw = np.zeros((rows, nsb, 210), dtype=np.uint8)
+    # codes per 32-element block: which blocks are all +31 (the rest all -32)
+    high = rng.random((rows, nsb, 8)) < 0.5
+    for j in range(8):  # block j: ql bytes 64*(j//4) + 32*(j%2) .. +31 (nibble (j%4)//2), qh 128 + 32*(j//4)
+        h, q = j // 4, j % 4
+        lo = raw[:, :, 64 * h + 32 * (q % 2):64 * h + 32 * (q % 2) + 32]
+        lo |= np.where(high[:, :, j, None], np.uint8(0x0F << (4 * (q // 2))), np.uint8(0))
+        hb = raw[:, :, 128 + 32 * h:128 + 32 * h + 32]
+        hb |= np.where(high[:, :, j, None], np.uint8(3 << (2 * q)), np.uint8(0))
+    raw[:, :, 192:208] = rng.choice(np.array([-128, 127], dtype=np.int8), size=(rows, nsb, 16)).view(np.uint8)
+    d = rng.choice(np.array([1.0, -1.0], dtype=np.float16), size=(rows, nsb))
+    raw[:, :, 208:210] = d.view(np.uint8).reshape(rows, nsb, 2)
+    return raw.reshape(-1)
+
+
+@pytest.mark.parametrize("name,qt", [p for p in q8_kernels(lambda isa: True) if p.values[1] == QT.Q6_K])
+def test_q6_k_max_magnitude_bit_exact(name, qt):
+    """Q6_K at the integer limits: |P_b| = 32 * 32 * 127 * 128 (just under 2^24, exact in float) when a
+    block's codes are all -32, its scales -128 and the activations all 127 (or the signs flipped). The
+    int16 pair sums, the int32 partial sums and the scale products of every kernel must neither saturate
+    nor wrap: SIMD == ref bit for bit, and the ref == float64 within its bound (so the ref did not wrap)."""
+    rng = np.random.default_rng(606)
+    for rows, k, n_tok in [(8, 256, 1), (17, 1536, 1), (16, 512, 3), (9, 768, 17)]:
+        w = q6_k_max_blocks(rng, rows, k)
+        a = np.zeros((n_tok, k // 32), dtype=ACT)
+        # whole blocks of +127 or -127 (the largest |P_b|), a few mixed blocks, and large d
+        sign = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n_tok, k // 32, 1))
+        a["qs"] = sign * np.int8(127)
+        a["qs"][:, ::5] = rng.choice(np.array([-127, 127], dtype=np.int8), size=a["qs"][:, ::5].shape)
+        a["d"] = rng.choice(np.array([1e3, 1.0], dtype=np.float32), size=(n_tok, k // 32))
+        a["s"] = a["d"] * a["qs"].astype(np.int32).sum(axis=-1).astype(np.float32)
+        want = _core.run_matmul_q8(ref_name(qt), w, rows, k, act_bytes(a))
+        if name != ref_name(qt):
+            got = _core.run_matmul_q8(name, w, rows, k, act_bytes(a))
+            assert_same_bits(got, want, f"{name} max-magnitude rows={rows} k={k} n_tok={n_tok}")
+        check_ref_against_float64(qt, w, rows, k, a, want)
+    # the extreme block itself, one row and one block: y = P * d * dx exactly
+    w = q6_k_max_blocks(np.random.default_rng(0), 1, 256).reshape(1, 1, 210)
+    w[:, :, :192] = 0
+    w[:, :, 192:208] = np.int8(-128).view(np.uint8)
+    w[:, :, 208:210] = np.array([1.0], dtype=np.float16).view(np.uint8)
+    a = np.zeros((1, 8), dtype=ACT)
+    a["qs"] = 127
+    a["d"] = 1.0
+    a["s"] = 127.0 * 32
+    y = _core.run_matmul_q8(name, w.reshape(-1), 1, 256, act_bytes(a))
+    assert y[0, 0] == np.float32(8 * 32 * 32 * 127 * 128)
+
 # ---- ref vs float64 -------------------------------------------------------------------------------
 
 def parts(qt, w, rows, k):

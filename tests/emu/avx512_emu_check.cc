@@ -135,8 +135,11 @@ const TypeInfo* type_info(int type) {
 }
 
 // Input modes: 0 random; 1 extreme codes (bytes 0x00/0xFF/0x80/0x7F/0x0F/0xF0, activations +-127);
-// 2 extreme scales (fp16 max, min normal, subnormal, zero, both signs; activation d from 1e-30 to 1e20).
-const char* kModeName[3] = {"random", "extreme-codes", "extreme-scales"};
+// 2 extreme scales (fp16 max, min normal, subnormal, zero, both signs; activation d from 1e-30 to 1e20);
+// 3 max magnitude (Q8 matmuls only): every quant block one byte (0x00 or 0xFF: all codes at one end),
+// Q6_K sub-scales -128 / 127, fp16 fields +-1, activation blocks all +127 or all -127, so the integer
+// sums of a block reach their largest size and any int16 / int32 overflow shows.
+const char* kModeName[4] = {"random", "extreme-codes", "extreme-scales", "max-magnitude"};
 
 uint16_t pick_f16(Rng& r, int mode) {
   if (mode == 2) {
@@ -180,11 +183,18 @@ void fill_weights(Rng& r, const TypeInfo& ti, int mode, uint8_t* w, size_t row_b
       }
       continue;
     }
-    for (int64_t b = 0; b < nb; ++b)
-      for (int off : ti.f16) {
-        const uint16_t h = pick_f16(r, mode);
-        std::memcpy(row + b * ti.bytes + off, &h, 2);
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t* blk = row + b * ti.bytes;
+      if (mode == 3) {
+        std::memset(blk, r.below(2) ? 0xFF : 0x00, size_t(ti.bytes));
+        if (ti.type == int(GgmlType::Q6_K))
+          for (int j = 0; j < 16; ++j) blk[offsetof(block_q6_K, scales) + j] = r.below(2) ? 0x80 : 0x7F;
       }
+      for (int off : ti.f16) {
+        const uint16_t h = mode == 3 ? (r.below(2) ? 0x3C00 : 0xBC00) : pick_f16(r, mode);
+        std::memcpy(blk + off, &h, 2);
+      }
+    }
   }
 }
 
@@ -318,6 +328,8 @@ std::vector<MmCase> mm_cases(int elems) {
   cs.push_back({48, big, 16, 0, 3, 0, false});
   cs.push_back({100, 2 * big, 1, 1, 0, 0, false});
   cs.push_back({31, big, 7, 2, 1, 1, true});
+  for (int64_t rows : {1, 8, 9, 16, 17, 33})  // max magnitude (mode 3): GEMV and GEMM paths
+    for (int nt : {1, 2, 5, 17}) cs.push_back({rows, ks[size_t(rows + nt) % ks.size()], nt, 3, int(nt % 4), 0, nt == 5});
   return cs;
 }
 
@@ -327,7 +339,9 @@ void fill_act_q8(Rng& r, int mode, ActQ8* x, int64_t n) {
     int sum = 0;
     const int sgn = r.below(2) ? 1 : -1;
     for (auto& q : a.qs) {
-      q = mode == 1 ? int8_t(r.below(4) ? 127 * sgn : -127 * sgn) : int8_t(int(r.below(255)) - 127);
+      q = mode == 3   ? int8_t(127 * sgn)
+          : mode == 1 ? int8_t(r.below(4) ? 127 * sgn : -127 * sgn)
+                      : int8_t(int(r.below(255)) - 127);
       sum += q;
     }
     if (mode == 2) {
