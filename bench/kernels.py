@@ -3,6 +3,7 @@ streamed, beside the machine's measured DRAM read bandwidth (bench/membw.c). A s
 
     PYTHONPATH=python python3 bench/kernels.py [--quick] [--isa avx2,avx512] [--n 1,8,64,256] [--threads 1,2]
     PYTHONPATH=python python3 bench/kernels.py --ggml Q2_K,Q3_K --shapes 8960x1536,1536x8960 --n 1 --threads 1,2
+    PYTHONPATH=python python3 bench/kernels.py --q6k-only --threads 1,2 --repeat 5   # Q6_K GEMV only
 
 Weights are cold: each call reads the next of several copies whose total exceeds the last-level
 cache. With T threads the rows are split into tasks the way runtime/linear.cc splits them (LUT: whole
@@ -136,6 +137,8 @@ def main():
     ap.add_argument("--ggml", default="", help="instead: GGUF k-quant types repacked exactly, e.g. Q2_K,Q3_K "
                     "(every layout of GGML_LAYOUTS)")
     ap.add_argument("--rounds", type=int, default=3, help="--ggml: alternating rounds per layout (best is kept)")
+    ap.add_argument("--q6k-only", action="store_true", help="only the Q6_K GEMV (Q6_K_SHAPES): no LUT or Q4_0/Q8_0")
+    ap.add_argument("--repeat", type=int, default=1, help="time each Q6_K case this many times (one record each)")
     args = ap.parse_args()
 
     isas = [i for i in args.isa.split(",") if i]
@@ -143,6 +146,8 @@ def main():
     kinds = [int(v) for v in args.kinds.split(",")]
     threads = [int(v) for v in args.threads.split(",")]
     shapes = SHAPES if args.shapes == "all" else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.q6k_only:
+        shapes = []
     bw = {}
     for th in threads:
         probe = dram_read_gbps(th)
@@ -216,9 +221,10 @@ def main():
                 if not name:
                     continue
                 xq = _core.run_quantize_act(q8_isa_kernel(isa, "quantize_act_q8") or "quantize_act_q8__ref", x)
-                for th in threads:
-                    sec = time_q8(name, copies, rows, k, xq, 6 if rows * k > 1e8 else 20, th)
-                    record(name, rows, k, 1, "Q6_K", blocks.nbytes, sec, th)
+                for rep in range(args.repeat):
+                    for th in threads:
+                        sec = time_q8(name, copies, rows, k, xq, 6 if rows * k > 1e8 else 20, th)
+                        record(name, rows, k, 1, "Q6_K", blocks.nbytes, sec, th, rep=rep)
             del copies, blocks
     for th in threads:
         print(f"\nDRAM read bandwidth ({th} thread{'s' if th > 1 else ''}): {bw[th]} GB/s", file=sys.stderr)

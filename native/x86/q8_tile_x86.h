@@ -465,9 +465,11 @@ void gemv_fused8(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, const 
 // (xo = 32 * the 16-code sums of the block, from q6k_act_offsets), and accumulates
 // P_b = H0 * sc[2j] + H1 * sc[2j+1] (exact in float: products < 2^24) in THE ORDER
 // acc = fma(float(P_b), d * x[b].d, acc). The scales and d of the 8 rows come in once per super-block,
-// transposed from plain loads (q6k_scales_rows8). Next-tile prefetches are spread over the 8 blocks
-// (one burst of all 32 lines at the start of each super-block ran the head 151936x1536 at ~6 GB/s
-// instead of ~8).
+// transposed from plain loads (q6k_scales_rows8). Prefetch: the next tile is 8 * row_bytes contiguous
+// bytes; it is fetched in address order, 210 bytes per block step, so it arrives at the rate this tile
+// is read. Fetching each next-tile row at the position being read (8 strided streams) ran the head
+// 151936x1536 at 9-11 GB/s (1 thread) where the address-order sweep reaches ~15; one burst of all 32
+// lines at the start of each super-block was slower still (~6).
 inline __m256i q6_codes(const uint8_t* blk, int h, int q, __m256i m4, __m256i m30) {
   const __m256i src = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32 * (q % 2)));
   const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
@@ -501,9 +503,9 @@ inline void q6k_accumulate(__m256i a, __m256i c, __m256 S0, __m256 S1, __m256 dx
 }
 
 template <class Block, int J>
-inline void q6k_step(const uint8_t* const* rp, size_t sbo, size_t ahead, const ActQ8* xb, const __m256i* ob,
+inline void q6k_step(const uint8_t* const* rp, size_t sbo, const uint8_t* pf, const ActQ8* xb, const __m256i* ob,
                      const __m256* S, __m256 d, __m256& acc) {
-  for (int l = 0; l < 210; l += 64) _mm_prefetch(reinterpret_cast<const char*>(rp[J] + sbo + ahead + l), _MM_HINT_T0);
+  for (int l = 0; l < 210; l += 64) _mm_prefetch(reinterpret_cast<const char*>(pf + l), _MM_HINT_T0);
   Block::template run<J>(rp, sbo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb[J].qs)),
                          _mm256_loadu_si256(ob + J), S[2 * J], S[2 * J + 1], _mm256_mul_ps(d, _mm256_set1_ps(xb[J].d)),
                          acc);
@@ -537,7 +539,7 @@ template <class Block>
 __m256 gemv_q6k_rows8(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, const ActQ8* xt, const __m256i* xo) {
   const uint8_t* rp[8];
   rows8_setup(w0, row_bytes, nr, rp);
-  const size_t ahead = 8 * row_bytes;  // the next tile's rows at the same position (16 or 32 rows measured slower)
+  const uint8_t* next_tile = w0 + 8 * row_bytes;
   __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb / 8; ++i) {
     const size_t sbo = size_t(i) * 210;
@@ -554,14 +556,17 @@ __m256 gemv_q6k_rows8(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, c
     }
     const ActQ8* xb = xt + i * 8;
     const __m256i* ob = xo + i * 8;
-    q6k_step<Block, 0>(rp, sbo, ahead, xb, ob, S, d, acc);
-    q6k_step<Block, 1>(rp, sbo, ahead, xb, ob, S, d, acc);
-    q6k_step<Block, 2>(rp, sbo, ahead, xb, ob, S, d, acc);
-    q6k_step<Block, 3>(rp, sbo, ahead, xb, ob, S, d, acc);
-    q6k_step<Block, 4>(rp, sbo, ahead, xb, ob, S, d, acc);
-    q6k_step<Block, 5>(rp, sbo, ahead, xb, ob, S, d, acc);
-    q6k_step<Block, 6>(rp, sbo, ahead, xb, ob, S, d, acc);
-    q6k_step<Block, 7>(rp, sbo, ahead, xb, ob, S, d, acc);
+    // the next tile (rows r0+8 .. r0+15: 8 * row_bytes contiguous bytes) in address order, 1680 bytes
+    // per super-block, 210 per block step: as much as this super-block reads
+    const uint8_t* pf = next_tile + 8 * sbo;
+    q6k_step<Block, 0>(rp, sbo, pf + 0 * 210, xb, ob, S, d, acc);
+    q6k_step<Block, 1>(rp, sbo, pf + 1 * 210, xb, ob, S, d, acc);
+    q6k_step<Block, 2>(rp, sbo, pf + 2 * 210, xb, ob, S, d, acc);
+    q6k_step<Block, 3>(rp, sbo, pf + 3 * 210, xb, ob, S, d, acc);
+    q6k_step<Block, 4>(rp, sbo, pf + 4 * 210, xb, ob, S, d, acc);
+    q6k_step<Block, 5>(rp, sbo, pf + 5 * 210, xb, ob, S, d, acc);
+    q6k_step<Block, 6>(rp, sbo, pf + 6 * 210, xb, ob, S, d, acc);
+    q6k_step<Block, 7>(rp, sbo, pf + 7 * 210, xb, ob, S, d, acc);
   }
   return acc;
 }
