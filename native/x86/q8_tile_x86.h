@@ -465,11 +465,14 @@ void gemv_fused8(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, const 
 // (xo = 32 * the 16-code sums of the block, from q6k_act_offsets), and accumulates
 // P_b = H0 * sc[2j] + H1 * sc[2j+1] (exact in float: products < 2^24) in THE ORDER
 // acc = fma(float(P_b), d * x[b].d, acc). The scales and d of the 8 rows come in once per super-block,
-// transposed from plain loads (q6k_scales_rows8). Prefetch: the next tile is 8 * row_bytes contiguous
-// bytes; it is fetched in address order, 210 bytes per block step, so it arrives at the rate this tile
-// is read. Fetching each next-tile row at the position being read (8 strided streams) ran the head
-// 151936x1536 at 9-11 GB/s (1 thread) where the address-order sweep reaches ~15; one burst of all 32
-// lines at the start of each super-block was slower still (~6).
+// transposed from plain loads (q6k_scales_rows8). Prefetch, 210 bytes of the next tile (8 * row_bytes
+// contiguous bytes) per block step, in an order chosen by tile size: a small tile (<= 16 KB, e.g. the
+// head 151936x1536, 10 KB) is swept in address order, so it arrives at the rate this tile is read;
+// a large one (ffn_down 1536x8960, 59 KB) row by row at the position being read, which keeps every
+// line one tile ahead (a sweep would fetch the first rows a whole tile early, past L1, and the last
+// ones only 1/8 tile early: 11-12 instead of 13-15 GB/s there). On the head the row-by-row order ran
+// at 9-11 GB/s (1 thread) where the sweep reaches 12-15. One burst of all 32 lines at the start of
+// each super-block was slower still (~6).
 inline __m256i q6_codes(const uint8_t* blk, int h, int q, __m256i m4, __m256i m30) {
   const __m256i src = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32 * (q % 2)));
   const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
@@ -535,10 +538,17 @@ inline void q6k_scales_rows8(const uint8_t* const* rp, size_t sbo, __m256i g[4],
   *d = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(dh, dh), _MM_SHUFFLE(3, 1, 2, 0))));
 }
 
+#ifndef LUTLLM_Q6K_SWEEP_MAX
+#define LUTLLM_Q6K_SWEEP_MAX 16384
+#endif
+constexpr size_t kQ6kSweepMaxTile = LUTLLM_Q6K_SWEEP_MAX;  // bytes of 8 rows prefetched in address order
+
 template <class Block>
 __m256 gemv_q6k_rows8(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, const ActQ8* xt, const __m256i* xo) {
   const uint8_t* rp[8];
   rows8_setup(w0, row_bytes, nr, rp);
+  // prefetch order by tile size (see above): small tiles in address order, large ones row by row
+  const bool sweep = 8 * row_bytes <= kQ6kSweepMaxTile;
   const uint8_t* next_tile = w0 + 8 * row_bytes;
   __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb / 8; ++i) {
@@ -556,17 +566,18 @@ __m256 gemv_q6k_rows8(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, c
     }
     const ActQ8* xb = xt + i * 8;
     const __m256i* ob = xo + i * 8;
-    // the next tile (rows r0+8 .. r0+15: 8 * row_bytes contiguous bytes) in address order, 1680 bytes
-    // per super-block, 210 per block step: as much as this super-block reads
+    // block step J prefetches 210 bytes of the next tile (rows r0+8 .. r0+15): in address order
+    // (1680 contiguous bytes per super-block, as much as it reads), or row J's super-block i
     const uint8_t* pf = next_tile + 8 * sbo;
-    q6k_step<Block, 0>(rp, sbo, pf + 0 * 210, xb, ob, S, d, acc);
-    q6k_step<Block, 1>(rp, sbo, pf + 1 * 210, xb, ob, S, d, acc);
-    q6k_step<Block, 2>(rp, sbo, pf + 2 * 210, xb, ob, S, d, acc);
-    q6k_step<Block, 3>(rp, sbo, pf + 3 * 210, xb, ob, S, d, acc);
-    q6k_step<Block, 4>(rp, sbo, pf + 4 * 210, xb, ob, S, d, acc);
-    q6k_step<Block, 5>(rp, sbo, pf + 5 * 210, xb, ob, S, d, acc);
-    q6k_step<Block, 6>(rp, sbo, pf + 6 * 210, xb, ob, S, d, acc);
-    q6k_step<Block, 7>(rp, sbo, pf + 7 * 210, xb, ob, S, d, acc);
+    auto at = [&](int j) { return sweep ? pf + j * 210 : rp[j] + sbo + 8 * row_bytes; };
+    q6k_step<Block, 0>(rp, sbo, at(0), xb, ob, S, d, acc);
+    q6k_step<Block, 1>(rp, sbo, at(1), xb, ob, S, d, acc);
+    q6k_step<Block, 2>(rp, sbo, at(2), xb, ob, S, d, acc);
+    q6k_step<Block, 3>(rp, sbo, at(3), xb, ob, S, d, acc);
+    q6k_step<Block, 4>(rp, sbo, at(4), xb, ob, S, d, acc);
+    q6k_step<Block, 5>(rp, sbo, at(5), xb, ob, S, d, acc);
+    q6k_step<Block, 6>(rp, sbo, at(6), xb, ob, S, d, acc);
+    q6k_step<Block, 7>(rp, sbo, at(7), xb, ob, S, d, acc);
   }
   return acc;
 }
