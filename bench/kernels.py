@@ -59,8 +59,13 @@ def cold_copies(packed):
     return [packed.copy() for _ in range(n)]
 
 
+def act_group(fmt):
+    """Activations per table scale the kernels expect: 256 for k-quant sub-scales (lut.h), else G."""
+    return 256 if fmt[2] in (1, 3) else fmt[1]
+
+
 def time_lut(name, copies, fmt, rows, k, tables, iters, threads):
-    ts = _core.lut_time_calls(name, copies, fmt, rows, k, *tables, fmt[1], iters, threads)
+    ts = _core.lut_time_calls(name, copies, fmt, rows, k, *tables, act_group(fmt), iters, threads)
     return float(np.median(ts[1:] if len(ts) > 2 else ts))
 
 
@@ -108,7 +113,7 @@ def bench_ggml(args, rng, shapes, ns, isas, threads, record):
                                 name = f"lut_{'gemv' if n == 1 else 'gemm'}_{KINDS[fmt[0]]}_g4__{isa}"
                                 if not any(kk["name"] == name and kk["supported"] for kk in _core.kernel_list()):
                                     continue
-                                tables = _core.run_lut_build("lut_build_g4__ref", x, fmt[1])
+                                tables = _core.run_lut_build("lut_build_g4__ref", x, act_group(fmt))
                                 best[label].append(time_lut(name, copies, fmt, rows, k, tables, 20 if n == 1 else 3, th))
                         for label, (fmt, _, nbytes) in lay.items():
                             if best[label]:

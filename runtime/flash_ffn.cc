@@ -333,7 +333,7 @@ void FlashFfn::compute(int l, const uint8_t* B, LinearInput& in, float* ff_a, fl
   auto bundle = [&](int j) { return j < R ? hot + size_t(j) * stride : B + size_t(j - R) * stride; };
 
   // gate and up, bundle by bundle: rows n0..n0+nj of each matrix, whole 16-row blocks
-  const LutAct* acts = in.lut(pool, gu.group);
+  const LutAct* acts = in.lut(pool, lut_act_group(gu));
   LutGemvFn gemv = kt.lut_gemv[gu.kind];
   LutGemmFn gemm = kt.lut_gemm[gu.kind];
   pool.parallel_for(int64_t(nb) * 2, [&](int64_t task, int) {
@@ -390,7 +390,7 @@ void FlashFfn::down_matmul(int l, const float* h, int64_t n, int64_t K, float* y
     return;
   }
   down_in_.set(h, n, K);
-  const LutAct* dacts = down_in_.lut(pool, dn.group);
+  const LutAct* dacts = down_in_.lut(pool, lut_act_group(dn));
   const LutWeights W{D ? D : down_.data(), d, K, dn};
   const int64_t per = std::max<int64_t>(1, (row_blocks + pool.size() * 4 - 1) / (pool.size() * 4));
   const int64_t tasks = (row_blocks + per - 1) / per;
@@ -446,7 +446,7 @@ void FlashFfn::forward_windowed(int l, LinearInput& in, float* ff_a, float* ff_b
   const LutFormat gu = cfg_.gu_format[size_t(l)];
   const int64_t n = in.n(), d = cfg_.d_model, dff = cfg_.d_ff;
   const int nb = bundle_count();
-  const LutAct* acts = in.lut(pool, gu.group);
+  const LutAct* acts = in.lut(pool, lut_act_group(gu));
   LutGemvFn gemv = kt.lut_gemv[gu.kind];
   LutGemmFn gemm = kt.lut_gemm[gu.kind];
   auto run = [&](const uint8_t* w_bytes, int64_t nj, float* out) {

@@ -97,7 +97,7 @@ void Linear::plan(LinearInput& in, float* y, ThreadPool& pool, Plan* p) const {
   p->y = y;
   p->n = in.n();
   if (path_ == Path::LUT) {
-    p->acts = in.lut(pool, lut_.fmt.group);
+    p->acts = in.lut(pool, lut_act_group(lut_.fmt));  // k-quant: one table scale per 256
     const int64_t blocks = lut_row_blocks(rows);
     // whole 16-row blocks per task (kernels compute blocks whole)
     p->per = std::max<int64_t>(1, (blocks + pool.size() * 4 - 1) / (pool.size() * 4));

@@ -80,6 +80,45 @@ def group_scales(fmt, packed, rows, k):
     return s.transpose(0, 2, 1).reshape(nrb * 16, ng)[:rows]
 
 
+def kq_parts(fmt, packed, rows, k):
+    """K-quant layouts: per row the fp16 d, dmin of each super-block (rows, k/256) and the integer
+    sc, m of each group (rows, k/G), float64, from the packed bytes (lut.h)."""
+    kind, group, sb, off = fmt
+    tile = 2 * group * kind
+    nrb, ng, gps, nsup = (rows + 15) // 16, k // group, 256 // group, k // 256
+    gbb, hb = tile + (16 if sb == KQ4 else 16 * (1 + off)), 32 * (1 + off)
+    sbb = hb + gps * gbb
+    sup = packed[: nrb * nsup * sbb].reshape(nrb, nsup, sbb)
+    hdr = np.ascontiguousarray(sup[:, :, :hb]).view(np.float16).astype(np.float64)  # (nrb, nsup, 16 or 32)
+    d, dmin = hdr[:, :, :16], (hdr[:, :, 16:] if off else np.zeros_like(hdr[:, :, :16]))
+    raw = sup[:, :, hb:].reshape(nrb, nsup, gps, gbb)[:, :, :, tile:]
+    if sb == KQ4:
+        sc, m = raw[..., :16] & 15, raw[..., :16] >> 4
+    elif off:
+        sc, m = raw[..., :16], raw[..., 16:32]
+    else:
+        sc, m = raw[..., :16].view(np.int8), np.zeros_like(raw[..., :16])
+    rowsup = lambda a: a.transpose(0, 2, 1).reshape(nrb * 16, nsup)[:rows]  # noqa: E731
+    rowgrp = lambda a: a.astype(np.float64).reshape(nrb, ng, 16).transpose(0, 2, 1).reshape(nrb * 16, ng)[:rows]  # noqa: E731
+    return rowsup(d), rowsup(dmin), rowgrp(sc), rowgrp(m)
+
+
+def kq_bound(fmt, parts, ts_super):
+    """Per-row bound on |LUT result - exact float math| of the k-quant super-block epilogue (lut.h):
+    has_offset: sum_g |d sc_g| ts (2^n - 1) (G/16 + 1/64) + |dmin| m_g ts/32; symmetric:
+    sum_g |d sc_g| ts ((2^n - 1) G/16 + 1/64); ts the table scale of the group's span."""
+    kind, group, _, off = fmt
+    d, dmin, sc, m = parts
+    rep = 256 // group
+    ds, dm = np.repeat(d, rep, axis=1), np.repeat(dmin, rep, axis=1)
+    ts = np.repeat(np.asarray(ts_super, np.float64), rep)
+    if off:
+        per = np.abs(ds * sc) * ts * ((1 << kind) - 1) * (group / 16.0 + 1 / 64.0) + np.abs(dm) * m * ts / 32.0
+    else:
+        per = np.abs(ds * sc) * ts * (((1 << kind) - 1) * group / 16.0 + 1 / 64.0)
+    return per.sum(axis=1)
+
+
 # ---- SIMD == scalar twin ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("isa", ["avx2", "avx512", "neon", "dotprod"])
@@ -239,15 +278,18 @@ def test_repack_exact(type_name, rng):
     # the LUT path on the repacked tensor vs float math on gguf's dequantize, within the bound
     kind, g = fmt[0], fmt[1]
     x = rng.standard_normal((2, k)).astype(np.float32)
-    ag = 128 if g <= 128 else g
+    kq = fmt[2] in (KQ8, KQ4)
+    ag = 256 if kq else 128 if g <= 128 else g  # k-quant: one table scale per super-block
     tab, sc, s16 = _core.run_lut_build("lut_build_g4__ref", x, ag)
     for isa in ["ref"] + kernel_isas("lut_gemm"):
         y = run(isa, "gemm", kind, packed, fmt, rows, k, (tab, sc, s16), ag)
         exact = x.astype(np.float64) @ ref.astype(np.float64).T
-        s = group_scales(fmt, packed, rows, k)
         for t in range(2):
-            ts = sc[t][(np.arange(k // g) * g) // ag]
-            bound = table_bound(kind, g, s, ts).sum(axis=1)
+            if kq:
+                bound = kq_bound(fmt, kq_parts(fmt, packed, rows, k), sc[t])
+            else:
+                ts = sc[t][(np.arange(k // g) * g) // ag]
+                bound = table_bound(kind, g, group_scales(fmt, packed, rows, k), ts).sum(axis=1)
             slack = 1e-5 * (np.abs(ref) @ np.abs(x[t])) + 1e-6
             assert np.all(np.abs(y[t] - exact[t]) <= bound + slack), (type_name, isa, t)
 
@@ -263,12 +305,14 @@ def test_q4k_scales_need_fp32(rng):
     assert lossy > 0.3  # measured ~0.5 for uniform d and 6-bit sc
 
 
-# ---- k-quant sub-scales (scale_bytes 1) == fp32 scales, bit for bit ----------------------------
+# ---- k-quant sub-scales: exact repack, super-block epilogue, bit-exact ISAs ------------------
 
-def _kq_vs_f32(blocks, type_name, rows, k, x, isas, ag=128, fmts=None):
+def _kq_vs_f32(blocks, type_name, rows, k, x, isas, ag=256, fmts=None):
     """Repack the same GGUF blocks to the type's k-quant and fp32 layouts (fmts: an explicit pair,
-    e.g. an older one); every kernel must give identical bits on both, and the ISA kernels the
-    scalar twin's bits. Returns (compact bytes, fp32 bytes)."""
+    e.g. an older one): both decode to the same floats; on each layout every ISA kernel gives the
+    scalar twin's bits (GEMM, GEMV, misaligned weights, a row range); the k-quant layout's
+    super-block epilogue and the fp32 layout's per-group one both stay within their bounds of
+    float64 math. Returns (compact bytes, fp32 bytes)."""
     flat = np.ascontiguousarray(blocks).reshape(-1)
     pk, fk = _core.lut_repack_ggml(GGML[type_name], flat, rows, k, fmt=fmts[0] if fmts else None)
     pf, ff = _core.lut_repack_ggml(GGML[type_name], flat, rows, k, kq=False, fmt=fmts[1] if fmts else None)
@@ -277,25 +321,34 @@ def _kq_vs_f32(blocks, type_name, rows, k, x, isas, ag=128, fmts=None):
     back_k, back_f = _core.lut_unpack(pk, fk, rows, k), _core.lut_unpack(pf, ff, rows, k)
     assert np.array_equal(back_k.view(np.uint32), back_f.view(np.uint32))
     tabs = _core.run_lut_build("lut_build_g4__ref", x, ag)
-    kind = fk[0]
-    want = run("ref", "gemm", kind, pf, ff, rows, k, tabs, ag)
-    for isa in ["ref"] + isas:
-        for j, (fmt, packed) in enumerate(((fk, pk), (ff, pf))):
-            packed = misaligned(packed, (rows + j) % 4)  # weights at any address
-            got = run(isa, "gemm", kind, packed, fmt, rows, k, tabs, ag)
+    kind, g = fk[0], fk[1]
+    exact = x.astype(np.float64) @ back_k.astype(np.float64).T
+    slack = 1e-5 * (np.abs(x).astype(np.float64) @ np.abs(back_k).astype(np.float64).T) + 1e-30
+    for fmt, packed in ((fk, pk), (ff, pf)):
+        want = run("ref", "gemm", kind, packed, fmt, rows, k, tabs, ag)
+        for t in range(x.shape[0]):
+            if fmt is fk:
+                bound = kq_bound(fmt, kq_parts(fmt, packed, rows, k), tabs[1][t])
+            else:
+                ts = tabs[1][t][(np.arange(k // g) * g) // ag]
+                bound = table_bound(kind, g, group_scales(fmt, packed, rows, k), ts).sum(axis=1)
+            assert np.all(np.abs(want[t] - exact[t]) <= bound + slack[t]), (type_name, fmt, t)
+        for j, isa in enumerate(isas):
+            mp = misaligned(packed, (rows + j) % 4)  # weights at any address
+            got = run(isa, "gemm", kind, mp, fmt, rows, k, tabs, ag)
             assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (type_name, isa, fmt, "gemm")
             t1 = tuple(np.ascontiguousarray(a[-1:]) for a in tabs)
-            g1 = run(isa, "gemv", kind, packed, fmt, rows, k, t1, ag)
+            g1 = run(isa, "gemv", kind, mp, fmt, rows, k, t1, ag)
             assert np.array_equal(g1.view(np.uint32), want[-1:].view(np.uint32)), (type_name, isa, fmt, "gemv")
-        if rows > 20:  # a row range starting in block 1 and ending mid-block: only those rows written
-            got = run(isa, "gemm", kind, pk, fk, rows, k, tabs, ag, row_begin=16, row_end=rows - 3)
-            assert np.array_equal(got[:, 16:rows - 3].view(np.uint32), want[:, 16:rows - 3].view(np.uint32))
-            assert not got[:, :16].any() and not got[:, rows - 3:].any()
+            if rows > 20:  # a row range starting in block 1 and ending mid-block: only those rows written
+                got = run(isa, "gemm", kind, packed, fmt, rows, k, tabs, ag, row_begin=16, row_end=rows - 3)
+                assert np.array_equal(got[:, 16:rows - 3].view(np.uint32), want[:, 16:rows - 3].view(np.uint32))
+                assert not got[:, :16].any() and not got[:, rows - 3:].any()
     return pk.size, pf.size
 
 
 @pytest.mark.parametrize("type_name", ["Q4_K", "Q3_K", "Q2_K"])
-def test_kq_layout_bit_identical_to_fp32(type_name, rng):
+def test_kq_layout_exact_and_kernels_bit_exact(type_name, rng):
     """Odd row counts, one and several super-blocks, 1 and 5 tokens (GEMM tiles and remainders),
     plus worst-case scale bytes: 63 / 15 sub-scales (Q3_K: -32 and 31, every code mirrored or not)
     and the largest fp16 d of either sign."""
@@ -332,6 +385,43 @@ def test_kq_layout_bit_identical_to_fp32(type_name, rng):
             assert ok == rb * 16 * k * old_bits / 8
             po, fo = _core.lut_repack_ggml(GGML[type_name], np.ascontiguousarray(blocks).reshape(-1), rows, k, fmt=fmts[0])
             assert _lossless(_core.lut_unpack(po, fo, rows, k), ref, type_name)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q3_K", "Q2_K"])
+def test_kq_no_overflow_at_max_magnitude(type_name):
+    """Largest integer sums of the k-quant super-block epilogue (lut.h): every sub-scale and sub-min
+    at its maximum (Q4_K 63, Q2_K 15; Q3_K -32), codes at the end that maximizes |K_g| (Q4_K / Q2_K
+    all ones; Q3_K all zero: q - 4 = -4), and activations (c, 0, 0, 0) per quad so that every table
+    entry is exactly +-127 and every Qf_g is +-16 * 127 * G/4: |K_g| = 32 * 127 (2^n - 1) G/4
+    (Q3_K: 16 * 127 * 8 * G/4) in every group, the largest J and M. Tables and Qf are then exact,
+    so every ISA equals float math to fp32 rounding."""
+    from gguf import quants, GGMLQuantizationType
+
+    rows, k = 20, 512
+    nb = rows * k // 256
+    size = {"Q4_K": 144, "Q3_K": 110, "Q2_K": 84}[type_name]
+    b = np.zeros((nb, size), np.uint8)
+    one = np.array([1.0], np.float16).view(np.uint8)
+    if type_name == "Q4_K":  # d, dmin, scales[12] (6-bit sc, m), qs
+        b[:, 0:2], b[:, 2:4], b[:, 4:16], b[:, 16:] = one, one, 0xFF, 0xFF
+    elif type_name == "Q2_K":  # scales[16] (sc | m << 4), qs, d, dmin
+        b[:, :16], b[:, 16:80], b[:, 80:82], b[:, 82:84] = 0xFF, 0xFF, one, one
+    else:  # hmask 0 and qs 0: q = -4; scales all 0: sub-scale -32; d
+        b[:, 108:110] = one
+    flat = b.reshape(-1)
+    packed, fmt = _core.lut_repack_ggml(GGML[type_name], flat, rows, k)
+    wd = quants.dequantize(b, GGMLQuantizationType[type_name]).reshape(rows, k).astype(np.float64)
+    kind, g = fmt[0], fmt[1]
+    for sign in (1.0, -1.0):
+        x = np.zeros((3, k), dtype=np.float32)
+        x[:, 0::4] = 3.0 * sign
+        tabs = _core.run_lut_build("lut_build_g4__ref", x, 256)
+        assert np.all(np.abs(tabs[0]) == 127)
+        exact = x.astype(np.float64) @ wd.T
+        for isa in ["ref"] + kernel_isas("lut_gemm"):
+            for op, n in (("gemm", 3), ("gemv", 1)):
+                y = run(isa, op, kind, packed, fmt, rows, k, tuple(np.ascontiguousarray(a[:n]) for a in tabs), 256)
+                np.testing.assert_allclose(y, exact[:n], rtol=1e-6, atol=0, err_msg=f"{type_name} {isa} {op}")
 
 
 # older k-quant layouts: ((compact fmt, fp32 fmt), compact bits/weight)

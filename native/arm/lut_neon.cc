@@ -74,58 +74,41 @@ inline float32x4_t load_scales4(const uint8_t* p, int scale_bytes) {
   return vreinterpretq_f32_u8(vld1q_u8(p));
 }
 
-// fp32 d and -dmin of the 16 rows of the k-quant super-block last used (converted once per super-block)
-struct KqHeader {
-  int64_t super = -1;
-  float32x4_t d[4]{}, nd[4]{};
-};
-
 // Scale s and offset o (o only with has_offset) of the 16 rows of group g of row block blk (four
-// vectors of 4 rows), as lut_group_scales computes them: loaded (fp16 / fp32), or for k-quant
-// sub-scales formed exactly as s = float(d) * float(sc), o = (-float(dmin)) * float(m) (== -(dmin * m)).
-inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb, bool has_offset, int64_t g, KqHeader& hc,
+// vectors of 4 rows), loaded (fp16 / fp32; k-quant sub-scales take the super-block epilogue in
+// row_block instead).
+inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb, bool has_offset, int64_t g,
                               float32x4_t s[4], float32x4_t o[4]) {
   const uint8_t* sp = blk + lut_group_at(ga, g) + ga.tile_bytes;
-  if (ga.kq) {
-    const int64_t super = g >> ga.shift;
-    if (super != hc.super) {
-      const uint8_t* hp = blk + lut_header_at(ga, g);
-      for (int q = 0; q < 4; ++q) {
-        hc.d[q] = load_scales4(hp + 8 * q, 2);
-        if (has_offset) hc.nd[q] = vnegq_f32(load_scales4(hp + 32 + 8 * q, 2));
-      }
-      hc.super = super;
-    }
-    // sub-scale bytes: uint8 sc then uint8 m; int8 sc alone; or one byte sc | m << 4 per row
-    uint8x16_t scb = vld1q_u8(sp), mb = scb;
-    if (ga.kq == kLutKqNibble) {
-      mb = vshrq_n_u8(scb, 4);
-      scb = vandq_u8(scb, vdupq_n_u8(0x0F));
-    } else if (ga.kq == kLutKqU8) {
-      mb = vld1q_u8(sp + kLutRows);
-    }
-    if (ga.kq == kLutKqS8) {
-      const int8x16_t sb8 = vreinterpretq_s8_u8(scb);
-      const int16x8_t sc16[2] = {vmovl_s8(vget_low_s8(sb8)), vmovl_high_s8(sb8)};
-      for (int q = 0; q < 4; ++q) {
-        const int32x4_t scq = (q & 1) ? vmovl_high_s16(sc16[q >> 1]) : vmovl_s16(vget_low_s16(sc16[q >> 1]));
-        s[q] = vmulq_f32(hc.d[q], vcvtq_f32_s32(scq));
-      }
-      return;
-    }
-    const uint16x8_t sc16[2] = {vmovl_u8(vget_low_u8(scb)), vmovl_high_u8(scb)};
-    const uint16x8_t m16[2] = {vmovl_u8(vget_low_u8(mb)), vmovl_high_u8(mb)};
-    for (int q = 0; q < 4; ++q) {
-      const uint32x4_t scq = (q & 1) ? vmovl_high_u16(sc16[q >> 1]) : vmovl_u16(vget_low_u16(sc16[q >> 1]));
-      const uint32x4_t mq = (q & 1) ? vmovl_high_u16(m16[q >> 1]) : vmovl_u16(vget_low_u16(m16[q >> 1]));
-      s[q] = vmulq_f32(hc.d[q], vcvtq_f32_u32(scq));
-      o[q] = vmulq_f32(hc.nd[q], vcvtq_f32_u32(mq));
-    }
-    return;
-  }
   for (int q = 0; q < 4; ++q) {
     s[q] = load_scales4(sp + 4 * q * sb, sb);
     if (has_offset) o[q] = load_scales4(sp + (16 + 4 * q) * sb, sb);
+  }
+}
+
+// k-quant sub-scale bytes of a group block (sc, m per row; lut.h) -> int32 rows 0..3, 4..7, 8..11, 12..15:
+// uint8 sc then uint8 m; int8 sc alone (m = 0); or one byte sc | m << 4 per row.
+inline void kq_subscales(const uint8_t* sp, int32_t kq, int32x4_t sc[4], int32x4_t m[4]) {
+  uint8x16_t scb = vld1q_u8(sp), mb = vdupq_n_u8(0);
+  if (kq == kLutKqNibble) {
+    mb = vshrq_n_u8(scb, 4);
+    scb = vandq_u8(scb, vdupq_n_u8(0x0F));
+  } else if (kq == kLutKqU8) {
+    mb = vld1q_u8(sp + kLutRows);
+  }
+  int16x8_t sc16[2];
+  if (kq == kLutKqS8) {
+    const int8x16_t sb8 = vreinterpretq_s8_u8(scb);
+    sc16[0] = vmovl_s8(vget_low_s8(sb8));
+    sc16[1] = vmovl_high_s8(sb8);
+  } else {
+    sc16[0] = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(scb)));
+    sc16[1] = vreinterpretq_s16_u16(vmovl_high_u8(scb));
+  }
+  const int16x8_t m16[2] = {vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(mb))), vreinterpretq_s16_u16(vmovl_high_u8(mb))};
+  for (int q = 0; q < 4; ++q) {
+    sc[q] = (q & 1) ? vmovl_high_s16(sc16[q >> 1]) : vmovl_s16(vget_low_s16(sc16[q >> 1]));
+    m[q] = (q & 1) ? vmovl_high_s16(m16[q >> 1]) : vmovl_s16(vget_low_s16(m16[q >> 1]));
   }
 }
 
@@ -146,17 +129,22 @@ struct Rows16 {
 };
 
 template <int KIND, int NT>
-void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0, int64_t g1,
-               Rows16 yv[NT], size_t pf) {
+void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg,
+               const int32_t* const* qg, int64_t g0, int64_t g1, Rows16 yv[NT], size_t pf) {
   constexpr bool kTern = KIND == int(LutKind::TERNARY);
   constexpr int n = kTern ? 2 : KIND;
   constexpr int npp = n / 2;
   const int G = f.group, sb = f.scale_bytes;
   const bool has_off = f.has_offset != 0;
   const LutGroupAddr ga = lut_group_addr(f);
-  KqHeader hc;
   const uint8x16_t m4 = vdupq_n_u8(0x0F);
   const float32x4_t vcn = vdupq_n_f32(float((1 << n) - 1) * 0.5f), vmhalf = vdupq_n_f32(-0.5f);
+  // k-quant super-block epilogue (lut.h): int32 J, M per token and 4 rows
+  const int32_t cq = has_off ? (1 << n) - 1 : -1;
+  const int64_t smask = lut_kq_span_mask(f, act[0].ag);  // all tokens share ag
+  int32x4_t J[NT][4], M[NT][4];
+  for (int t = 0; t < NT; ++t)
+    for (int q = 0; q < 4; ++q) J[t][q] = M[t][q] = vdupq_n_s32(0);
   PrefetchCursor pfc{blk + lut_group_at(ga, g0) + pf};
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* p = blk + lut_group_at(ga, g);
@@ -199,11 +187,17 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
             X[t][1] = vaddq_s16(X[t][1], vaddl_high_s8(La, Lb));
           }
         }
+    const bool kq = !kTern && ga.kq;
     float32x4_t s[4], o[4], cc[4];
-    load_group_scales(blk, ga, sb, has_off, g, hc, s, o);
-    for (int q = 0; q < 4; ++q) {
-      cc[q] = s[q];
-      if (!kTern) cc[q] = has_off ? vfmaq_f32(o[q], s[q], vcn) : vmulq_f32(s[q], vmhalf);
+    int32x4_t sc32[4], m32[4];
+    if (kq) {
+      kq_subscales(blk + lut_group_at(ga, g) + ga.tile_bytes, ga.kq, sc32, m32);
+    } else {
+      load_group_scales(blk, ga, sb, has_off, g, s, o);
+      for (int q = 0; q < 4; ++q) {
+        cc[q] = s[q];
+        if (!kTern) cc[q] = has_off ? vfmaq_f32(o[q], s[q], vcn) : vmulq_f32(s[q], vmhalf);
+      }
     }
     for (int t = 0; t < NT; ++t) {
       int32x4_t I[4];
@@ -221,11 +215,37 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
           I[2 * h + 1] = vaddq_s32(I[2 * h + 1], widen_shift_hi<(n & 1) ? n - 1 : 0>(X[t][h]));
         }
       }
+      if (kq) {
+        const int32_t qv = qg[t][g - g0];
+        const int32x4_t cqq = vdupq_n_s32(cq * qv);
+        for (int q = 0; q < 4; ++q) {
+          J[t][q] = vmlaq_s32(J[t][q], vaddq_s32(vshlq_n_s32(I[q], 4), cqq), sc32[q]);
+          if (has_off) M[t][q] = vmlaq_n_s32(M[t][q], m32[q], qv);
+        }
+        continue;
+      }
       const float32x4_t tsh = vdupq_n_f32(0.5f * act[t].scale[g * G / act[t].ag]);
       const float32x4_t sx = vdupq_n_f32(kTern ? 0.0f : sxg[t][g - g0]);
       for (int q = 0; q < 4; ++q) {
         yv[t].v[q] = vfmaq_f32(yv[t].v[q], vmulq_f32(s[q], tsh), vcvtq_f32_s32(I[q]));
         if (!kTern) yv[t].v[q] = vfmaq_f32(yv[t].v[q], cc[q], sx);
+      }
+    }
+    if (kq && (g & smask) == smask) {  // last group of the span: one float step per row
+      const uint8_t* hp = blk + lut_header_at(ga, g);
+      float32x4_t d[4], nd[4];
+      for (int q = 0; q < 4; ++q) {
+        d[q] = load_scales4(hp + 8 * q, 2);
+        nd[q] = has_off ? vnegq_f32(load_scales4(hp + 32 + 8 * q, 2)) : d[q];
+      }
+      for (int t = 0; t < NT; ++t) {
+        const float ts = act[t].scale[g * G / act[t].ag];
+        const float32x4_t tsh = vdupq_n_f32(ts * 0.03125f), tsv = vdupq_n_f32(ts * 0.0625f);
+        for (int q = 0; q < 4; ++q) {
+          yv[t].v[q] = vfmaq_f32(yv[t].v[q], vmulq_f32(d[q], tsh), vcvtq_f32_s32(J[t][q]));
+          if (has_off) yv[t].v[q] = vfmaq_f32(yv[t].v[q], vmulq_f32(nd[q], tsv), vcvtq_f32_s32(M[t][q]));
+          J[t][q] = M[t][q] = vdupq_n_s32(0);
+        }
       }
     }
   }
@@ -248,9 +268,9 @@ struct Neon {
     return {{vld1q_f32(tmp), vld1q_f32(tmp + 4), vld1q_f32(tmp + 8), vld1q_f32(tmp + 12)}};
   }
   template <int KIND, int NT>
-  static void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0,
-                        int64_t g1, Tile yv[NT], size_t pf) {
-    lutllm::row_block<KIND, NT>(blk, f, act, sxg, g0, g1, yv, pf);
+  static void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg,
+                        const int32_t* const* qg, int64_t g0, int64_t g1, Tile yv[NT], size_t pf) {
+    lutllm::row_block<KIND, NT>(blk, f, act, sxg, qg, g0, g1, yv, pf);
   }
 };
 

@@ -127,6 +127,19 @@ void lut_group_scales(const uint8_t* row_block, const LutFormat& f, int64_t g, f
   }
 }
 
+void lut_group_kq(const uint8_t* row_block, const LutFormat& f, int64_t g, int32_t sc[kLutRows], int32_t m[kLutRows],
+                  float d[kLutRows], float dmin[kLutRows]) {
+  const uint8_t* sp = row_block + lut_group_offset(f, g) + lut_tile_bytes_per_group(f);
+  const uint8_t* hp = row_block + lut_super_header_offset(f, g);
+  const int32_t kq = lut_kq_kind(f);
+  for (int r = 0; r < kLutRows; ++r) {
+    d[r] = load_scale(hp + 2 * r, 2);
+    dmin[r] = f.has_offset ? load_scale(hp + 2 * (kLutRows + r), 2) : 0.0f;
+    sc[r] = kq == kLutKqS8 ? int8_t(sp[r]) : kq == kLutKqNibble ? sp[r] & 15 : sp[r];
+    m[r] = kq == kLutKqNibble ? sp[r] >> 4 : kq == kLutKqU8 ? sp[kLutRows + r] : 0;
+  }
+}
+
 void lut_pack(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q, const float* scale,
               const float* offset, uint8_t* out) {
   const int G = fmt.group, sb = fmt.scale_bytes;

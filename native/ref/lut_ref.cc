@@ -56,6 +56,8 @@ void row_block_ref(const LutWeights& w, const LutAct& act, int64_t rb, float acc
   const int64_t ngroups = w.k / G;
   const uint8_t* blk = w.data + size_t(rb) * lut_row_block_bytes(f, w.k);
   const float cn = float((1 << n) - 1) * 0.5f;
+  const bool kq = lut_is_kq(f);
+  int32_t J[kLutRows] = {0}, M[kLutRows] = {0};  // k-quant super-block sums
   for (int r = 0; r < kLutRows; ++r) acc[r] = 0.0f;
   for (int64_t g = 0; g < ngroups; ++g) {
     const uint8_t* p = blk + lut_group_offset(f, g);
@@ -74,6 +76,25 @@ void row_block_ref(const LutWeights& w, const LutAct& act, int64_t rb, float acc
         for (int i = 0; i < H; ++i, p += 16)
           for (int j = 0; j < 16; ++j)
             I[j] += (1 << (n - 1)) * (tq[(C * c + i) * 16 + (p[j] & 15)] + tq[(C * c + i + H) * 16 + (p[j] >> 4)]);
+    }
+    if (kq) {  // super-block epilogue (lut.h): integer sums over the super-block, one float step
+      const float ts = act.scale[g * G / act.ag];
+      const int32_t Q = lut_group_qf(lut_group_sum(act.sum16, g, G), ts), cq = f.has_offset ? (1 << n) - 1 : -1;
+      int32_t sc[kLutRows], m[kLutRows];
+      float d[kLutRows], dmin[kLutRows];
+      lut_group_kq(blk, f, g, sc, m, d, dmin);
+      for (int r = 0; r < kLutRows; ++r) {
+        J[r] += sc[r] * (16 * I[r] + cq * Q);
+        M[r] += m[r] * Q;
+      }
+      if ((g & lut_kq_span_mask(f, act.ag)) == lut_kq_span_mask(f, act.ag)) {  // last group of the span
+        for (int r = 0; r < kLutRows; ++r) {
+          acc[r] = std::fma(d[r] * (ts * 0.03125f), float(J[r]), acc[r]);
+          if (f.has_offset) acc[r] = std::fma(-dmin[r] * (ts * 0.0625f), float(M[r]), acc[r]);
+          J[r] = M[r] = 0;
+        }
+      }
+      continue;
     }
     const float tsh = 0.5f * act.scale[g * G / act.ag];
     const float sx = kTern ? 0.0f : lut_group_sum(act.sum16, g, G);

@@ -97,52 +97,25 @@ inline __m256 load_scales8(const uint8_t* p, int scale_bytes) {
   return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
 }
 
-// fp32 d and -dmin of the 16 rows of the k-quant super-block last used (converted once per super-block)
-struct KqHeader {
-  int64_t super = -1;
-  __m256 d[2]{}, nd[2]{};
-};
-
-// 8 bytes (unsigned or, with sgn, signed) -> 8 exact floats
-inline __m256 bytes8_f32(__m128i b, bool sgn) {
-  return _mm256_cvtepi32_ps(sgn ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b));
-}
-
-// Scale s and offset o (o only with has_offset) of the 16 rows of group g of row block blk, as
-// lut_group_scales computes them: loaded (fp16 / fp32), or for k-quant sub-scales formed exactly as
-// s = float(d) * float(sc), o = (-float(dmin)) * float(m) (== -(dmin * m) bit for bit: exact products).
-inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb, bool has_offset, int64_t g, KqHeader& hc,
-                              __m256 s[2], __m256 o[2]) {
+// Scale s and offset o (o only with has_offset) of the 16 rows of group g of row block blk, loaded
+// (fp16 / fp32; k-quant sub-scales take the super-block epilogue in row_block instead).
+inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb, bool has_offset, int64_t g, __m256 s[2],
+                              __m256 o[2]) {
   const uint8_t* sp = blk + lut_group_at(ga, g) + ga.tile_bytes;
-  if (ga.kq) {
-    const int64_t super = g >> ga.shift;
-    if (super != hc.super) {
-      const uint8_t* hp = blk + lut_header_at(ga, g);
-      const __m256 sign = _mm256_set1_ps(-0.0f);
-      for (int h = 0; h < 2; ++h) {
-        hc.d[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 16 * h)));
-        if (has_offset)
-          hc.nd[h] = _mm256_xor_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 32 + 16 * h))), sign);
-      }
-      hc.super = super;
-    }
-    __m128i scb, mb;
-    kq_subscale_bytes(sp, ga.kq, &scb, &mb);
-    const bool sgn = ga.kq == kLutKqS8;
-    s[0] = _mm256_mul_ps(hc.d[0], bytes8_f32(scb, sgn));
-    s[1] = _mm256_mul_ps(hc.d[1], bytes8_f32(_mm_srli_si128(scb, 8), sgn));
-    if (has_offset) {
-      o[0] = _mm256_mul_ps(hc.nd[0], bytes8_f32(mb, false));
-      o[1] = _mm256_mul_ps(hc.nd[1], bytes8_f32(_mm_srli_si128(mb, 8), false));
-    }
-    return;
-  }
   s[0] = load_scales8(sp, sb);
   s[1] = load_scales8(sp + 8 * sb, sb);
   if (has_offset) {
     o[0] = load_scales8(sp + 16 * sb, sb);
     o[1] = load_scales8(sp + 24 * sb, sb);
   }
+}
+
+// The two int16 lanes of acc (8 rows each) -> int32 sums of rows 0..7; fold16: they add up exactly in
+// int16 (the group's whole-sum bound fits), so one widening instead of two.
+inline __m256i widen_rows(__m256i acc, bool fold16) {
+  if (fold16) return _mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1)));
+  return _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc)),
+                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1)));
 }
 
 // Running sums of one row block (16 rows) for one token.
@@ -152,14 +125,13 @@ struct Rows16 {
 
 // Rows of one row block for NT activation vectors, groups [g0, g1); yv holds the running sums.
 template <int KIND, int NT>
-void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0, int64_t g1,
-               Rows16 yv[NT], size_t pf) {
+void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg,
+               const int32_t* const* qg, int64_t g0, int64_t g1, Rows16 yv[NT], size_t pf) {
   constexpr bool kTern = KIND == int(LutKind::TERNARY);
   constexpr int n = kTern ? 2 : KIND;
   const int G = f.group, sb = f.scale_bytes;
   const bool has_off = f.has_offset != 0;
   const LutGroupAddr ga = lut_group_addr(f);
-  KqHeader hc;
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   const __m256i mul01 = _mm256_set1_epi16(kTern ? 0x0101 : 0x0201);  // bytes (plane 2pp, 2pp+1) = (1, 2)
   const __m256i mul23 = _mm256_set1_epi16(0x0804);                    // (4, 8)
@@ -168,6 +140,13 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   // the group's int16 lane sums add up exactly in int16 when the whole-group bound fits (lut.h:
   // |I| <= 127 * (2^n - 1) * G/4; ternary 127 * 2 * G/4): then one widening per row half, not two
   const bool fold16 = 127 * (kTern ? 2 : (1 << n) - 1) * (G / 4) <= 32767;
+  // k-quant super-block epilogue (lut.h): int32 J, M per token and row half; m * Qf as one pmaddwd
+  // when |Qf| <= 16 * 127 * G/4 fits int16 (m sits in the low 16 bits of its lane, high 0)
+  const int32_t cq = has_off ? (1 << n) - 1 : -1;
+  const int64_t smask = lut_kq_span_mask(f, act[0].ag);  // all tokens share ag
+  const bool q16 = 16 * 127 * (G / 4) <= 32767;
+  __m256i J[NT][2], M[NT][2];
+  for (int t = 0; t < NT; ++t) J[t][0] = J[t][1] = M[t][0] = M[t][1] = _mm256_setzero_si256();
   PrefetchCursor pfc{blk + lut_group_at(ga, g0) + pf};
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* p = blk + lut_group_at(ga, g);
@@ -207,9 +186,50 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
           }
         }
     }
+    if (!kTern && ga.kq) {
+      __m128i scb, mb;
+      kq_subscale_bytes(blk + lut_group_at(ga, g) + ga.tile_bytes, ga.kq, &scb, &mb);
+      __m256i sc32[2], m32[2];
+      for (int h = 0; h < 2; ++h) {
+        const __m128i b = h ? _mm_srli_si128(scb, 8) : scb;
+        sc32[h] = ga.kq == kLutKqS8 ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b);
+        m32[h] = _mm256_cvtepu8_epi32(h ? _mm_srli_si128(mb, 8) : mb);
+      }
+      for (int t = 0; t < NT; ++t) {
+        const __m256i I[2] = {widen_rows(accA[t], fold16), widen_rows(accB[t], fold16)};
+        const int32_t q = qg[t][g - g0];
+        const __m256i cqq = _mm256_set1_epi32(cq * q), qv = _mm256_set1_epi32(q);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i K = _mm256_add_epi32(_mm256_slli_epi32(I[h], 4), cqq);
+          J[t][h] = _mm256_add_epi32(J[t][h], _mm256_mullo_epi32(K, sc32[h]));
+          if (has_off)
+            M[t][h] = _mm256_add_epi32(M[t][h], q16 ? _mm256_madd_epi16(m32[h], qv) : _mm256_mullo_epi32(m32[h], qv));
+        }
+      }
+      if ((g & smask) == smask) {  // last group of the span: one float step per row
+        const uint8_t* hp = blk + lut_header_at(ga, g);
+        __m256 d[2], nd[2] = {};
+        for (int h = 0; h < 2; ++h) {
+          d[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 16 * h)));
+          if (has_off)
+            nd[h] = _mm256_xor_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 32 + 16 * h))),
+                                  _mm256_set1_ps(-0.0f));
+        }
+        for (int t = 0; t < NT; ++t) {
+          const float ts = act[t].scale[g * G / act[t].ag];
+          const __m256 tsh = _mm256_set1_ps(ts * 0.03125f), tsv = _mm256_set1_ps(ts * 0.0625f);
+          for (int h = 0; h < 2; ++h) {
+            yv[t].v[h] = _mm256_fmadd_ps(_mm256_mul_ps(d[h], tsh), _mm256_cvtepi32_ps(J[t][h]), yv[t].v[h]);
+            if (has_off) yv[t].v[h] = _mm256_fmadd_ps(_mm256_mul_ps(nd[h], tsv), _mm256_cvtepi32_ps(M[t][h]), yv[t].v[h]);
+            J[t][h] = M[t][h] = _mm256_setzero_si256();
+          }
+        }
+      }
+      continue;
+    }
     // epilogue: y = fma(s * tsh, I, y); y = fma(c, Sx, y)  (same operations as the scalar twin)
     __m256 sv[2], ov[2];
-    load_group_scales(blk, ga, sb, has_off, g, hc, sv, ov);
+    load_group_scales(blk, ga, sb, has_off, g, sv, ov);
     const __m256 s0 = sv[0], s1 = sv[1];
     __m256 c0 = s0, c1 = s1;
     if (!kTern) {
@@ -222,16 +242,7 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
       }
     }
     for (int t = 0; t < NT; ++t) {
-      __m256i I0, I1;
-      if (fold16) {
-        I0 = _mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(accA[t]), _mm256_extracti128_si256(accA[t], 1)));
-        I1 = _mm256_cvtepi16_epi32(_mm_add_epi16(_mm256_castsi256_si128(accB[t]), _mm256_extracti128_si256(accB[t], 1)));
-      } else {
-        I0 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(accA[t])),
-                              _mm256_cvtepi16_epi32(_mm256_extracti128_si256(accA[t], 1)));
-        I1 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(accB[t])),
-                              _mm256_cvtepi16_epi32(_mm256_extracti128_si256(accB[t], 1)));
-      }
+      const __m256i I0 = widen_rows(accA[t], fold16), I1 = widen_rows(accB[t], fold16);
       const __m256 tsh = _mm256_set1_ps(0.5f * act[t].scale[g * G / act[t].ag]);
       yv[t].v[0] = _mm256_fmadd_ps(_mm256_mul_ps(s0, tsh), _mm256_cvtepi32_ps(I0), yv[t].v[0]);
       yv[t].v[1] = _mm256_fmadd_ps(_mm256_mul_ps(s1, tsh), _mm256_cvtepi32_ps(I1), yv[t].v[1]);
@@ -266,9 +277,9 @@ struct Avx2 {
     return {{_mm256_load_ps(tmp), _mm256_load_ps(tmp + 8)}};
   }
   template <int KIND, int NT>
-  static void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0,
-                        int64_t g1, Tile yv[NT], size_t pf) {
-    lutllm::row_block<KIND, NT>(blk, f, act, sxg, g0, g1, yv, pf);
+  static void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg,
+                        const int32_t* const* qg, int64_t g0, int64_t g1, Tile yv[NT], size_t pf) {
+    lutllm::row_block<KIND, NT>(blk, f, act, sxg, qg, g0, g1, yv, pf);
   }
 };
 }  // namespace

@@ -43,46 +43,30 @@ inline __m512 cvt_i32_f32(__m512i v) {
 #endif
 }
 
-// 16 unsigned (or, with sgn, signed) bytes -> 16 floats (exact)
-inline __m512 bytes_to_f32(__m128i b, bool sgn) {
-#if defined(LUTLLM_SIMDE_AVX512)  // SIMDe 0.7 lacks the 512-bit forms
-  const __m128i b2 = _mm_srli_si128(b, 8);
-  const __m512i v = sgn ? _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi8_epi32(b2), 1)
-                        : _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepu8_epi32(b)), _mm256_cvtepu8_epi32(b2), 1);
+inline __m512i madd16(__m512i a, __m512i b) {
+#if defined(LUTLLM_SIMDE_AVX512)  // SIMDe 0.7's native alias of this name takes the masked form's 4 arguments
+  return simde_mm512_madd_epi16(a, b);
 #else
-  const __m512i v = sgn ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b);
+  return _mm512_madd_epi16(a, b);  // (tests/emu's stand-in header maps the name to the 2-argument form)
 #endif
-  return cvt_i32_f32(v);
 }
 
-// fp32 d and -dmin of the 16 rows of the k-quant super-block last used (converted once per super-block)
-struct KqHeader {
-  int64_t super = -1;
-  __m512 d{}, nd{};
-};
+// 16 unsigned (or, with sgn, signed) bytes -> 16 int32
+inline __m512i bytes_to_i32(__m128i b, bool sgn) {
+#if defined(LUTLLM_SIMDE_AVX512)  // SIMDe 0.7 lacks the 512-bit forms
+  const __m128i b2 = _mm_srli_si128(b, 8);
+  return sgn ? _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi8_epi32(b2), 1)
+             : _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepu8_epi32(b)), _mm256_cvtepu8_epi32(b2), 1);
+#else
+  return sgn ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b);
+#endif
+}
 
-// Scale s and offset o (o only with has_offset) of the 16 rows of group g of row block blk, as
-// lut_group_scales computes them: loaded (fp16 / fp32), or for k-quant sub-scales formed exactly as
-// s = float(d) * float(sc), o = (-float(dmin)) * float(m) (== -(dmin * m) bit for bit: exact products).
-inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb, bool has_offset, int64_t g, KqHeader& hc,
-                              __m512* s, __m512* o) {
+// Scale s and offset o (o only with has_offset) of the 16 rows of group g of row block blk, loaded
+// (fp16 / fp32; k-quant sub-scales take the super-block epilogue in row_block instead).
+inline void load_group_scales(const uint8_t* blk, const LutGroupAddr& ga, int sb, bool has_offset, int64_t g, __m512* s,
+                              __m512* o) {
   const uint8_t* sp = blk + lut_group_at(ga, g) + ga.tile_bytes;
-  if (ga.kq) {
-    const int64_t super = g >> ga.shift;
-    if (super != hc.super) {
-      const uint8_t* hp = blk + lut_header_at(ga, g);
-      hc.d = load_scales16(hp, 2);
-      if (has_offset)
-        hc.nd = _mm512_castsi512_ps(
-            _mm512_xor_si512(_mm512_castps_si512(load_scales16(hp + 32, 2)), _mm512_set1_epi32(int(0x80000000u))));
-      hc.super = super;
-    }
-    __m128i scb, mb;
-    kq_subscale_bytes(sp, ga.kq, &scb, &mb);
-    *s = _mm512_mul_ps(hc.d, bytes_to_f32(scb, ga.kq == kLutKqS8));
-    if (has_offset) *o = _mm512_mul_ps(hc.nd, bytes_to_f32(mb, false));
-    return;
-  }
   *s = load_scales16(sp, sb);
   if (has_offset) *o = load_scales16(sp + 16 * sb, sb);
 }
@@ -139,14 +123,13 @@ struct Rows16 {
 };
 
 template <int KIND, int NT>
-void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0, int64_t g1, Rows16 yv[NT],
-               size_t pf) {
+void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg,
+               const int32_t* const* qg, int64_t g0, int64_t g1, Rows16 yv[NT], size_t pf) {
   constexpr bool kTern = KIND == int(LutKind::TERNARY);
   constexpr int n = kTern ? 2 : KIND;
   const int G = f.group, sb = f.scale_bytes;
   const bool has_off = f.has_offset != 0;
   const LutGroupAddr ga = lut_group_addr(f);
-  KqHeader hc;
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   const __m512i mul01 = _mm512_set1_epi16(kTern ? 0x0101 : 0x0201);
   const __m512i mul23 = _mm512_set1_epi16(0x0804);
@@ -154,6 +137,13 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   const __m512 vcn = _mm512_set1_ps(float((1 << n) - 1) * 0.5f), vmhalf = _mm512_set1_ps(-0.5f);
   // |I| <= 127 * (2^n - 1) * G/4 (ternary 127 * 2 * G/4) for the whole group (lut.h)
   const bool fold16 = 127 * (kTern ? 2 : (1 << n) - 1) * (G / 4) <= 32767;
+  // k-quant super-block epilogue (lut.h): int32 J, M per token; m * Qf as one pmaddwd when
+  // |Qf| <= 16 * 127 * G/4 fits int16 (m in the low 16 bits of its lane, high 0)
+  const int32_t cq = has_off ? (1 << n) - 1 : -1;
+  const int64_t smask = lut_kq_span_mask(f, act[0].ag);  // all tokens share ag
+  const bool q16 = 16 * 127 * (G / 4) <= 32767;
+  __m512i J[NT], M[NT];
+  for (int t = 0; t < NT; ++t) J[t] = M[t] = _mm512_setzero_si512();
   PrefetchCursor pfc{blk + lut_group_at(ga, g0) + pf};
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* p = blk + lut_group_at(ga, g);
@@ -203,8 +193,41 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
         }
       }
     }
+    if (!kTern && ga.kq) {
+      __m128i scb, mb;
+      kq_subscale_bytes(blk + lut_group_at(ga, g) + ga.tile_bytes, ga.kq, &scb, &mb);
+      const __m512i sc32 = bytes_to_i32(scb, ga.kq == kLutKqS8);
+      const __m512i m32 = bytes_to_i32(mb, false);
+      for (int t = 0; t < NT; ++t) {
+        const __m512i I =
+            _mm512_inserti64x4(_mm512_castsi256_si512(fold_lanes(accA[t], fold16)), fold_lanes(accB[t], fold16), 1);
+        const int32_t q = qg[t][g - g0];
+        const __m512i K = _mm512_add_epi32(_mm512_slli_epi32(I, 4), _mm512_set1_epi32(cq * q));
+        J[t] = _mm512_add_epi32(J[t], _mm512_mullo_epi32(K, sc32));
+        if (has_off) {
+          const __m512i qv = _mm512_set1_epi32(q);
+          M[t] = _mm512_add_epi32(M[t], q16 ? madd16(m32, qv) : _mm512_mullo_epi32(m32, qv));
+        }
+      }
+      if ((g & smask) == smask) {  // last group of the span: one float step per row
+        const uint8_t* hp = blk + lut_header_at(ga, g);
+        const __m512 d = load_scales16(hp, 2);
+        __m512 nd = d;
+        if (has_off)
+          nd = _mm512_castsi512_ps(
+              _mm512_xor_si512(_mm512_castps_si512(load_scales16(hp + 32, 2)), _mm512_set1_epi32(int(0x80000000u))));
+        for (int t = 0; t < NT; ++t) {
+          const float ts = act[t].scale[g * G / act[t].ag];
+          yv[t].v = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(ts * 0.03125f)), cvt_i32_f32(J[t]), yv[t].v);
+          if (has_off)
+            yv[t].v = _mm512_fmadd_ps(_mm512_mul_ps(nd, _mm512_set1_ps(ts * 0.0625f)), cvt_i32_f32(M[t]), yv[t].v);
+          J[t] = M[t] = _mm512_setzero_si512();
+        }
+      }
+      continue;
+    }
     __m512 s, o;
-    load_group_scales(blk, ga, sb, has_off, g, hc, &s, &o);
+    load_group_scales(blk, ga, sb, has_off, g, &s, &o);
     __m512 cc = s;
     if (!kTern) cc = has_off ? _mm512_fmadd_ps(s, vcn, o) : _mm512_mul_ps(s, vmhalf);
     for (int t = 0; t < NT; ++t) {
@@ -225,9 +248,9 @@ struct Avx512 {
   static Tile load_rows(const float* y, int lo, int hi) { return {load_rows16(y, row_mask(lo, hi))}; }
   static void store_rows(float* y, const Tile& t, int lo, int hi) { store_rows16(y, row_mask(lo, hi), t.v); }
   template <int KIND, int NT>
-  static void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0,
-                        int64_t g1, Tile yv[NT], size_t pf) {
-    lutllm::row_block<KIND, NT>(blk, f, act, sxg, g0, g1, yv, pf);
+  static void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg,
+                        const int32_t* const* qg, int64_t g0, int64_t g1, Tile yv[NT], size_t pf) {
+    lutllm::row_block<KIND, NT>(blk, f, act, sxg, qg, g0, g1, yv, pf);
   }
 };
 }  // namespace

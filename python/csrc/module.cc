@@ -628,7 +628,8 @@ PYBIND11_MODULE(_core, m) {
       auto s16 = exact_array<float>(s16_obj, "sum16");
       const LutWeights w = weights_view(packed, to_fmt(fmt), rows, k);
       if (kn.wtype != w.fmt.kind) throw py::value_error("kernel '" + name + "' is for another LUT kind than fmt");
-      if (ag <= 0 || ag % w.fmt.group || k % ag) throw py::value_error("ag must be a multiple of the group and divide k");
+      if (!lut_act_group_ok(w.fmt, ag) || k % ag)
+        throw py::value_error("ag must suit the format (lut_act_group_ok: a multiple of the group; k-quant: a power of two dividing 256 or a multiple of 256) and divide k");
       if (tab.ndim() != 2 || tab.shape(1) != k * 4) throw py::value_error("tab must be (n_tok, k*4)");
       const int64_t n = tab.shape(0);
       if (sc.ndim() != 2 || sc.shape(0) != n || sc.shape(1) != k / ag) throw py::value_error("scale must be (n_tok, k/ag)");
@@ -679,7 +680,7 @@ PYBIND11_MODULE(_core, m) {
       auto s16 = exact_array<float>(s16_obj, "sum16");
       const int64_t n = tab.ndim() == 2 ? tab.shape(0) : 0;
       if (n <= 0 || tab.shape(1) != k * 4 || sc.size() != n * (k / ag) || s16.size() != n * (k / 16) ||
-          ag % f.group || k % ag)
+          !lut_act_group_ok(f, ag) || k % ag)
         throw py::value_error("tables do not match k / ag");
       if (kn.op == KernelOp::LUT_GEMV && n != 1) throw py::value_error("a GEMV kernel takes one token");
       std::vector<LutAct> acts(static_cast<size_t>(n));

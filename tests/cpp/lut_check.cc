@@ -115,9 +115,9 @@ void check_case(Rng& rng, int kind, int G, int sb, int off, int64_t rows, int64_
   std::vector<float> x(size_t(n_tok * k));
   for (size_t i = 0; i < x.size(); ++i) x[i] = extreme ? ((i / k) & 1 ? -3.0f : 3.0f) : rng.gauss() * 2.0f;
   Tables tr, ts;
-  build_tables(x, n_tok, k, G, mis, lut_build_g4__ref, &tr);
+  build_tables(x, n_tok, k, lut_act_group(fmt), mis, lut_build_g4__ref, &tr);  // k-quant: one table scale per 256
   if (kSimdBuild) {
-    build_tables(x, n_tok, k, G, mis ^ 1, kSimdBuild, &ts);
+    build_tables(x, n_tok, k, lut_act_group(fmt), mis ^ 1, kSimdBuild, &ts);
     bool same = std::memcmp(tr.sc.data(), ts.sc.data(), tr.sc.size() * 4) == 0 &&
                 std::memcmp(tr.s16.data(), ts.s16.data(), tr.s16.size() * 4) == 0;
     for (int64_t i = 0; i < n_tok && same; ++i)

@@ -541,9 +541,10 @@ void check_lut(int kind, bool gemm, void* ref, void* simd, Report& rep) {
     std::vector<float> x(size_t(n_tok * k));
     fill_lut_x(r, c.mode, x, k);
     Tables t;
-    build_tables(x, n_tok, k, c.G * c.ag_mult, c.mis ^ 1, &t);
+    const int ag = lut_is_kq(lf) ? kLutSuperK * c.ag_mult : c.G * c.ag_mult;  // k-quant: one table scale per 256
+    build_tables(x, n_tok, k, ag, c.mis ^ 1, &t);
     const std::string tag = fmt("G=%d scale_bytes=%d offset=%d rows=%lld k=%lld n_tok=%lld ag=%d misalign=%d mode=%s", c.G,
-                                c.sb, lf.has_offset, (long long)rows, (long long)k, (long long)n_tok, c.G * c.ag_mult,
+                                c.sb, lf.has_offset, (long long)rows, (long long)k, (long long)n_tok, ag,
                                 c.mis, kModeName[c.mode]);
     // row ranges: all rows; from row block 1 to one short of the end; an unaligned window
     const int64_t ranges[3][2] = {{0, rows}, {16, rows - 1}, {rows / 3, rows - rows / 4}};

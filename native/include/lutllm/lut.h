@@ -54,9 +54,10 @@ const char* lut_kind_name(int kind);  // "w1".."w4", "wt"
 //     kLutScaleKQ,  has_offset 1:  16 x uint8 sc, then 16 x uint8 m                (32 B)
 //     kLutScaleKQ,  has_offset 0:  16 x int8 sc (signed: the symmetric form)       (16 B)
 //     kLutScaleKQ4, has_offset 1:  16 bytes, row r's byte = sc | m << 4 (4 bits each; 16 B)
-//   per (row, group):  s = float(d) * float(sc),  o = -(float(dmin) * float(m))  (0 without offset)
-// Both products are exact in fp32 (11-bit x 8-bit mantissas), so every kernel that forms them and
-// then runs the shared epilogue below gives bit for bit what an fp32 copy of s, o would give.
+//   per (row, group):  value = float(d) * sc * q - float(dmin) * m   (or float(d) * sc * (q - 2^(n-1)))
+// The kernels keep sc, m as integers and sum them into the super-block epilogue (see "Shared math"
+// below); lut_group_scales / lut_unpack form s = float(d) * float(sc), o = -(float(dmin) * float(m)),
+// exact in fp32 (11-bit x 8-bit mantissas), so the fp32-scale layout decodes to the same weights.
 // Bytes per 16 rows x 256 and bits/weight (GGUF's own size in brackets):
 //   Q4_K -> W4 g32 KQ        64 + 8 x (256 + 32)  = 2368 B  4.625  [4.5]   (fp32 s, o: 6.0)
 //   Q2_K -> W2 g16 KQ4       64 + 16 x (64 + 16)  = 1344 B  2.625  [2.625] (fp32 s, o: 6.0)
@@ -243,13 +244,51 @@ using LutGemmFn = void (*)(const LutWeights* w, const LutAct* a, int64_t n_tok, 
 // fp32; SIMD int16 partial sums stay below 32767 (derived in each ISA file).
 // Error vs exact float math on the same weights, per row and group (table rounding only):
 //   |dy| <= |s| * ts_g * (2^n - 1) * G / 16   (W1..W4),   |s| * ts_g * G / 8   (TERNARY)
-//   K-quant sub-scales: s = float(d) * float(sc) and o = -(float(dmin) * float(m)), both exact
-//   (sc signed for kLutScaleKQ without offset).
+//
+// K-quant sub-scales (lut_is_kq) use a super-block epilogue instead: integer sums across the groups
+// of a span S = min(ag, 256) activations (one table scale, one d), one float step per span and
+// row. ag must suit it (lut_act_group_ok: a power of two dividing 256, or a multiple of 256; all
+// tokens of one call share ag); lut_act_group picks 256: one float step per super-block.
+//   per (row, group g in S): I_g as above;  Qf_g = int32(nearbyint(Sx_g * inv)), inv = ts_S > 0 ? 16.0f / ts_S : 0
+//     (Sx_g as above: the group's x sum in units of ts/16, the same for every row)
+//     K_g = 16 * I_g + c_n * Qf_g,  c_n = 2^n - 1 (has_offset) or -1 (symmetric: q - 2^(n-1))
+//   J = sum_{g in S} sc_g * K_g,  M = sum_{g in S} m_g * Qf_g   (exact int32, in group order)
+//   after the last group of S:
+//   y = fma(float(d) * (ts_S * 0.03125f), float(J), y);  has_offset: y = fma((-float(dmin)) * (ts_S * 0.0625f), float(M), y)
+// Why: sum_k q x = ts/2 * I_g + (2^n - 1)/2 * Sx_g up to table rounding, and Sx_g = ts/16 * Qf_g up to ts/32.
+// Integer bounds: |I_g| <= 127 (2^n - 1) G/4, |Sx_g| <= 127 ts G/4 so |Qf_g| <= 16 * 127 G/4, hence
+// |K_g| <= 32 * 127 (2^n - 1) G/4 and |J| <= 255 * 32 * 127 * 15 * 64 < 2^30, |M| <= 255 * 16 * 127 * 64 < 2^25:
+// no int32 overflow (sc of either sign, |sc| <= 255). float(J) may round (|J| > 2^24): <= 2^-24 |J|.
+// Error vs exact float math on the same weights, per row (each table entry is off by <= 1/2 unit,
+// Qf_g by <= 1/2 unit of ts/16; ts = ts_S, the table scale of the group's span, >= each ts_g),
+// summed over the groups g:
+//   has_offset: |dy| <= |d sc_g| ts (2^n - 1) (G/16 + 1/64) + |dmin| m_g ts / 32
+//   symmetric:  |dy| <= |d sc_g| ts ((2^n - 1) G/16 + 1/64)
+//   W2 g16 (Q2_K): |d sc_g| ts * 3 * (1 + 1/64) + |dmin| m_g ts / 32;  W3 g16 (Q3_K): |d sc_g| ts (7 + 1/64);
+//   W4 g32 (Q4_K): |d sc_g| ts * 15 * (2 + 1/64) + |dmin| m_g ts / 32
+// (the per-group bound above with ts_S >= ts_g, plus the Qf rounding), and the fp32 rounding of Sx_g.
+// Non-k-quant formats (fp16 / fp32 scales, ternary) keep the per-group epilogue above.
+static inline int32_t lut_act_group(const LutFormat& f) { return (f.scale_bytes == 1 || f.scale_bytes == 3) ? 256 : f.group; }
+// Whether tables with ag activations per scale suit format f: ag % G == 0, and for k-quant also a
+// power of two that divides 256 or a multiple of 256 (the float step then comes once per
+// min(ag, 256) activations: lut_kq_span_mask).
+static inline bool lut_act_group_ok(const LutFormat& f, int64_t ag) {
+  if (ag <= 0 || ag % f.group) return false;
+  if (f.scale_bytes != 1 && f.scale_bytes != 3) return true;
+  return ag % 256 == 0 || (256 % ag == 0 && (ag & (ag - 1)) == 0);
+}
+// K-quant: groups per float step minus one (a mask: step after group g when (g & mask) == mask).
+static inline int64_t lut_kq_span_mask(const LutFormat& f, int64_t ag) { return (ag < 256 ? ag : 256) / f.group - 1; }
 static inline float lut_group_sum(const float* sum16, int64_t g, int group) {
   const int64_t i0 = g * (group / 16);
   float s = sum16[i0];
   for (int i = 1; i < group / 16; ++i) s = s + sum16[i0 + i];
   return s;
+}
+// Qf_g of the k-quant epilogue: sx = Sx_g, ts = the table scale of the group's span.
+static inline int32_t lut_group_qf(float sx, float ts) {
+  const float inv = ts > 0.0f ? 16.0f / ts : 0.0f;
+  return int32_t(__builtin_nearbyintf(sx * inv));
 }
 
 // =============================================================================================
@@ -258,6 +297,10 @@ static inline float lut_group_sum(const float* sum16, int64_t g, int group) {
 
 // Scale s and offset o (0 without has_offset) of the 16 rows of group g, given its row block.
 void lut_group_scales(const uint8_t* row_block, const LutFormat& f, int64_t g, float s[kLutRows], float o[kLutRows]);
+// K-quant only: the integer sub-scales sc, m (m = 0 without offset) of the 16 rows of group g and
+// the fp16 d, dmin (dmin = 0 without offset) of its super-block, as floats.
+void lut_group_kq(const uint8_t* row_block, const LutFormat& f, int64_t g, int32_t sc[kLutRows], int32_t m[kLutRows],
+                  float d[kLutRows], float dmin[kLutRows]);
 
 // Pack integer codes: q[r*k + c] in [0, 2^n) (W*) or {-1, 0, 1} as int8 (TERNARY, pass as uint8
 // two's complement), scale[r*(k/G) + g] and offset[...] (ignored without has_offset) as fp32

@@ -3,7 +3,8 @@
 // Each ISA file supplies a traits struct Isa with
 //   Isa::Tile                                  running sums of one row block (16 rows) for one token
 //   Isa::zero(), Isa::load_rows(y, lo, hi), Isa::store_rows(y, tile, lo, hi)   rows [lo, hi) of y
-//   Isa::row_block<KIND, NT>(blk, f, act, sxg, g0, g1, Tile yv[NT], pf)       groups [g0, g1)
+//   Isa::row_block<KIND, NT>(blk, f, act, sxg, qg, g0, g1, Tile yv[NT], pf)   groups [g0, g1)
+//     sxg[t][g - g0]: Sx_g (per-group epilogue), qg[t][g - g0]: Qf_g (k-quant super-block epilogue)
 // and defines its registry entry points with LUTLLM_LUT_ENTRY_POINTS(Isa, isa, NT) (in namespace
 // lutllm, outside the anonymous one). Everything here has internal linkage (anonymous
 // namespace), so every ISA file compiles its own copy with its own target flags and no inline code
@@ -55,9 +56,16 @@ void lut_gemm_tile(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t 
   for (int64_t g0 = 0; g0 < ngroups; g0 += kb_groups) {
     const int64_t g1 = g0 + kb_groups < ngroups ? g0 + kb_groups : ngroups;
     // Sx per (token, group) once per K block, not once per row block (callers bound n_tok * kb)
+    // (k-quant: the integer Qf_g of lut.h instead; K blocks hold whole spans)
     float sxbuf[kSxBuf];
+    int32_t qbuf[kSxBuf];
+    const bool kq = lut_is_kq(f);
     for (int64_t t = 0; t < n_tok; ++t)
-      for (int64_t g = g0; g < g1; ++g) sxbuf[t * (g1 - g0) + (g - g0)] = group_sum(a[t].sum16, g, f.group);
+      for (int64_t g = g0; g < g1; ++g) {
+        const float sx = group_sum(a[t].sum16, g, f.group);
+        if (kq) qbuf[t * (g1 - g0) + (g - g0)] = lut_group_qf(sx, a[t].scale[g * f.group / a[t].ag]);
+        else sxbuf[t * (g1 - g0) + (g - g0)] = sx;
+      }
     for (int64_t rb = row_begin / kLutRows; rb * kLutRows < end; ++rb) {
       const int64_t r0 = rb * kLutRows;
       const int lo = int((row_begin > r0 ? row_begin : r0) - r0);
@@ -67,17 +75,20 @@ void lut_gemm_tile(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t 
       for (; t + NT <= n_tok; t += NT) {
         Tile yv[NT];
         const float* sxp[NT];
+        const int32_t* qp[NT];
         for (int u = 0; u < NT; ++u) {
           yv[u] = g0 == 0 ? Isa::zero() : Isa::load_rows(y + (t + u) * y_stride + r0, lo, hi);
           sxp[u] = sxbuf + (t + u) * (g1 - g0);
+          qp[u] = qbuf + (t + u) * (g1 - g0);
         }
-        Isa::template row_block<KIND, NT>(blk, f, a + t, sxp, g0, g1, yv, pf);
+        Isa::template row_block<KIND, NT>(blk, f, a + t, sxp, qp, g0, g1, yv, pf);
         for (int u = 0; u < NT; ++u) Isa::store_rows(y + (t + u) * y_stride + r0, yv[u], lo, hi);
       }
       for (; t < n_tok; ++t) {
         Tile yv[1] = {g0 == 0 ? Isa::zero() : Isa::load_rows(y + t * y_stride + r0, lo, hi)};
         const float* sxp[1] = {sxbuf + t * (g1 - g0)};
-        Isa::template row_block<KIND, 1>(blk, f, a + t, sxp, g0, g1, yv, pf);
+        const int32_t* qp[1] = {qbuf + t * (g1 - g0)};
+        Isa::template row_block<KIND, 1>(blk, f, a + t, sxp, qp, g0, g1, yv, pf);
         Isa::store_rows(y + t * y_stride + r0, yv[0], lo, hi);
       }
     }

@@ -45,6 +45,10 @@ typedef simde__mmask8 __mmask8;
 #define _MM_FROUND_NO_EXC SIMDE_MM_FROUND_NO_EXC
 #endif
 
+// SIMDe 0.7.4's native alias of this name takes the masked form's four arguments
+#undef _mm512_madd_epi16
+#define _mm512_madd_epi16(a, b) simde_mm512_madd_epi16(a, b)
+
 #undef _mm512_cvtepi32_ps
 static inline simde__m512 _mm512_cvtepi32_ps(simde__m512i v) {
   int32_t a[16];
