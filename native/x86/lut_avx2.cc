@@ -123,13 +123,38 @@ struct Rows16 {
   __m256 v[2];
 };
 
+// The float step at the last group g of a k-quant span (lut.h): y += d * ts/32 * J - dmin * ts/16 * M
+// per row (rows 0..7 in [0], 8..15 in [1]); J and M restart at zero.
+template <int NT>
+inline void kq_span_step(const uint8_t* blk, const LutGroupAddr& ga, const LutAct* act, int G, int64_t g, bool has_off,
+                         __m256i J[][2], __m256i M[][2], Rows16* yv) {
+  const uint8_t* hp = blk + lut_header_at(ga, g);
+  __m256 d[2], nd[2] = {};
+  for (int h = 0; h < 2; ++h) {
+    d[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 16 * h)));
+    if (has_off)
+      nd[h] = _mm256_xor_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 32 + 16 * h))),
+                            _mm256_set1_ps(-0.0f));
+  }
+  for (int t = 0; t < NT; ++t) {
+    const float ts = act[t].scale[g * G / act[t].ag];
+    const __m256 tsh = _mm256_set1_ps(ts * 0.03125f), tsv = _mm256_set1_ps(ts * 0.0625f);
+    for (int h = 0; h < 2; ++h) {
+      yv[t].v[h] = _mm256_fmadd_ps(_mm256_mul_ps(d[h], tsh), _mm256_cvtepi32_ps(J[t][h]), yv[t].v[h]);
+      if (has_off) yv[t].v[h] = _mm256_fmadd_ps(_mm256_mul_ps(nd[h], tsv), _mm256_cvtepi32_ps(M[t][h]), yv[t].v[h]);
+      J[t][h] = M[t][h] = _mm256_setzero_si256();
+    }
+  }
+}
+
 // Rows of one row block for NT activation vectors, groups [g0, g1); yv holds the running sums.
-template <int KIND, int NT>
+// GC: the group size when fixed at compile time (the k-quant sizes), 0 = f.group at run time.
+template <int KIND, int NT, int GC>
 void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg,
                const int32_t* const* qg, int64_t g0, int64_t g1, Rows16 yv[NT], size_t pf) {
   constexpr bool kTern = KIND == int(LutKind::TERNARY);
   constexpr int n = kTern ? 2 : KIND;
-  const int G = f.group, sb = f.scale_bytes;
+  const int G = GC ? GC : f.group, sb = f.scale_bytes;
   const bool has_off = f.has_offset != 0;
   const LutGroupAddr ga = lut_group_addr(f);
   const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -186,6 +211,45 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
           }
         }
     }
+    if (!kTern && ga.kq && fold16 && q16) {
+      // I and Qf fit int16: J += 16 sc I + cq sc Qf as one pmaddwd over (I, Qf) x (16 sc, cq sc) pairs,
+      // with J, M kept in the unpack order (rows 0-3|8-11, 4-7|12-15) until the span's float step
+      __m128i scb, mb;
+      kq_subscale_bytes(blk + lut_group_at(ga, g) + ga.tile_bytes, ga.kq, &scb, &mb);
+      const __m256i sc16 = ga.kq == kLutKqS8 ? _mm256_cvtepi8_epi16(scb) : _mm256_cvtepu8_epi16(scb);
+      const __m256i s16 = _mm256_slli_epi16(sc16, 4), scq = _mm256_mullo_epi16(sc16, _mm256_set1_epi16(int16_t(cq)));
+      const __m256i W[2] = {_mm256_unpacklo_epi16(s16, scq), _mm256_unpackhi_epi16(s16, scq)};
+      __m256i mw[2] = {};
+      if (has_off) {
+        const __m256i m16 = _mm256_cvtepu8_epi16(mb);
+        mw[0] = _mm256_unpacklo_epi16(m16, _mm256_setzero_si256());
+        mw[1] = _mm256_unpackhi_epi16(m16, _mm256_setzero_si256());
+      }
+      for (int t = 0; t < NT; ++t) {
+        const __m256i I16 = _mm256_add_epi16(_mm256_permute2x128_si256(accA[t], accB[t], 0x20),
+                                             _mm256_permute2x128_si256(accA[t], accB[t], 0x31));
+        const int32_t q = qg[t][g - g0];
+        const __m256i q16v = _mm256_set1_epi16(int16_t(q));
+        J[t][0] = _mm256_add_epi32(J[t][0], _mm256_madd_epi16(_mm256_unpacklo_epi16(I16, q16v), W[0]));
+        J[t][1] = _mm256_add_epi32(J[t][1], _mm256_madd_epi16(_mm256_unpackhi_epi16(I16, q16v), W[1]));
+        if (has_off) {
+          const __m256i qv = _mm256_set1_epi32(q);
+          M[t][0] = _mm256_add_epi32(M[t][0], _mm256_madd_epi16(mw[0], qv));
+          M[t][1] = _mm256_add_epi32(M[t][1], _mm256_madd_epi16(mw[1], qv));
+        }
+      }
+      if ((g & smask) == smask) {
+        for (int t = 0; t < NT; ++t) {
+          const __m256i j0 = J[t][0], j1 = J[t][1], m0 = M[t][0], m1 = M[t][1];
+          J[t][0] = _mm256_permute2x128_si256(j0, j1, 0x20);
+          J[t][1] = _mm256_permute2x128_si256(j0, j1, 0x31);
+          M[t][0] = _mm256_permute2x128_si256(m0, m1, 0x20);
+          M[t][1] = _mm256_permute2x128_si256(m0, m1, 0x31);
+        }
+        kq_span_step<NT>(blk, ga, act, G, g, has_off, J, M, yv);
+      }
+      continue;
+    }
     if (!kTern && ga.kq) {
       __m128i scb, mb;
       kq_subscale_bytes(blk + lut_group_at(ga, g) + ga.tile_bytes, ga.kq, &scb, &mb);
@@ -206,25 +270,7 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
             M[t][h] = _mm256_add_epi32(M[t][h], q16 ? _mm256_madd_epi16(m32[h], qv) : _mm256_mullo_epi32(m32[h], qv));
         }
       }
-      if ((g & smask) == smask) {  // last group of the span: one float step per row
-        const uint8_t* hp = blk + lut_header_at(ga, g);
-        __m256 d[2], nd[2] = {};
-        for (int h = 0; h < 2; ++h) {
-          d[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 16 * h)));
-          if (has_off)
-            nd[h] = _mm256_xor_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 32 + 16 * h))),
-                                  _mm256_set1_ps(-0.0f));
-        }
-        for (int t = 0; t < NT; ++t) {
-          const float ts = act[t].scale[g * G / act[t].ag];
-          const __m256 tsh = _mm256_set1_ps(ts * 0.03125f), tsv = _mm256_set1_ps(ts * 0.0625f);
-          for (int h = 0; h < 2; ++h) {
-            yv[t].v[h] = _mm256_fmadd_ps(_mm256_mul_ps(d[h], tsh), _mm256_cvtepi32_ps(J[t][h]), yv[t].v[h]);
-            if (has_off) yv[t].v[h] = _mm256_fmadd_ps(_mm256_mul_ps(nd[h], tsv), _mm256_cvtepi32_ps(M[t][h]), yv[t].v[h]);
-            J[t][h] = M[t][h] = _mm256_setzero_si256();
-          }
-        }
-      }
+      if ((g & smask) == smask) kq_span_step<NT>(blk, ga, act, G, g, has_off, J, M, yv);  // last group of the span
       continue;
     }
     // epilogue: y = fma(s * tsh, I, y); y = fma(c, Sx, y)  (same operations as the scalar twin)
@@ -279,7 +325,9 @@ struct Avx2 {
   template <int KIND, int NT>
   static void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg,
                         const int32_t* const* qg, int64_t g0, int64_t g1, Tile yv[NT], size_t pf) {
-    lutllm::row_block<KIND, NT>(blk, f, act, sxg, qg, g0, g1, yv, pf);
+    // g16 (Q2_K, Q3_K) gets a fully unrolled copy; a g32 copy measured slower (Q4_K)
+    if (f.group == 16) return lutllm::row_block<KIND, NT, 16>(blk, f, act, sxg, qg, g0, g1, yv, pf);
+    lutllm::row_block<KIND, NT, 0>(blk, f, act, sxg, qg, g0, g1, yv, pf);
   }
 };
 }  // namespace
