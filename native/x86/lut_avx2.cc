@@ -222,20 +222,18 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
       __m256i mw[2] = {};
       if (has_off) {
         const __m256i m16 = _mm256_cvtepu8_epi16(mb);
-        mw[0] = _mm256_unpacklo_epi16(m16, _mm256_setzero_si256());
-        mw[1] = _mm256_unpackhi_epi16(m16, _mm256_setzero_si256());
+        mw[0] = _mm256_unpacklo_epi16(_mm256_setzero_si256(), m16);  // (0, m) pairs: m Qf from the same (I, Qf)
+        mw[1] = _mm256_unpackhi_epi16(_mm256_setzero_si256(), m16);
       }
       for (int t = 0; t < NT; ++t) {
         const __m256i I16 = _mm256_add_epi16(_mm256_permute2x128_si256(accA[t], accB[t], 0x20),
                                              _mm256_permute2x128_si256(accA[t], accB[t], 0x31));
         const int32_t q = qg[t][g - g0];
         const __m256i q16v = _mm256_set1_epi16(int16_t(q));
-        J[t][0] = _mm256_add_epi32(J[t][0], _mm256_madd_epi16(_mm256_unpacklo_epi16(I16, q16v), W[0]));
-        J[t][1] = _mm256_add_epi32(J[t][1], _mm256_madd_epi16(_mm256_unpackhi_epi16(I16, q16v), W[1]));
-        if (has_off) {
-          const __m256i qv = _mm256_set1_epi32(q);
-          M[t][0] = _mm256_add_epi32(M[t][0], _mm256_madd_epi16(mw[0], qv));
-          M[t][1] = _mm256_add_epi32(M[t][1], _mm256_madd_epi16(mw[1], qv));
+        const __m256i X[2] = {_mm256_unpacklo_epi16(I16, q16v), _mm256_unpackhi_epi16(I16, q16v)};
+        for (int h = 0; h < 2; ++h) {
+          J[t][h] = _mm256_add_epi32(J[t][h], _mm256_madd_epi16(X[h], W[h]));
+          if (has_off) M[t][h] = _mm256_add_epi32(M[t][h], _mm256_madd_epi16(X[h], mw[h]));
         }
       }
       if ((g & smask) == smask) {
