@@ -323,8 +323,9 @@ struct Avx2 {
   template <int KIND, int NT>
   static void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg,
                         const int32_t* const* qg, int64_t g0, int64_t g1, Tile yv[NT], size_t pf) {
-    // g16 (Q2_K, Q3_K) gets a fully unrolled copy; a g32 copy measured slower (Q4_K)
+    // fully unrolled copies: g16 (Q2_K, Q3_K) always, g32 (Q4_K) for GEMV only (slower for NT = 8)
     if (f.group == 16) return lutllm::row_block<KIND, NT, 16>(blk, f, act, sxg, qg, g0, g1, yv, pf);
+    if (NT == 1 && f.group == 32) return lutllm::row_block<KIND, NT, 32>(blk, f, act, sxg, qg, g0, g1, yv, pf);
     lutllm::row_block<KIND, NT, 0>(blk, f, act, sxg, qg, g0, g1, yv, pf);
   }
 };
