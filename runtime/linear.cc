@@ -55,7 +55,7 @@ Linear::Linear(const WeightTensor* w, bool allow_lut) : w_(w) {
     if (!why.empty()) throw Error("tensor '" + w->name + "': " + why);
     lut_ = LutWeights{w->data, w->rows(), w->cols(), fmt};
     path_ = Path::LUT;
-  } else if (allow_lut && kt.lut_build && lut_format_for_ggml(w->type, 64, &fmt, &why) && kt.lut_gemv[fmt.kind] &&
+  } else if (allow_lut && kt.lut_build && lut_format_for_ggml(w->type, kLutTernaryRepackGroup, &fmt, &why) && kt.lut_gemv[fmt.kind] &&
       kt.lut_gemm[fmt.kind] && lut_check_format(fmt, w->rows(), w->cols()).empty()) {
     lut_packed_ = std::make_shared<std::vector<uint8_t>>(lut_packed_bytes(fmt, w->rows(), w->cols()));
     if (!lut_repack_ggml(w->type, w->data, w->rows(), w->cols(), fmt, lut_packed_->data(), &why))

@@ -542,12 +542,13 @@ PYBIND11_MODULE(_core, m) {
       return out;
     }, py::arg("type_id"), py::arg("src"), py::arg("rows"), py::arg("k"),
        "Decode rows x k elements of a GGUF tensor type to float32 with the active kernel table.");
+    m.attr("LUT_TERNARY_REPACK_GROUP") = kLutTernaryRepackGroup;  // TQ1_0 / TQ2_0 -> TERNARY at this group
     m.def("lut_format_for_ggml", [from_fmt](int type_id, int ternary_group, bool kq) {
       LutFormat f;
       std::string err;
       if (!lut_format_for_ggml(GgmlType(type_id), ternary_group, &f, &err, kq)) throw py::value_error(err);
       return from_fmt(f);
-    }, py::arg("type_id"), py::arg("ternary_group") = 128, py::arg("kq") = true,
+    }, py::arg("type_id"), py::arg("ternary_group") = kLutTernaryRepackGroup, py::arg("kq") = true,
        "LUT format a GGUF type repacks to exactly; kq=False: Q4_K / Q3_K / Q2_K with fp32 scales instead of "
        "k-quant sub-scales.");
     m.def("lut_repack_ggml", [from_fmt, to_fmt](int type_id, const py::handle& blocks_obj, int64_t rows, int64_t k,
@@ -578,7 +579,7 @@ PYBIND11_MODULE(_core, m) {
       }
       if (!ok) throw py::value_error(err);
       return py::make_tuple(out, from_fmt(f));
-    }, py::arg("type_id"), py::arg("blocks"), py::arg("rows"), py::arg("k"), py::arg("ternary_group") = 128,
+    }, py::arg("type_id"), py::arg("blocks"), py::arg("rows"), py::arg("k"), py::arg("ternary_group") = kLutTernaryRepackGroup,
        py::arg("kq") = true, py::arg("fmt") = py::none(),
        "Repack GGUF blocks (rows x k) into the LUT layout -> (packed, fmt); fmt: any format the type "
        "repacks to exactly (default: lut_format_for_ggml's, with kq).");

@@ -72,7 +72,6 @@ __all__ = ["FlashLayout", "ConvertError", "convert_flash", "lut_group_block_byte
 FLASH_VERSION = 1
 ALIGN = 4096
 MIN_BUNDLE_BYTES = 32 * 1024
-TERNARY_GROUP = 64          # what runtime/linear.cc repacks TQ1_0/TQ2_0 with
 REQUANT_FORMAT = (4, 32, 2, 1)  # W4, group 32, fp16 scale + offset (lut_quantize's format)
 _FFN = ("ffn_gate", "ffn_up", "ffn_down")
 _KEY = "lutllm.flash."
@@ -221,7 +220,7 @@ def _lut_format(ggml_type: int):
     from . import _core
 
     try:
-        return tuple(_core.lut_format_for_ggml(ggml_type, TERNARY_GROUP, kq=False))  # bundles need uniform group blocks
+        return tuple(_core.lut_format_for_ggml(ggml_type, _core.LUT_TERNARY_REPACK_GROUP, kq=False))  # bundles need uniform group blocks
     except ValueError:
         return None
 
@@ -287,7 +286,7 @@ def _pack(g: GGUFFile, t: TensorInfo, requant: bool):
     rows, k = t.shape[1], t.shape[0]
     raw = np.ascontiguousarray(g.tensor_data(t.name)).view(np.uint8).reshape(-1)
     if not requant:
-        packed, fmt = _core.lut_repack_ggml(t.ggml_type, raw, rows, k, TERNARY_GROUP, kq=False)
+        packed, fmt = _core.lut_repack_ggml(t.ggml_type, raw, rows, k, _core.LUT_TERNARY_REPACK_GROUP, kq=False)
         return packed, tuple(fmt)
     import gguf
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 # Linear weights the runtime binds (model.cc); only these can be repacked for table lookup.
 _LINEAR = re.compile(r"^(output|blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down))\.weight$")
-_TERNARY_GROUP = 64  # the group runtime/linear.cc repacks TQ1_0 / TQ2_0 with
 _F32 = 4
 _F16 = 2  # the KV cache holds fp16
 _ACT_Q8_BYTES = 40  # sizeof(ActQ8): one block of 32 int8 activations + 2 floats (kernels.h)
@@ -75,7 +74,7 @@ def repacked_bytes(ggml_type: int, rows: int, k: int) -> int | None:
     from . import _core
 
     try:
-        fmt = _core.lut_format_for_ggml(int(ggml_type), _TERNARY_GROUP)
+        fmt = _core.lut_format_for_ggml(int(ggml_type), _core.LUT_TERNARY_REPACK_GROUP)
         return int(_core.lut_packed_bytes(fmt, int(rows), int(k)))
     except ValueError:
         return None
@@ -87,7 +86,7 @@ def repack_transient_bytes(ggml_type: int, rows: int, k: int) -> int:
     f32 d and dmin per 256 weights."""
     from . import _core
 
-    _, group, scale_bytes, _ = _core.lut_format_for_ggml(int(ggml_type), _TERNARY_GROUP)
+    _, group, scale_bytes, _ = _core.lut_format_for_ggml(int(ggml_type), _core.LUT_TERNARY_REPACK_GROUP)
     if scale_bytes in (1, 3):  # 8- or 4-bit k-quant sub-scales (lut.h)
         return rows * k + 2 * rows * (k // group) + 2 * rows * (k // 256) * _F32
     return rows * k + 2 * rows * (k // group) * _F32
