@@ -123,12 +123,12 @@ struct Rows16 {
   __m256 v[2];
 };
 
-// The float step at the last group g of a k-quant span (lut.h): y += d * ts/32 * J - dmin * ts/16 * M
-// per row (rows 0..7 in [0], 8..15 in [1]); J and M restart at zero.
+// The float step after the last group of a k-quant span (lut.h): y += d * ts/32 * J - dmin * ts/16 * M
+// per row (rows 0..7 in [0], 8..15 in [1]); hp = the span's super-block header, kpos = the position in
+// K of one of its activations (which table scale); J and M restart at zero.
 template <int NT>
-inline void kq_span_step(const uint8_t* blk, const LutGroupAddr& ga, const LutAct* act, int G, int64_t g, bool has_off,
-                         __m256i J[][2], __m256i M[][2], Rows16* yv) {
-  const uint8_t* hp = blk + lut_header_at(ga, g);
+inline void kq_span_step(const uint8_t* hp, const LutAct* act, int64_t kpos, bool has_off, __m256i J[][2],
+                         __m256i M[][2], Rows16* yv) {
   __m256 d[2], nd[2] = {};
   for (int h = 0; h < 2; ++h) {
     d[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hp + 16 * h)));
@@ -137,13 +137,141 @@ inline void kq_span_step(const uint8_t* blk, const LutGroupAddr& ga, const LutAc
                             _mm256_set1_ps(-0.0f));
   }
   for (int t = 0; t < NT; ++t) {
-    const float ts = act[t].scale[g * G / act[t].ag];
+    const float ts = act[t].scale[kpos / act[t].ag];
     const __m256 tsh = _mm256_set1_ps(ts * 0.03125f), tsv = _mm256_set1_ps(ts * 0.0625f);
     for (int h = 0; h < 2; ++h) {
       yv[t].v[h] = _mm256_fmadd_ps(_mm256_mul_ps(d[h], tsh), _mm256_cvtepi32_ps(J[t][h]), yv[t].v[h]);
       if (has_off) yv[t].v[h] = _mm256_fmadd_ps(_mm256_mul_ps(nd[h], tsv), _mm256_cvtepi32_ps(M[t][h]), yv[t].v[h]);
       J[t][h] = M[t][h] = _mm256_setzero_si256();
     }
+  }
+}
+
+// The same after J, M were summed in pmaddwd's unpack order (rows 0-3|8-11, 4-7|12-15): back to row order first.
+template <int NT>
+inline void kq_span_step_unpacked(const uint8_t* hp, const LutAct* act, int64_t kpos, bool has_off, __m256i J[][2],
+                                  __m256i M[][2], Rows16* yv) {
+  for (int t = 0; t < NT; ++t) {
+    const __m256i j0 = J[t][0], j1 = J[t][1], m0 = M[t][0], m1 = M[t][1];
+    J[t][0] = _mm256_permute2x128_si256(j0, j1, 0x20);
+    J[t][1] = _mm256_permute2x128_si256(j0, j1, 0x31);
+    M[t][0] = _mm256_permute2x128_si256(m0, m1, 0x20);
+    M[t][1] = _mm256_permute2x128_si256(m0, m1, 0x31);
+  }
+  kq_span_step<NT>(hp, act, kpos, has_off, J, M, yv);
+}
+
+// Constants of the table lookups for n planes (ternary: 2 planes of weight 1).
+struct LookupConsts {
+  __m256i m4, mul01, mul23, mulS;
+  LookupConsts(int n, bool tern)
+      : m4(_mm256_set1_epi8(0x0F)),
+        mul01(_mm256_set1_epi16(tern ? 0x0101 : 0x0201)),  // bytes (plane 2pp, 2pp+1) = (1, 2)
+        mul23(_mm256_set1_epi16(0x0804)),                   // (4, 8)
+        mulS(_mm256_set1_epi8(char(1 << (n - 1)))) {}
+};
+
+// The table lookups of one group block's tiles at p (G weights per row; GC = G when fixed at compile
+// time) for NT tokens, tq[t] = the tables of the group's first quad: int16 sums per row and lane
+// (lane = quad parity), accA rows 0..7, accB rows 8..15. Returns the address after the tiles.
+template <int n, int NT, int GC>
+inline const uint8_t* group_lookups(const uint8_t* p, int G, const int8_t* const* tq, const LookupConsts& c,
+                                    __m256i accA[NT], __m256i accB[NT]) {
+  if (GC) G = GC;
+  for (int t = 0; t < NT; ++t) accA[t] = accB[t] = _mm256_setzero_si256();
+  for (int pp = 0; pp < n / 2; ++pp) {
+    const __m256i mul = pp == 0 ? c.mul01 : c.mul23;
+    for (int qd = 0; qd < G / 4; qd += 2, p += 32) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      const __m256i lo = _mm256_and_si256(wv, c.m4), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), c.m4);
+      for (int t = 0; t < NT; ++t) {
+        const __m256i T = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tq[t] + qd * 16));
+        accA[t] = _mm256_add_epi16(accA[t], _mm256_maddubs_epi16(mul, _mm256_shuffle_epi8(T, lo)));
+        accB[t] = _mm256_add_epi16(accB[t], _mm256_maddubs_epi16(mul, _mm256_shuffle_epi8(T, hi)));
+      }
+    }
+  }
+  if (n & 1) {
+    const int C = lut_st_chunk_quads(G), H = C / 2;  // two STs per load: quads C*c + i, +1 and those + H
+    for (int ch = 0; ch < G / 4 / C; ++ch)
+      for (int i = 0; i < H; i += 2, p += 32) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        const __m256i lo = _mm256_and_si256(wv, c.m4), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), c.m4);
+        for (int t = 0; t < NT; ++t) {
+          const __m256i Tl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tq[t] + (C * ch + i) * 16));
+          const __m256i Th = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tq[t] + (C * ch + i + H) * 16));
+          const __m256i La = _mm256_shuffle_epi8(Tl, lo), Lb = _mm256_shuffle_epi8(Th, hi);
+          accA[t] = _mm256_add_epi16(accA[t], _mm256_maddubs_epi16(c.mulS, _mm256_unpacklo_epi8(La, Lb)));
+          accB[t] = _mm256_add_epi16(accB[t], _mm256_maddubs_epi16(c.mulS, _mm256_unpackhi_epi8(La, Lb)));
+        }
+      }
+  }
+  return p;
+}
+
+// k-quant group epilogue when I and Qf fit int16: J += 16 sc I + cq sc Qf as one pmaddwd over
+// (I, Qf) x (16 sc, cq sc) pairs, M += m Qf from the same pairs x (0, m); sp = the group's sub-scale
+// bytes, q[t] = Qf_g of token t. J, M stay in the unpack order (kq_span_step_unpacked).
+template <int NT>
+inline void kq_group_madd(const uint8_t* sp, int32_t kq, bool has_off, int32_t cq, const __m256i accA[NT],
+                          const __m256i accB[NT], const int32_t* q, __m256i J[][2], __m256i M[][2]) {
+  __m128i scb, mb;
+  kq_subscale_bytes(sp, kq, &scb, &mb);
+  const __m256i sc16 = kq == kLutKqS8 ? _mm256_cvtepi8_epi16(scb) : _mm256_cvtepu8_epi16(scb);
+  const __m256i s16 = _mm256_slli_epi16(sc16, 4), scq = _mm256_mullo_epi16(sc16, _mm256_set1_epi16(int16_t(cq)));
+  const __m256i W[2] = {_mm256_unpacklo_epi16(s16, scq), _mm256_unpackhi_epi16(s16, scq)};
+  __m256i mw[2] = {};
+  if (has_off) {
+    const __m256i m16 = _mm256_cvtepu8_epi16(mb);
+    mw[0] = _mm256_unpacklo_epi16(_mm256_setzero_si256(), m16);  // (0, m) pairs: m Qf from the same (I, Qf)
+    mw[1] = _mm256_unpackhi_epi16(_mm256_setzero_si256(), m16);
+  }
+  for (int t = 0; t < NT; ++t) {
+    const __m256i I16 = _mm256_add_epi16(_mm256_permute2x128_si256(accA[t], accB[t], 0x20),
+                                         _mm256_permute2x128_si256(accA[t], accB[t], 0x31));
+    const __m256i q16v = _mm256_set1_epi16(int16_t(q[t]));
+    const __m256i X[2] = {_mm256_unpacklo_epi16(I16, q16v), _mm256_unpackhi_epi16(I16, q16v)};
+    for (int h = 0; h < 2; ++h) {
+      J[t][h] = _mm256_add_epi32(J[t][h], _mm256_madd_epi16(X[h], W[h]));
+      if (has_off) M[t][h] = _mm256_add_epi32(M[t][h], _mm256_madd_epi16(X[h], mw[h]));
+    }
+  }
+}
+
+// GEMV of one row block over whole k-quant super-blocks, spans = super-blocks (ag a multiple of 256):
+// Q2_K's W2 g16 + 4-bit sub-scales with offset (KQ = kLutKqNibble, OFF), Q3_K's W3 g16 + int8
+// sub-scales (kLutKqS8, symmetric) and Q4_K's W4 g32 + uint8 sub-scales with offset (kLutKqU8, OFF).
+// The operations of row_block's k-quant path, with the format fixed at compile time, the group blocks
+// walked by pointer and a fixed number of prefetches per group block: the general loop's address
+// arithmetic, prefetch cursor and format branches were about half of its instructions (perf annotate
+// of Q2_K), and these loops are compute-bound.
+template <int KIND, int kG, int KQ, bool OFF>
+void row_block_kq_gemv(const uint8_t* blk, const LutGroupAddr& ga, const LutAct* act, const int32_t* qg,
+                       int64_t g0, int64_t g1, Rows16* yv, size_t pf) {
+  constexpr int kGroups = 256 / kG;
+  constexpr size_t kTiles = 2 * kG * KIND, kGroupBytes = kTiles + kLutRows * (KQ == kLutKqU8 ? 2 : 1);
+  constexpr size_t kHeader = OFF ? 64 : 32;
+  constexpr int32_t cq = OFF ? (1 << KIND) - 1 : -1;
+  static_assert(127 * ((1 << KIND) - 1) * (kG / 4) <= 32767 && 16 * 127 * (kG / 4) <= 32767, "I, Qf fit int16");
+  const LookupConsts c(KIND, false);
+  const uint8_t* sb = blk + lut_header_at(ga, g0);
+  const int8_t* tq = act->tab + g0 * (kG / 4) * 16;
+  PrefetchCursor pfc{sb + pf};
+  for (int64_t g = g0; g < g1; g += kGroups, sb += kHeader + kGroups * kGroupBytes) {
+    __m256i J[1][2] = {}, M[1][2] = {};
+    const uint8_t* p = sb + kHeader;
+    for (int i = 0; i < kGroups; ++i, p += kGroupBytes, tq += (kG / 4) * 16) {
+      if (pf) {
+        if (kG == 16)  // 80 / 112-byte blocks: two lines from p + pf cover this one and the gap to the next
+          for (int l = 0; l < 2; ++l) __builtin_prefetch(p + pf + 64 * l, 0, 3);
+        else  // 288-byte blocks: each line once (five per block would repeat one; 10% slower at 2 threads)
+          pfc.upto(p + pf + kGroupBytes + kHeader);
+      }
+      __m256i accA[1], accB[1];
+      group_lookups<KIND, 1, kG>(p, kG, &tq, c, accA, accB);
+      kq_group_madd<1>(p + kTiles, KQ, OFF, cq, accA, accB, qg + (g - g0) + i, J, M);
+    }
+    kq_span_step_unpacked<1>(sb, act, g * kG, OFF, J, M, yv);
   }
 }
 
@@ -157,10 +285,7 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   const int G = GC ? GC : f.group, sb = f.scale_bytes;
   const bool has_off = f.has_offset != 0;
   const LutGroupAddr ga = lut_group_addr(f);
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  const __m256i mul01 = _mm256_set1_epi16(kTern ? 0x0101 : 0x0201);  // bytes (plane 2pp, 2pp+1) = (1, 2)
-  const __m256i mul23 = _mm256_set1_epi16(0x0804);                    // (4, 8)
-  const __m256i mulS = _mm256_set1_epi8(char(1 << (n - 1)));
+  const LookupConsts c(n, kTern);
   const __m256 vcn = _mm256_set1_ps(float((1 << n) - 1) * 0.5f), vmhalf = _mm256_set1_ps(-0.5f);
   // the group's int16 lane sums add up exactly in int16 when the whole-group bound fits (lut.h:
   // |I| <= 127 * (2^n - 1) * G/4; ternary 127 * 2 * G/4): then one widening per row half, not two
@@ -180,77 +305,18 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
     if (pf) pfc.upto(p + pf + ga.group_bytes + ga.header_bytes);
     const int8_t* tq[NT];
     __m256i accA[NT], accB[NT];
-    for (int t = 0; t < NT; ++t) {
-      tq[t] = act[t].tab + g * G / 4 * 16;
-      accA[t] = accB[t] = _mm256_setzero_si256();
-    }
-    for (int pp = 0; pp < n / 2; ++pp) {
-      const __m256i mul = pp == 0 ? mul01 : mul23;
-      for (int qd = 0; qd < G / 4; qd += 2, p += 32) {
-        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-        const __m256i lo = _mm256_and_si256(wv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
-        for (int t = 0; t < NT; ++t) {
-          const __m256i T = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tq[t] + qd * 16));
-          accA[t] = _mm256_add_epi16(accA[t], _mm256_maddubs_epi16(mul, _mm256_shuffle_epi8(T, lo)));
-          accB[t] = _mm256_add_epi16(accB[t], _mm256_maddubs_epi16(mul, _mm256_shuffle_epi8(T, hi)));
-        }
-      }
-    }
-    if (n & 1) {
-      const int C = lut_st_chunk_quads(G), H = C / 2;  // two STs per load: quads C*c + i, +1 and those + H
-      for (int c = 0; c < G / 4 / C; ++c)
-        for (int i = 0; i < H; i += 2, p += 32) {
-          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-          const __m256i lo = _mm256_and_si256(wv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
-          for (int t = 0; t < NT; ++t) {
-            const __m256i Tl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tq[t] + (C * c + i) * 16));
-            const __m256i Th = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tq[t] + (C * c + i + H) * 16));
-            const __m256i La = _mm256_shuffle_epi8(Tl, lo), Lb = _mm256_shuffle_epi8(Th, hi);
-            accA[t] = _mm256_add_epi16(accA[t], _mm256_maddubs_epi16(mulS, _mm256_unpacklo_epi8(La, Lb)));
-            accB[t] = _mm256_add_epi16(accB[t], _mm256_maddubs_epi16(mulS, _mm256_unpackhi_epi8(La, Lb)));
-          }
-        }
-    }
+    for (int t = 0; t < NT; ++t) tq[t] = act[t].tab + g * G / 4 * 16;
+    group_lookups<n, NT, GC>(p, G, tq, c, accA, accB);
     if (!kTern && ga.kq && fold16 && q16) {
-      // I and Qf fit int16: J += 16 sc I + cq sc Qf as one pmaddwd over (I, Qf) x (16 sc, cq sc) pairs,
-      // with J, M kept in the unpack order (rows 0-3|8-11, 4-7|12-15) until the span's float step
-      __m128i scb, mb;
-      kq_subscale_bytes(blk + lut_group_at(ga, g) + ga.tile_bytes, ga.kq, &scb, &mb);
-      const __m256i sc16 = ga.kq == kLutKqS8 ? _mm256_cvtepi8_epi16(scb) : _mm256_cvtepu8_epi16(scb);
-      const __m256i s16 = _mm256_slli_epi16(sc16, 4), scq = _mm256_mullo_epi16(sc16, _mm256_set1_epi16(int16_t(cq)));
-      const __m256i W[2] = {_mm256_unpacklo_epi16(s16, scq), _mm256_unpackhi_epi16(s16, scq)};
-      __m256i mw[2] = {};
-      if (has_off) {
-        const __m256i m16 = _mm256_cvtepu8_epi16(mb);
-        mw[0] = _mm256_unpacklo_epi16(_mm256_setzero_si256(), m16);  // (0, m) pairs: m Qf from the same (I, Qf)
-        mw[1] = _mm256_unpackhi_epi16(_mm256_setzero_si256(), m16);
-      }
-      for (int t = 0; t < NT; ++t) {
-        const __m256i I16 = _mm256_add_epi16(_mm256_permute2x128_si256(accA[t], accB[t], 0x20),
-                                             _mm256_permute2x128_si256(accA[t], accB[t], 0x31));
-        const int32_t q = qg[t][g - g0];
-        const __m256i q16v = _mm256_set1_epi16(int16_t(q));
-        const __m256i X[2] = {_mm256_unpacklo_epi16(I16, q16v), _mm256_unpackhi_epi16(I16, q16v)};
-        for (int h = 0; h < 2; ++h) {
-          J[t][h] = _mm256_add_epi32(J[t][h], _mm256_madd_epi16(X[h], W[h]));
-          if (has_off) M[t][h] = _mm256_add_epi32(M[t][h], _mm256_madd_epi16(X[h], mw[h]));
-        }
-      }
-      if ((g & smask) == smask) {
-        for (int t = 0; t < NT; ++t) {
-          const __m256i j0 = J[t][0], j1 = J[t][1], m0 = M[t][0], m1 = M[t][1];
-          J[t][0] = _mm256_permute2x128_si256(j0, j1, 0x20);
-          J[t][1] = _mm256_permute2x128_si256(j0, j1, 0x31);
-          M[t][0] = _mm256_permute2x128_si256(m0, m1, 0x20);
-          M[t][1] = _mm256_permute2x128_si256(m0, m1, 0x31);
-        }
-        kq_span_step<NT>(blk, ga, act, G, g, has_off, J, M, yv);
-      }
+      int32_t q[NT];
+      for (int t = 0; t < NT; ++t) q[t] = qg[t][g - g0];
+      kq_group_madd<NT>(p + ga.tile_bytes, ga.kq, has_off, cq, accA, accB, q, J, M);
+      if ((g & smask) == smask) kq_span_step_unpacked<NT>(blk + lut_header_at(ga, g), act, g * G, has_off, J, M, yv);
       continue;
     }
     if (!kTern && ga.kq) {
       __m128i scb, mb;
-      kq_subscale_bytes(blk + lut_group_at(ga, g) + ga.tile_bytes, ga.kq, &scb, &mb);
+      kq_subscale_bytes(p + ga.tile_bytes, ga.kq, &scb, &mb);
       __m256i sc32[2], m32[2];
       for (int h = 0; h < 2; ++h) {
         const __m128i b = h ? _mm_srli_si128(scb, 8) : scb;
@@ -268,7 +334,8 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
             M[t][h] = _mm256_add_epi32(M[t][h], q16 ? _mm256_madd_epi16(m32[h], qv) : _mm256_mullo_epi32(m32[h], qv));
         }
       }
-      if ((g & smask) == smask) kq_span_step<NT>(blk, ga, act, G, g, has_off, J, M, yv);  // last group of the span
+      // last group of the span
+      if ((g & smask) == smask) kq_span_step<NT>(blk + lut_header_at(ga, g), act, g * G, has_off, J, M, yv);
       continue;
     }
     // epilogue: y = fma(s * tsh, I, y); y = fma(c, Sx, y)  (same operations as the scalar twin)
@@ -323,9 +390,24 @@ struct Avx2 {
   template <int KIND, int NT>
   static void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg,
                         const int32_t* const* qg, int64_t g0, int64_t g1, Tile yv[NT], size_t pf) {
-    // fully unrolled copies: g16 (Q2_K, Q3_K) always, g32 (Q4_K) for GEMV only (slower for NT = 8)
-    if (f.group == 16) return lutllm::row_block<KIND, NT, 16>(blk, f, act, sxg, qg, g0, g1, yv, pf);
-    if (NT == 1 && f.group == 32) return lutllm::row_block<KIND, NT, 32>(blk, f, act, sxg, qg, g0, g1, yv, pf);
+    // one token over whole super-blocks that are also the table-scale spans: the fixed-format loops
+    // (Q2_K, Q3_K, Q4_K); else fully unrolled copies: g16 always, g32 for GEMV only (slower for NT = 8)
+    if (f.group == 16) {
+      if (NT == 1 && lut_kq_span_mask(f, act[0].ag) == 256 / 16 - 1 && g0 % 16 == 0 && g1 % 16 == 0) {
+        const LutGroupAddr ga = lut_group_addr(f);
+        if (KIND == 2 && ga.kq == kLutKqNibble && f.has_offset)
+          return row_block_kq_gemv<2, 16, kLutKqNibble, true>(blk, ga, act, qg[0], g0, g1, yv, pf);
+        if (KIND == 3 && ga.kq == kLutKqS8 && !f.has_offset)
+          return row_block_kq_gemv<3, 16, kLutKqS8, false>(blk, ga, act, qg[0], g0, g1, yv, pf);
+      }
+      return lutllm::row_block<KIND, NT, 16>(blk, f, act, sxg, qg, g0, g1, yv, pf);
+    }
+    if (NT == 1 && f.group == 32) {
+      if (KIND == 4 && f.scale_bytes == kLutScaleKQ && f.has_offset && lut_kq_span_mask(f, act[0].ag) == 256 / 32 - 1 &&
+          g0 % 8 == 0 && g1 % 8 == 0)
+        return row_block_kq_gemv<4, 32, kLutKqU8, true>(blk, lut_group_addr(f), act, qg[0], g0, g1, yv, pf);
+      return lutllm::row_block<KIND, NT, 32>(blk, f, act, sxg, qg, g0, g1, yv, pf);
+    }
     lutllm::row_block<KIND, NT, 0>(blk, f, act, sxg, qg, g0, g1, yv, pf);
   }
 };
