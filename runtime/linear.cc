@@ -2,6 +2,7 @@
 #include "linear.h"
 
 #include <algorithm>
+#include <mutex>
 #include <string>
 
 #include "error.h"
@@ -42,7 +43,33 @@ const LutAct* LinearInput::lut(ThreadPool& pool, int32_t ag) {
   return lut_act_.data();
 }
 
-Linear::Linear(const WeightTensor* w, bool allow_lut) : w_(w) {
+namespace {
+// Repack GGUF blocks into the LUT layout in chunks of kRepackRows rows (whole row blocks): each
+// chunk's temporaries (codes, scales) stay small and in cache, and chunks run in parallel on pool.
+// lut_repack_ggml on a chunk writes exactly that chunk's row blocks, so the result is the one-pass one.
+constexpr int64_t kRepackRows = 4 * kLutRows;
+
+void repack_rows(const WeightTensor& w, const LutFormat& fmt, uint8_t* out, ThreadPool* pool) {
+  const int64_t rows = w.rows(), k = w.cols(), n = (rows + kRepackRows - 1) / kRepackRows;
+  const size_t rbb = lut_row_block_bytes(fmt, k);
+  std::mutex mu;
+  std::string first_err;
+  auto task = [&](int64_t c, int) {
+    const int64_t r0 = c * kRepackRows, nr = std::min(kRepackRows, rows - r0);
+    std::string err;
+    if (!lut_repack_ggml(w.type, w.data + size_t(r0) * w.row_bytes, nr, k, fmt, out + size_t(r0 / kLutRows) * rbb, &err)) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (first_err.empty()) first_err = err.empty() ? "repack failed" : err;
+    }
+  };
+  if (pool && n > 1) pool->parallel_for(n, task);
+  else
+    for (int64_t c = 0; c < n; ++c) task(c, 0);
+  if (!first_err.empty()) throw Error("tensor '" + w.name + "': cannot repack for table lookup: " + first_err);
+}
+}  // namespace
+
+Linear::Linear(const WeightTensor* w, bool allow_lut, ThreadPool* pool) : w_(w) {
   const KernelTable& kt = kernels();
   const int t = int(w->type);
   LutFormat fmt{};
@@ -58,8 +85,7 @@ Linear::Linear(const WeightTensor* w, bool allow_lut) : w_(w) {
   } else if (allow_lut && kt.lut_build && lut_format_for_ggml(w->type, kLutTernaryRepackGroup, &fmt, &why) && kt.lut_gemv[fmt.kind] &&
       kt.lut_gemm[fmt.kind] && lut_check_format(fmt, w->rows(), w->cols()).empty()) {
     lut_packed_ = std::make_shared<std::vector<uint8_t>>(lut_packed_bytes(fmt, w->rows(), w->cols()));
-    if (!lut_repack_ggml(w->type, w->data, w->rows(), w->cols(), fmt, lut_packed_->data(), &why))
-      throw Error("tensor '" + w->name + "': cannot repack for table lookup: " + why);
+    repack_rows(*w, fmt, lut_packed_->data(), pool);
     lut_ = LutWeights{lut_packed_->data(), w->rows(), w->cols(), fmt};
     path_ = Path::LUT;
   } else if (kt.matmul_q8[t] && w->cols() % QK32 == 0) path_ = Path::Q8;

@@ -40,9 +40,10 @@ class Linear {
   enum class Path { NONE, LUT, Q8, F32, DEQUANT };
   Linear() = default;
   // Binds a weight; with allow_lut, types that repack exactly to the LUT layout (Q4_0, Q4_1, Q4_K,
-  // Q2_K, TQ1_0, TQ2_0) are repacked once here. A weight already packed in the file (w->packed())
-  // always takes the LUT path, zero copy. Throws Error when no kernel can run this type.
-  explicit Linear(const WeightTensor* w, bool allow_lut = false);
+  // Q2_K, TQ1_0, TQ2_0) are repacked once here, in row chunks spread over `pool` when given. A weight
+  // already packed in the file (w->packed()) always takes the LUT path, zero copy. Throws Error when
+  // no kernel can run this type.
+  explicit Linear(const WeightTensor* w, bool allow_lut = false, ThreadPool* pool = nullptr);
   bool empty() const { return w_ == nullptr; }
   int64_t in_features() const { return w_->cols(); }
   int64_t out_features() const { return w_->rows(); }

@@ -27,7 +27,7 @@ void expect_shape(const WeightTensor& t, int64_t ne0, int64_t ne1) {
 // Binds weights of one model file, naming the tensor at fault in every error.
 class Binder {
  public:
-  Binder(const WeightStore& s, bool use_lut) : s_(s), use_lut_(use_lut) {}
+  Binder(const WeightStore& s, bool use_lut, ThreadPool* pool = nullptr) : s_(s), use_lut_(use_lut), pool_(pool) {}
 
   bool has(const std::string& name) const { return s_.find(name) != nullptr; }
 
@@ -45,7 +45,7 @@ class Binder {
     Projection p;
     const WeightTensor& t = s_.get(base + ".weight");
     expect_shape(t, in, out);
-    p.w = Linear(&t, use_lut_);
+    p.w = Linear(&t, use_lut_, pool_);
     if (require_bias || has(base + ".bias")) p.bias = vec(base + ".bias", out);
     if (has(base + ".scale")) {
       const float* sc = vec(base + ".scale", 1);
@@ -58,6 +58,7 @@ class Binder {
  private:
   const WeightStore& s_;
   bool use_lut_;
+  ThreadPool* pool_;  // repacks weights in parallel (Linear)
 };
 
 // Which optional parts of the block each family has (required when listed here).
@@ -138,7 +139,8 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
       !per_layer_ok(cfg.layer_rope_freq_scale.size()))
     throw Error(path + ": per-layer attention settings must list one value per layer");
   const int64_t d = cfg.d_model, hd = cfg.head_dim, q_dim = int64_t(cfg.n_head) * hd, kv_dim = int64_t(cfg.n_head_kv) * hd;
-  const Binder b(store_, cfg.use_lut);
+  pool_ = std::make_unique<ThreadPool>(n_threads > 0 ? n_threads : physical_core_count());
+  const Binder b(store_, cfg.use_lut, pool_.get());
 
   tok_embd = &store_.get("token_embd.weight");
   expect_shape(*tok_embd, d, cfg.n_vocab);
@@ -195,7 +197,6 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
     L.rope_freq_scale = cfg.layer_rope_freq_scale.empty() ? cfg.rope_freq_scale : cfg.layer_rope_freq_scale[size_t(i)];
     if (progress) progress(i + 1, cfg.n_layer);
   }
-  pool_ = std::make_unique<ThreadPool>(n_threads > 0 ? n_threads : physical_core_count());
 }
 
 int64_t kv_rows_for_layer(int window, int n_ctx, int n_batch, bool full_window_kv) {

@@ -75,26 +75,42 @@ float load_scale(const uint8_t* src, int scale_bytes) {
 // The tiles of group g of row block rb (codes q, rows x k) at p; returns the byte after them.
 uint8_t* pack_tiles(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q, int64_t rb, int64_t g, uint8_t* p) {
   const int G = fmt.group, n = lut_planes(fmt.kind);
-  // nibble of (row-in-block r, plane b, quad qd of this group)
-  auto nib = [&](int r, int b, int qd) -> uint8_t {
+  // nib[b][r][qd]: the nibble of plane b, row r of the block, quad qd (bit i = plane bit of weight
+  // 4 qd + i); padding rows 0 (any code: their scale is 0). For W1..W4 the four plane bits come out
+  // of the four code bytes in one multiply: bits 0, 8, 16, 24 times 0x01020408 land on bits 24..27
+  // (every other product bit lands elsewhere, below 24, and nothing carries).
+  uint8_t nib[4][kLutRows][128 / 4];
+  for (int r = 0; r < kLutRows; ++r) {
     const int64_t row = rb * kLutRows + r;
-    if (row >= rows) return 0;  // padding row: any code, its scale is 0
-    const uint8_t* c = q + row * k + g * G + 4 * qd;
-    uint8_t v = 0;
-    for (int i = 0; i < 4; ++i) v |= uint8_t(code_bit(fmt.kind, c[i], b) << i);
-    return v;
-  };
+    for (int qd = 0; qd < G / 4; ++qd) {
+      if (row >= rows) {
+        for (int b = 0; b < n; ++b) nib[b][r][qd] = 0;
+        continue;
+      }
+      const uint8_t* c = q + row * k + g * G + 4 * qd;
+      if (fmt.kind == int(LutKind::TERNARY)) {
+        for (int b = 0; b < n; ++b) {
+          uint8_t v = 0;
+          for (int i = 0; i < 4; ++i) v |= uint8_t(code_bit(fmt.kind, c[i], b) << i);
+          nib[b][r][qd] = v;
+        }
+        continue;
+      }
+      const uint32_t v = uint32_t(c[0]) | uint32_t(c[1]) << 8 | uint32_t(c[2]) << 16 | uint32_t(c[3]) << 24;
+      for (int b = 0; b < n; ++b) nib[b][r][qd] = uint8_t((((v >> b) & 0x01010101u) * 0x01020408u) >> 24);
+    }
+  }
   for (int pp = 0; pp < n / 2; ++pp)
     for (int qd = 0; qd < G / 4; ++qd)
       for (int j = 0; j < 16; ++j) {
         const int b = 2 * pp + (j & 1);
-        *p++ = uint8_t(nib(j >> 1, b, qd) | nib(8 + (j >> 1), b, qd) << 4);
+        *p++ = uint8_t(nib[b][j >> 1][qd] | nib[b][8 + (j >> 1)][qd] << 4);
       }
   if (n & 1) {
     const int C = lut_st_chunk_quads(G), H = C / 2;  // ST(c, i): quads C*c + i (low), C*c + i + H (high)
     for (int c = 0; c < G / 4 / C; ++c)
       for (int i = 0; i < H; ++i)
-        for (int j = 0; j < 16; ++j) *p++ = uint8_t(nib(j, n - 1, C * c + i) | nib(j, n - 1, C * c + i + H) << 4);
+        for (int j = 0; j < 16; ++j) *p++ = uint8_t(nib[n - 1][j][C * c + i] | nib[n - 1][j][C * c + i + H] << 4);
   }
   return p;
 }
@@ -384,10 +400,11 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
           block_q4_K blk;
           std::memcpy(&blk, src, sizeof blk);
           const float d = fp16_to_f32(blk.d), dmin = fp16_to_f32(blk.dmin);
-          for (int e = 0; e < QK_K; ++e) {
-            const uint8_t byte = blk.qs[(e / 64) * 32 + e % 32];
-            qb[e] = (e % 64) < 32 ? (byte & 15) : (byte >> 4);
-          }
+          for (int c = 0; c < 4; ++c)  // 64 weights per 32 bytes: low nibbles, then high ones
+            for (int m = 0; m < 32; ++m) {
+              qb[64 * c + m] = blk.qs[32 * c + m] & 15;
+              qb[64 * c + 32 + m] = blk.qs[32 * c + m] >> 4;
+            }
           for (int j = 0; j < 8; ++j) {
             int s6, m6;
             q4k_scale_min(blk.scales, j, &s6, &m6);
@@ -409,7 +426,9 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
           block_q2_K blk;
           std::memcpy(&blk, src, sizeof blk);
           const float d = fp16_to_f32(blk.d), dmin = fp16_to_f32(blk.dmin);
-          for (int e = 0; e < QK_K; ++e) qb[e] = (blk.qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+          for (int h = 0; h < 2; ++h)  // weight 128 h + 32 l + m: bits 2l of byte 32 h + m
+            for (int l = 0; l < 4; ++l)
+              for (int m = 0; m < 32; ++m) qb[128 * h + 32 * l + m] = (blk.qs[32 * h + m] >> (2 * l)) & 3;
           for (int j = 0; j < 16; ++j) {
             if (kq) {
               ksc[size_t(r * ngroups + b * 16 + j)] = blk.scales[j] & 0xF;
@@ -429,6 +448,13 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
           block_q3_K blk;
           std::memcpy(&blk, src, sizeof blk);
           const float d = fp16_to_f32(blk.d);
+          // codes of weight 128 h + 32 l + m: bits 2l of qs[32 h + m], bit 4h + l of hmask[m] on top
+          uint8_t code[QK_K];
+          for (int h = 0; h < 2; ++h)
+            for (int l = 0; l < 4; ++l)
+              for (int m = 0; m < 32; ++m)
+                code[128 * h + 32 * l + m] =
+                    uint8_t(((blk.qs[32 * h + m] >> (2 * l)) & 3) | (((blk.hmask[m] >> (4 * h + l)) & 1) << 2));
           for (int j = 0; j < 16; ++j) {
             const int lo = (j < 8 ? blk.scales[j] : blk.scales[j - 8] >> 4) & 0x0F;
             const int hi = (blk.scales[8 + j % 4] >> (2 * (j / 4))) & 3;
@@ -436,12 +462,7 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
             // symmetric (W3): sc = S signed, q = c; offset form (W4): mirrored codes, unsigned sc, m
             const bool mirror = fmt.has_offset && S < 0;
             const int sc6 = fmt.has_offset ? (S < 0 ? -S : S) : S, m = S < 0 ? -3 * S : 4 * S;
-            for (int e = 16 * j; e < 16 * j + 16; ++e) {
-              const int r2 = e % 128;
-              const int c = ((blk.qs[32 * (e / 128) + r2 % 32] >> (2 * (r2 / 32))) & 3) |
-                            (((blk.hmask[e % 32] >> (e / 32)) & 1) << 2);
-              qb[e] = uint8_t(mirror ? 7 - c : c);
-            }
+            for (int e = 16 * j; e < 16 * j + 16; ++e) qb[e] = uint8_t(mirror ? 7 - code[e] : code[e]);
             if (kq) {
               ksc[size_t(r * ngroups + b * 16 + j)] = uint8_t(int8_t(sc6));
               km[size_t(r * ngroups + b * 16 + j)] = uint8_t(fmt.has_offset ? m : 0);
