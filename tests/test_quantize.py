@@ -860,3 +860,28 @@ def test_flash_convert_refuses_packed_sources(kq_model, tmp_path):
     with pytest.raises(ConvertError, match="is already packed"):
         convert_flash(out, tmp_path / "f.gguf", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kq.gguf"]
+
+
+def test_c_api_loads_kq_files(kq_model, tmp_path):
+    """liblutllm.so reads k-quant layouts from lutllm.quant.* itself (runtime/c_api.cc): the same logits
+    as the Python API on the same file."""
+    cffi = pytest.importorskip("cffi")
+    from test_c_api import CDEF, OK, _library_path
+    from lutllm.engine import Engine
+
+    out = tmp_path / "kq.gguf"
+    quantize_model(kq_model, out, "2", progress=False, threads=2, mix=True, scales="kq")
+    ffi = cffi.FFI()
+    ffi.cdef(CDEF)
+    lib = ffi.dlopen(_library_path())
+    err = ffi.new("const char**")
+    m = lib.lutllm_load(str(out).encode(), 64, 2, err)
+    assert m != ffi.NULL, ffi.string(err[0]).decode()
+    try:
+        toks = [1, 5, 17, 99, 200, 3]
+        logits = ffi.new("float[]", lib.lutllm_n_vocab(m))
+        assert lib.lutllm_eval(m, ffi.new("int32_t[]", toks), len(toks), 0, logits) == OK
+        ours = np.frombuffer(ffi.buffer(logits), dtype=np.float32)
+        np.testing.assert_allclose(ours, Engine(out, n_ctx=64, n_threads=2).eval(toks)[-1], rtol=0, atol=1e-4)
+    finally:
+        lib.lutllm_free(m)
