@@ -537,9 +537,8 @@ def test_smollm2_3bit_logits_agree_with_numpy_forward_of_the_decoded_weights(smo
     assert kl(exact, ours) < 0.03, kl(exact, ours)
 
 
-def test_c_api_loads_packed_files(smollm2_q4, tmp_path):
-    """liblutllm.so reads the lutllm.quant.* layouts itself: same logits as the Python API on the packed
-    file, and a clear error for a corrupt layout."""
+def _c_api_matches_python(path, toks):
+    """Load path with liblutllm.so, check its last-token logits against the Python API's; -> (ffi, lib)."""
     cffi = pytest.importorskip("cffi")
     from test_c_api import CDEF, OK, _library_path
     from lutllm.engine import Engine
@@ -548,17 +547,24 @@ def test_c_api_loads_packed_files(smollm2_q4, tmp_path):
     ffi.cdef(CDEF)
     lib = ffi.dlopen(_library_path())
     err = ffi.new("const char**")
-    m = lib.lutllm_load(smollm2_q4.encode(), 64, 2, err)
+    m = lib.lutllm_load(str(path).encode(), 64, 2, err)
     assert m != ffi.NULL, ffi.string(err[0]).decode()
     try:
-        toks = [1, 504, 3458, 282, 4649, 314]
         logits = ffi.new("float[]", lib.lutllm_n_vocab(m))
         assert lib.lutllm_eval(m, ffi.new("int32_t[]", toks), len(toks), 0, logits) == OK
         ours = np.frombuffer(ffi.buffer(logits), dtype=np.float32)
-        e = Engine(smollm2_q4, n_ctx=64, n_threads=2)
+        e = Engine(path, n_ctx=64, n_threads=2)
         np.testing.assert_allclose(ours, e.eval(toks)[-1], rtol=0, atol=1e-4)
     finally:
         lib.lutllm_free(m)
+    return ffi, lib
+
+
+def test_c_api_loads_packed_files(smollm2_q4, tmp_path):
+    """liblutllm.so reads the lutllm.quant.* layouts itself: same logits as the Python API on the packed
+    file, and a clear error for a corrupt layout."""
+    ffi, lib = _c_api_matches_python(smollm2_q4, [1, 504, 3458, 282, 4649, 314])
+    err = ffi.new("const char**")
     bad = tmp_path / "bad.gguf"
     _corrupt(pathlib.Path(smollm2_q4), bad, "lutllm.quant.layouts", 1, 64)
     assert lib.lutllm_load(str(bad).encode(), 64, 1, err) == ffi.NULL
@@ -865,23 +871,6 @@ def test_flash_convert_refuses_packed_sources(kq_model, tmp_path):
 def test_c_api_loads_kq_files(kq_model, tmp_path):
     """liblutllm.so reads k-quant layouts from lutllm.quant.* itself (runtime/c_api.cc): the same logits
     as the Python API on the same file."""
-    cffi = pytest.importorskip("cffi")
-    from test_c_api import CDEF, OK, _library_path
-    from lutllm.engine import Engine
-
     out = tmp_path / "kq.gguf"
     quantize_model(kq_model, out, "2", progress=False, threads=2, mix=True, scales="kq")
-    ffi = cffi.FFI()
-    ffi.cdef(CDEF)
-    lib = ffi.dlopen(_library_path())
-    err = ffi.new("const char**")
-    m = lib.lutllm_load(str(out).encode(), 64, 2, err)
-    assert m != ffi.NULL, ffi.string(err[0]).decode()
-    try:
-        toks = [1, 5, 17, 99, 200, 3]
-        logits = ffi.new("float[]", lib.lutllm_n_vocab(m))
-        assert lib.lutllm_eval(m, ffi.new("int32_t[]", toks), len(toks), 0, logits) == OK
-        ours = np.frombuffer(ffi.buffer(logits), dtype=np.float32)
-        np.testing.assert_allclose(ours, Engine(out, n_ctx=64, n_threads=2).eval(toks)[-1], rtol=0, atol=1e-4)
-    finally:
-        lib.lutllm_free(m)
+    _c_api_matches_python(out, [1, 5, 17, 99, 200, 3])
