@@ -2,7 +2,11 @@
 width, group and method. A script, not a test.
 
     PYTHONPATH=python python3 bench/quantize.py [-m MODEL] [--bits 4,3,2,ternary] [--groups 32,64,128]
-        [--methods rtn,mse] [--recipes uniform,mix] [--chars 12000] [--ctx 256] [--no-ppl] [-t THREADS]
+        [--methods rtn,mse] [--recipes uniform,mix] [--scales fp16,kq] [--chars 12000] [--ctx 256] [--no-ppl]
+        [-t THREADS]
+
+--scales kq (k-quant sub-scales) runs once per bit width 2..4 (its group follows from the bits; other
+bit widths are skipped) instead of once per --groups entry.
 
 Perplexity uses the first --chars characters of tests/data/ppl_text.txt in chunks of --ctx tokens
 (llama-perplexity's method, engine.py); the source model's figure is printed first. Output: one
@@ -16,7 +20,7 @@ import time
 
 from lutllm.engine import Engine
 from lutllm.models import resolve_model
-from lutllm.quantize import quantize_model
+from lutllm.quantize import KQ_GROUPS, quantize_model
 
 TEXT = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "ppl_text.txt"
 
@@ -28,6 +32,7 @@ def main():
     ap.add_argument("--groups", default="32,64,128")
     ap.add_argument("--methods", default="rtn,mse")
     ap.add_argument("--recipes", default="uniform", help="uniform and/or mix (quantize --mix)")
+    ap.add_argument("--scales", default="fp16", help="fp16 and/or kq (quantize --scales)")
     ap.add_argument("--chars", type=int, default=12000)
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--no-ppl", action="store_true")
@@ -46,20 +51,27 @@ def main():
     p, n = ppl(src)
     print(json.dumps({"model": str(src), "variant": "source", "ppl": p, "chunks": n, "ctx": a.ctx}), flush=True)
     with tempfile.TemporaryDirectory() as d:
-        for bits in a.bits.split(","):
-            for group in map(int, a.groups.split(",")):
-                for method in a.methods.split(","):
-                    for recipe in a.recipes.split(","):
-                        out = pathlib.Path(d) / "q.gguf"
-                        t0 = time.perf_counter()
-                        rep = quantize_model(src, out, bits, group, method=method, progress=False, threads=a.threads,
-                                             mix=recipe == "mix")
-                        dt = time.perf_counter() - t0
-                        p, n = ppl(out)
-                        print(json.dumps({"variant": rep.label, "bits": bits, "group": group, "method": method,
-                                          "recipe": recipe, "seconds": round(dt, 2), "nmse": rep.nmse, "ppl": p,
-                                          "chunks": n, "bytes": rep.bytes_out,
-                                          "group_fallback": len(rep.group_fallback)}), flush=True)
+        runs = []
+        for scales in a.scales.split(","):
+            for bits in a.bits.split(","):
+                if scales == "kq":
+                    if bits.isdigit() and int(bits) in KQ_GROUPS:
+                        runs.append((scales, bits, None))
+                    continue
+                runs += [(scales, bits, group) for group in map(int, a.groups.split(","))]
+        for scales, bits, group in runs:
+            for method in a.methods.split(","):
+                for recipe in a.recipes.split(","):
+                    out = pathlib.Path(d) / "q.gguf"
+                    t0 = time.perf_counter()
+                    rep = quantize_model(src, out, bits, group, method=method, progress=False, threads=a.threads,
+                                         mix=recipe == "mix", scales=scales)
+                    dt = time.perf_counter() - t0
+                    p, n = ppl(out)
+                    print(json.dumps({"variant": rep.label, "bits": bits, "group": group or KQ_GROUPS[int(bits)],
+                                      "scales": scales, "method": method, "recipe": recipe, "seconds": round(dt, 2),
+                                      "nmse": rep.nmse, "ppl": p, "chunks": n, "bytes": rep.bytes_out,
+                                      "group_fallback": len(rep.group_fallback)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -495,7 +495,16 @@ PYBIND11_MODULE(_core, m) {
       check_fmt(f, rows, k);
       return lut_packed_bytes(f, rows, k);
     }, py::arg("fmt"), py::arg("rows"), py::arg("k"), "Bytes of a packed LUT tensor.");
-    m.def("lut_quantize", [from_fmt](const py::handle& w_obj, int kind, int group, int method, const py::object& out_obj) {
+    // the output array of a quantizer: a new one, or the caller's writable array of exactly need bytes
+    auto packed_out = [](const py::object& out_obj, size_t need) -> py::array_t<uint8_t> {
+      if (out_obj.is_none()) return py::array_t<uint8_t>(py::ssize_t(need));
+      auto out = exact_array<uint8_t>(out_obj, "out");
+      if (!out.writeable()) throw py::value_error("out is read-only");
+      if (size_t(out.size()) != need)
+        throw py::value_error("out holds " + std::to_string(out.size()) + " bytes, " + std::to_string(need) + " needed");
+      return out;
+    };
+    m.def("lut_quantize", [from_fmt, packed_out](const py::handle& w_obj, int kind, int group, int method, const py::object& out_obj) {
       auto w = exact_array<float>(w_obj, "w");
       if (w.ndim() != 2) throw py::value_error("w must be 2-D (rows, k)");
       const int64_t rows = w.shape(0), k = w.shape(1);
@@ -504,15 +513,7 @@ PYBIND11_MODULE(_core, m) {
       if (method != LUT_QUANT_RTN && method != LUT_QUANT_MSE) throw py::value_error("method must be 0 (rtn) or 1 (mse)");
       LutFormat f{kind, group, 2, kind == 5 ? 0 : 1};
       const size_t need = lut_packed_bytes(f, rows, k);
-      py::array_t<uint8_t> out;
-      if (out_obj.is_none()) {
-        out = py::array_t<uint8_t>(py::ssize_t(need));
-      } else {
-        out = exact_array<uint8_t>(out_obj, "out");
-        if (!out.writeable()) throw py::value_error("out is read-only");
-        if (size_t(out.size()) != need)
-          throw py::value_error("out holds " + std::to_string(out.size()) + " bytes, " + std::to_string(need) + " needed");
-      }
+      py::array_t<uint8_t> out = packed_out(out_obj, need);
       const float* wp = w.data();
       uint8_t* op = out.mutable_data();
       {
@@ -523,6 +524,36 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("w"), py::arg("kind"), py::arg("group"), py::arg("method") = 0, py::arg("out") = py::none(),
        "Quantize float weights (rows, k) -> (packed, fmt). kind 1..4 bits or 5 = ternary; method 0 = "
        "round to nearest, 1 = least squared error; out: optional uint8 array of exactly the packed size.");
+    m.def("lut_kq_format", [from_fmt](int kind) {
+      LutFormat f{};
+      if (!lut_kq_format(kind, &f))
+        throw py::value_error("k-quant sub-scales take kind 2, 3 or 4 (bits), got " + std::to_string(kind));
+      return from_fmt(f);
+    }, py::arg("kind"), "The packed format lut_quantize_kq writes for kind 2..4: (kind, group, scale_bytes, has_offset).");
+    m.def("lut_quantize_kq", [from_fmt, packed_out](const py::handle& w_obj, int kind, int method, const py::object& out_obj) {
+      auto w = exact_array<float>(w_obj, "w");
+      if (w.ndim() != 2) throw py::value_error("w must be 2-D (rows, k)");
+      const int64_t rows = w.shape(0), k = w.shape(1);
+      LutFormat f{};
+      if (!lut_kq_format(kind, &f))
+        throw py::value_error("k-quant sub-scales take kind 2, 3 or 4 (bits), got " + std::to_string(kind));
+      const std::string bad = lut_check_format(f, rows, k);
+      if (!bad.empty()) throw py::value_error(bad);
+      if (method != LUT_QUANT_RTN && method != LUT_QUANT_MSE) throw py::value_error("method must be 0 (rtn) or 1 (mse)");
+      const size_t need = lut_packed_bytes(f, rows, k);
+      py::array_t<uint8_t> out = packed_out(out_obj, need);
+      const float* wp = w.data();
+      uint8_t* op = out.mutable_data();
+      double err;
+      {
+        py::gil_scoped_release nogil;
+        err = lut_quantize_kq(kind, rows, k, wp, op, &f, method);
+      }
+      return py::make_tuple(out, from_fmt(f), err);
+    }, py::arg("w"), py::arg("kind"), py::arg("method") = 1, py::arg("out") = py::none(),
+       "Quantize float weights (rows, k), k % 256 == 0, into k-quant sub-scales -> (packed, fmt, sq_err): "
+       "kind 2 = W2 g16 4-bit sc/m, 3 = W3 g16 int8 sc symmetric, 4 = W4 g32 8-bit sc/m; method 0 = rtn, "
+       "1 = least squared error; out: optional uint8 array of exactly the packed size.");
     m.def("dequant_rows", [](int type_id, const py::handle& src_obj, int64_t rows, int64_t k) {
       // the active registry's decoder for a GGUF type: rows x k elements -> float32 (rows, k)
       auto src = exact_array<uint8_t>(src_obj, "src");

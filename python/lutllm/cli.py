@@ -477,25 +477,36 @@ def bench(model, n_prompt, n_gen, threads, batch_size, reps, no_warmup, int8, as
 @click.argument("src", metavar="IN")
 @click.argument("dst", metavar="OUT")
 @click.option("--bits", type=click.Choice(["1", "2", "3", "4", "ternary"]), required=True, help="Bits per weight.")
-@click.option("--group", type=click.Choice(["32", "64", "128"]), default="32", show_default=True, help="Weights per scale.")
+@click.option("--group", type=click.Choice(["32", "64", "128"]), default=None,
+              help="Weights per fp16 scale [default: 32]. With --scales kq it follows from --bits (leave it out).")
+@click.option("--scales", type=click.Choice(["fp16", "kq"]), default="fp16", show_default=True,
+              help="fp16: one fp16 scale and offset per group; kq: k-quant sub-scales (fp16 d, dmin per 256 "
+                   "weights, small integer ones per group of 16 for 2-3 bits, 32 for 4), bits 2-4 only.")
 @click.option("--method", type=click.Choice(["rtn", "mse"]), default="mse", show_default=True,
               help="rtn: round to nearest (min/max per group); mse: least squared error search.")
 @click.option("--output-head", is_flag=True, help="Also quantize a separate output.weight (kept as is by default).")
 @click.option("--mix", is_flag=True, help="1-3 bits: attn_v +2 bits, ffn_down and attn_output +1 (much better quality).")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads (default: physical cores).")
-def quantize(src, dst, bits, group, method, output_head, mix, threads):
+def quantize(src, dst, bits, group, scales, method, output_head, mix, threads):
     """Requantize the linear layers of model IN (path or registry name) into OUT (packed LUT GGUF)."""
     import signal
 
-    from .quantize import quantize_model
+    from .quantize import KQ_GROUPS, quantize_model
+
+    if scales == "kq":  # option conflicts are usage errors (exit code 2), like bad option values
+        if bits not in ("2", "3", "4"):
+            raise click.UsageError(f"--scales kq takes --bits 2, 3 or 4 (k-quant sub-scales), got --bits {bits}")
+        if group is not None and int(group) != KQ_GROUPS[int(bits)]:
+            raise click.UsageError(f"--group does not apply with --scales kq (the group is {KQ_GROUPS[int(bits)]} "
+                                   f"for {bits} bits); leave it out")
 
     def _terminated(signum, frame):  # SIGTERM cleans up like Ctrl-C (no OUT, no temporary file)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminated)
     try:
-        report = quantize_model(src, dst, bits, int(group), method=method, output_head=output_head, threads=threads,
-                                mix=mix)
+        report = quantize_model(src, dst, bits, None if group is None else int(group), method=method,
+                                output_head=output_head, threads=threads, mix=mix, scales=scales)
     except KeyboardInterrupt:
         click.echo("[interrupted; nothing written]", err=True)
         sys.exit(130)

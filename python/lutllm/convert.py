@@ -265,6 +265,9 @@ def _plan_layers(g: GGUFFile, n_layer: int, d_model: int, d_ff: int) -> list[_La
             want = (d_model, d_ff) if nm != "ffn_down" else (d_ff, d_model)
             if tuple(t.shape) != want:
                 raise ConvertError(f"{g.path}: tensor '{name}' has shape {list(t.shape)}, expected {list(want)}")
+            if t.lut is not None:  # bundles are cut from GGUF blocks or floats, not from packed bytes
+                raise ConvertError(f"{g.path}: tensor '{name}' is already packed ({t.lut.label}, `lutllm quantize` "
+                                   f"output); convert the source GGUF instead")
             ts.append(t)
         fmts = [_lut_format(t.ggml_type) for t in ts]
         requant = {nm for nm, f in zip(("gate", "up", "down"), fmts) if f is None}

@@ -90,7 +90,8 @@ class GGUFError(ValueError):
 #   lutllm.quant.tensors  ARRAY[STRING] names of the packed tensors
 #   lutllm.quant.layouts  ARRAY[INT64]  6 per packed tensor, in the same order:
 #                                       kind (1..4 bits, 5 ternary), group, scale_bytes (2 fp16,
-#                                       4 fp32), has_offset (0/1), k (columns), rows
+#                                       4 fp32, 1 / 3 k-quant 8- / 4-bit sub-scales with fp16 d,
+#                                       dmin per 256 weights), has_offset (0/1), k (columns), rows
 LUT_LAYOUT_VERSION = 1
 LUT_KEY_PREFIX = "lutllm.quant."
 LUT_KEY_VERSION = "lutllm.quant.version"
@@ -98,6 +99,8 @@ LUT_KEY_METHOD = "lutllm.quant.method"
 LUT_KEY_TENSORS = "lutllm.quant.tensors"
 LUT_KEY_LAYOUTS = "lutllm.quant.layouts"
 LUT_ROWS = 16  # rows per row block (kLutRows)
+LUT_SCALE_KQ, LUT_SCALE_KQ4 = 1, 3  # scale_bytes of k-quant 8- and 4-bit sub-scales (kLutScaleKQ*)
+LUT_SUPER_K = 256  # weights per k-quant super-block (kLutSuperK)
 _I8 = int(gguf.GGMLQuantizationType.I8)
 
 
@@ -107,7 +110,7 @@ class LutLayout:
 
     kind: int          # 1..4 = bit planes, 5 = ternary
     group: int         # weights per scale (16, 32, 64, 128)
-    scale_bytes: int   # 2 = fp16, 4 = fp32 scales / offsets
+    scale_bytes: int   # 2 = fp16, 4 = fp32 scales / offsets; 1 / 3 = k-quant sub-scales (LUT_SCALE_KQ*)
     has_offset: int    # 0 or 1
 
     @property
@@ -116,9 +119,15 @@ class LutLayout:
         return (self.kind, self.group, self.scale_bytes, self.has_offset)
 
     @property
+    def is_kq(self) -> bool:
+        """k-quant sub-scales: fp16 d (dmin) per 256 weights, small integer sc (m) per group."""
+        return self.scale_bytes in (LUT_SCALE_KQ, LUT_SCALE_KQ4)
+
+    @property
     def label(self) -> str:
-        """Short name: w4g32, wtg64, ..."""
-        return f"w{'t' if self.kind == 5 else self.kind}g{self.group}"
+        """Short name: w4g32, wtg64, ...; k-quant sub-scales w2kq (their group follows from the kind)."""
+        kind = "t" if self.kind == 5 else self.kind
+        return f"w{kind}kq" if self.is_kq else f"w{kind}g{self.group}"
 
     @property
     def planes(self) -> int:
@@ -130,23 +139,39 @@ class LutLayout:
             return f"kind {self.kind} is not 1..4 bits or 5 (ternary)"
         if self.group not in (16, 32, 64, 128):
             return f"group {self.group} is not 16, 32, 64 or 128"
-        if self.scale_bytes not in (2, 4):
-            return f"scale_bytes {self.scale_bytes} is not 2 (fp16) or 4 (fp32)"
+        if self.scale_bytes not in (1, 2, 3, 4):
+            return (f"scale_bytes {self.scale_bytes} is not 1 (8-bit k-quant sub-scales), 2 (fp16), "
+                    f"3 (4-bit k-quant sub-scales) or 4 (fp32)")
         if self.has_offset not in (0, 1):
             return f"has_offset {self.has_offset} is not 0 or 1"
         if self.kind == 5 and self.has_offset:
             return "ternary weights have no offset"
+        if self.kind == 5 and self.is_kq:
+            return f"ternary weights take fp16 or fp32 scales, not k-quant sub-scales (scale_bytes {self.scale_bytes})"
+        if self.scale_bytes == LUT_SCALE_KQ4 and not self.has_offset:
+            return "4-bit k-quant sub-scales (scale_bytes 3) need has_offset = 1"
         if rows <= 0:
             return f"rows = {rows} is not positive"
         if k <= 0 or k % self.group:
             return f"k = {k} is not a positive multiple of the group {self.group}"
+        if self.is_kq and k % LUT_SUPER_K:
+            return (f"k-quant sub-scales (scale_bytes {self.scale_bytes}) need k a multiple of the super-block "
+                    f"{LUT_SUPER_K}, got k = {k}")
         return ""
 
     def group_block_bytes(self) -> int:
+        """Tiles and scales of one group of 16 rows (k-quant: without the super-block header)."""
+        if self.scale_bytes == LUT_SCALE_KQ4:
+            return 2 * self.group * self.planes + LUT_ROWS
         return 2 * self.group * self.planes + LUT_ROWS * self.scale_bytes * (1 + self.has_offset)
 
     def row_block_bytes(self, k: int) -> int:
-        """Bytes of one block of 16 rows (k // group group blocks)."""
+        """Bytes of one block of 16 rows: k // group group blocks (k-quant: the runtime's own count,
+        k // 256 super-blocks each with a header of fp16 d (and dmin) before its group blocks)."""
+        if self.is_kq:
+            from . import _core
+
+            return int(_core.lut_packed_bytes(self.fmt, LUT_ROWS, k))
         return k // self.group * self.group_block_bytes()
 
     def stored_shape(self, rows: int, k: int) -> tuple[int, int]:

@@ -4,6 +4,9 @@ Each linear weight (blk.N.attn_q/k/v/qkv/output, ffn_gate/up/down; the output he
 decoded to float32 with the runtime's own decoders, quantized by the C++ quantizer (GIL released,
 row chunks spread over threads) and stored as an I8 byte tensor described by lutllm.quant.*
 metadata (see gguf_file.py). Everything else (embeddings, norms, biases, metadata) is copied as is.
+Scales: fp16 s (and o) per group of 32/64/128, or (scales "kq") k-quant sub-scales: fp16 d, dmin
+per 256 weights and small integer sc, m per group (_core.lut_quantize_kq: W2 and W3 at group 16, W4
+at group 32; a tensor whose k is not a multiple of 256 falls back to fp16 scales at group 32).
 The file is streamed tensor by tensor into a temporary file beside OUT and renamed at the end;
 an error or Ctrl-C removes it. Not here: the packed layout itself (native/include/lutllm/lut.h).
 """
@@ -22,13 +25,17 @@ import numpy as np
 import gguf
 
 from .gguf_file import (LUT_KEY_LAYOUTS, LUT_KEY_METHOD, LUT_KEY_PREFIX, LUT_KEY_TENSORS,
-                        LUT_KEY_VERSION, LUT_LAYOUT_VERSION, LUT_ROWS, GGUFFile, LutLayout, TensorInfo)
+                        LUT_KEY_VERSION, LUT_LAYOUT_VERSION, LUT_ROWS, LUT_SUPER_K, GGUFFile, LutLayout,
+                        TensorInfo)
 
-__all__ = ["BITS", "GROUPS", "METHODS", "QuantizeError", "QuantizeReport", "quantize_model"]
+__all__ = ["BITS", "GROUPS", "KQ_GROUPS", "METHODS", "SCALES", "QuantizeError", "QuantizeReport", "quantize_model"]
 
 BITS = {"1": 1, "2": 2, "3": 3, "4": 4, "ternary": 5}
 GROUPS = (32, 64, 128)
 METHODS = {"rtn": 0, "mse": 1}  # values: the method argument of _core.lut_quantize
+SCALES = ("fp16", "kq")
+KQ_GROUPS = {2: 16, 3: 16, 4: 32}  # the group of each kind with k-quant sub-scales (lut_kq_format)
+KQ_FALLBACK_GROUP = 32  # fp16 group of a tensor that k-quant sub-scales cannot hold (k % 256 != 0)
 OUT_ALIGNMENT = 64  # data offsets of the output: whole cache lines for every packed tensor
 _LINEAR = re.compile(r"^blk\.\d+\.(attn_q|attn_k|attn_v|attn_qkv|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$")
 _CHUNK_WEIGHTS = 1 << 18  # weights per task: small enough to bound memory, large enough to amortize
@@ -49,7 +56,7 @@ class QuantizeReport:
     method: str
     packed: int = 0                 # tensors quantized
     copied: int = 0                 # tensors copied unchanged
-    group_fallback: list[str] = field(default_factory=list)  # "name: g32" where k % group != 0
+    group_fallback: list[str] = field(default_factory=list)  # "name: g32" where k % group (kq: 256) != 0
     kept: list[str] = field(default_factory=list)  # linear weights left as they were (k % 32 != 0)
     weights: int = 0                # quantized weights
     sq_err: float = 0.0             # sum of squared errors over the quantized weights
@@ -67,7 +74,9 @@ class QuantizeReport:
                  f"copied {self.copied} in {self.seconds:.1f} s; NMSE {self.nmse:.3g}; "
                  f"{self.bytes_in / 2**20:.1f} MiB -> {self.bytes_out / 2**20:.1f} MiB"]
         if self.group_fallback:
-            lines.append(f"smaller group where k is not a multiple of the group: {', '.join(self.group_fallback)}")
+            what = "fp16 scales where k is not a multiple of 256" if "kq" in self.label else \
+                "smaller group where k is not a multiple of the group"
+            lines.append(f"{what}: {', '.join(self.group_fallback)}")
         if self.kept:
             lines.append(f"left unquantized (k not a multiple of 32): {', '.join(self.kept)}")
         return "\n".join(lines)
@@ -87,7 +96,14 @@ def _tensor_kind(name: str, kind: int, mix: bool) -> int:
     return min(4, kind + _MIX_EXTRA_BITS.get(role, 0))
 
 
-def _plan(g: GGUFFile, kind: int, group: int, output_head: bool, report: QuantizeReport, mix: bool = False):
+def _kq_layout(kind: int) -> LutLayout:
+    from . import _core
+
+    return LutLayout(*(int(v) for v in _core.lut_kq_format(kind)))
+
+
+def _plan(g: GGUFFile, kind: int, group: int, output_head: bool, report: QuantizeReport, mix: bool = False,
+          kq: bool = False):
     """[(TensorInfo, LutLayout | None, requantize?)] in file order."""
     decodable = _decodable_types()
     plan = []
@@ -97,17 +113,22 @@ def _plan(g: GGUFFile, kind: int, group: int, output_head: bool, report: Quantiz
             plan.append((t, t.lut, False))  # copied; a packed source tensor keeps its layout
             continue
         k = t.shape[0]
-        g_use = next((gs for gs in (group, 64, 32) if gs <= group and k % gs == 0), None)
-        if g_use is None:
-            report.kept.append(t.name)
-            plan.append((t, t.lut, False))
-            continue
-        if g_use != group:
-            report.group_fallback.append(f"{t.name}: g{g_use}")
+        knd = _tensor_kind(t.name, kind, mix)
+        if kq and k % LUT_SUPER_K == 0:
+            lay = _kq_layout(knd)
+        else:
+            g_want = KQ_FALLBACK_GROUP if kq else group
+            g_use = next((gs for gs in (g_want, 64, 32) if gs <= g_want and k % gs == 0), None)
+            if g_use is None:
+                report.kept.append(t.name)
+                plan.append((t, t.lut, False))
+                continue
+            if g_use != group or kq:
+                report.group_fallback.append(f"{t.name}: g{g_use}")
+            lay = LutLayout(knd, g_use, 2, 0 if knd == 5 else 1)
         if t.lut is None and t.ggml_type not in decodable:
             raise QuantizeError(f"{g.path}: tensor {t.name!r} has type {t.type_name}, which lutllm cannot decode")
-        knd = _tensor_kind(t.name, kind, mix)
-        plan.append((t, LutLayout(knd, g_use, 2, 0 if knd == 5 else 1), True))
+        plan.append((t, lay, True))
     if not any(req for _, _, req in plan):
         raise QuantizeError(f"{g.path}: no linear-layer weights (blk.N.attn_*/ffn_*.weight) to quantize")
     return plan
@@ -143,7 +164,10 @@ def _quantize_chunk(g, t, lay, method, out, r0, r1, stats):
     w = _decode_rows(g, t, r0, r1)
     rbb = lay.row_block_bytes(k)
     dst = out[r0 // LUT_ROWS * rbb: -(-r1 // LUT_ROWS) * rbb]
-    _core.lut_quantize(w, lay.kind, lay.group, method, dst)
+    if lay.is_kq:
+        _core.lut_quantize_kq(w, lay.kind, method, dst)
+    else:
+        _core.lut_quantize(w, lay.kind, lay.group, method, dst)
     if not stats:
         return 0.0, 0.0
     d = _core.lut_unpack(dst, lay.fmt, r1 - r0, k).ravel()
@@ -185,24 +209,40 @@ def _check_paths(src: Path, dst: Path) -> None:
         raise QuantizeError(f"output {str(dst)!r} is the input file; choose another name")
 
 
-def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str], bits: str | int, group: int = 32,
-                   method: str = "mse", output_head: bool = False, threads: int | None = None,
-                   progress: bool = True, stats: bool = True, mix: bool = False) -> QuantizeReport:
+def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str], bits: str | int,
+                   group: int | None = None, method: str = "mse", output_head: bool = False,
+                   threads: int | None = None, progress: bool = True, stats: bool = True, mix: bool = False,
+                   scales: str = "fp16") -> QuantizeReport:
     """Write a copy of GGUF `src` (a path or registry name) to `dst` with its linear weights in the
-    packed LUT layout: `bits` 1..4 or "ternary", `group` weights per scale; `mix` gives attn_v two
-    more bits and ffn_down / attn_output one more (for 1..3 bits; at most 4). Returns a report."""
+    packed LUT layout: `bits` 1..4 or "ternary", `group` weights per scale (fp16 scales; default
+    32); `scales` "fp16" (one fp16 scale and offset per group) or "kq" (k-quant sub-scales, 2..4
+    bits; the group follows from the bits: 16 for 2 and 3, 32 for 4; `group` must be left out or be
+    that one); `mix` gives attn_v two more bits and ffn_down / attn_output one more (for 1..3 bits;
+    at most 4). Returns a report."""
     from .models import resolve_model
     from .progress import Progress
 
     if str(bits) not in BITS:
         raise QuantizeError(f"bits must be one of {', '.join(BITS)}, got {bits!r}")
-    if group not in GROUPS:
+    if scales not in SCALES:
+        raise QuantizeError(f"scales must be one of {', '.join(SCALES)}, got {scales!r}")
+    kind = BITS[str(bits)]
+    kq = scales == "kq"
+    if kq:
+        if kind not in KQ_GROUPS:
+            raise QuantizeError(f"--scales kq takes --bits 2, 3 or 4 (k-quant sub-scales), got --bits {bits}")
+        if group is not None and group != KQ_GROUPS[kind]:
+            raise QuantizeError(f"--group does not apply with --scales kq (the group is {KQ_GROUPS[kind]} for "
+                                f"{kind} bits); leave it out, got --group {group}")
+        group = KQ_GROUPS[kind]
+    elif group is None:
+        group = 32
+    elif group not in GROUPS:
         raise QuantizeError(f"group must be one of {', '.join(map(str, GROUPS))}, got {group!r}")
     if method not in METHODS:
         raise QuantizeError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if threads is not None and threads < 1:
         raise QuantizeError(f"threads must be >= 1, got {threads}")
-    kind = BITS[str(bits)]
     dst = Path(dst)
     src_path = resolve_model(str(src))
     _check_paths(Path(src_path), dst)
@@ -210,9 +250,10 @@ def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str], bit
     arch = g.architecture
     if arch is None:
         raise QuantizeError(f"{g.path}: not a model (metadata 'general.architecture' is missing)")
-    label = LutLayout(kind, group, 2, 0).label + ("-mix" if mix and kind <= 3 else "")
+    base = _kq_layout(kind) if kq else LutLayout(kind, group, 2, 0)
+    label = base.label + ("-mix" if mix and kind <= 3 else "")
     report = QuantizeReport(str(src_path), str(dst), label, method)
-    plan = _plan(g, kind, group, output_head, report, mix)
+    plan = _plan(g, kind, group, output_head, report, mix, kq)
     if threads is None:
         from . import _core
 

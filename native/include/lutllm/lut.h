@@ -363,4 +363,25 @@ enum { LUT_QUANT_RTN = 0, LUT_QUANT_MSE = 1 };
 void lut_quantize(int kind, int group, int64_t rows, int64_t k, const float* w, uint8_t* out, LutFormat* fmt,
                   int method = LUT_QUANT_RTN);
 
+// Quantizer for float weights into k-quant sub-scales (k % 256 == 0): a two-level scale, fp16 d
+// (and dmin) per 256 weights of a row and small integer sc (and m) per group (see the layout above):
+//   kind 2 -> W2 g16 kLutScaleKQ4 + offset: value d*sc*q - dmin*m, sc, m in 0..15  (2.625 bits/weight)
+//   kind 3 -> W3 g16 kLutScaleKQ symmetric: value d*sc*(q - 4), sc int8 in -127..127 (3.5625 bits)
+//   kind 4 -> W4 g32 kLutScaleKQ + offset:  value d*sc*q - dmin*m, sc, m in 0..255  (4.625 bits)
+// Per group a float (s, o) is fitted first (o <= 0: the stored offset is -dmin*m with dmin, m >= 0;
+// RTN: min / max, or for the symmetric form the largest |w| on code 0; LUT_QUANT_MSE: also clipped
+// or shrunken candidates and least-squares refits); per super-block d = max s / max sc,
+// sc = round(s / d) (dmin, m alike) and the codes are the nearest to each weight on the decoded
+// grid d*sc, -(dmin*m). LUT_QUANT_MSE then refines while the error drops: each group tries its
+// sc, m +-1 (codes re-chosen), and a least-squares refit of (d, dmin) for the fixed integer sc, m,
+// q is kept when it lowers the super-block's error. LUT_QUANT_MSE minimises squared errors weighted
+// by sqrt(sigma^2 + w^2) (sigma^2: mean w^2 of the super-block), which measured better perplexity
+// than the plain error (lut_pack.cc). Every error is that of the values lut_unpack decodes (the
+// same fp32 operations). fmt receives the format. Returns the plain sum of squared errors (-1, and
+// nothing written, for a kind other than 2..4).
+double lut_quantize_kq(int kind, int64_t rows, int64_t k, const float* w, uint8_t* out, LutFormat* fmt,
+                       int method = LUT_QUANT_MSE);
+// The format lut_quantize_kq writes for kind 2..4 (false for other kinds).
+bool lut_kq_format(int kind, LutFormat* fmt);
+
 }  // namespace lutllm
