@@ -279,6 +279,26 @@ def test_output_head_is_quantized_only_on_request(tiny, tmp_path):
     assert "output.weight" in _field(GGUFReader(str(out)), "lutllm.quant.tensors")
 
 
+@pytest.mark.parametrize("output_head", [False, True])
+def test_mix_keeps_a_quantized_output_head_at_4_bits(tiny, tmp_path, output_head):
+    """--mix --output-head: the head gets 4 bits (as llama.cpp's low-bit mixes keep it at 6), and holds
+    exactly a numpy round-to-nearest at 4 bits; without --output-head it is copied as is."""
+    out = tmp_path / "q.gguf"
+    quantize_model(tiny, out, "2", 32, method="rtn", output_head=output_head, progress=False, threads=2, mix=True)
+    r = GGUFReader(str(out))
+    names = list(_field(r, "lutllm.quant.tensors"))
+    assert ("output.weight" in names) == output_head
+    if not output_head:
+        return
+    knd, g, sb, off, k, rows = np.asarray(_field(r, "lutllm.quant.layouts")).reshape(-1, 6)[names.index("output.weight")]
+    assert knd == 4
+    src, dst = _reader_tensors(tiny)["output.weight"], _reader_tensors(out)["output.weight"]
+    codes, s, _ = decode_packed(np.asarray(dst.data).view(np.uint8), knd, g, sb, off, k, rows)
+    rc, rs, _ = numpy_rtn(dequantize(src.data, src.tensor_type).reshape(rows, k), 4, int(g))
+    np.testing.assert_array_equal(codes, rc)
+    np.testing.assert_array_equal(s, rs.reshape(rows, -1))
+
+
 def test_requantizing_a_packed_file_decodes_its_packed_tensors(tiny, tmp_path):
     """A packed file is a valid source: its packed tensors are decoded (lut_unpack) and requantized;
     4-bit -> 4-bit RTN of values already on a 4-bit grid changes nothing."""

@@ -89,9 +89,12 @@ def _decodable_types() -> set[int]:
 
 
 def _tensor_kind(name: str, kind: int, mix: bool) -> int:
-    """Bits of one tensor: `kind`, or with mix, more for the sensitive ones (1..3 bits only, capped at 4)."""
+    """Bits of one tensor: `kind`, or with mix, more for the sensitive ones (1..3 bits only, capped at 4;
+    the output head, when quantized at all (--output-head), at 4)."""
     if not mix or kind > 3:
         return kind
+    if name == "output.weight":
+        return 4
     role = name.split(".")[-2] if name.startswith("blk.") else ""
     return min(4, kind + _MIX_EXTRA_BITS.get(role, 0))
 
@@ -218,7 +221,7 @@ def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str], bit
     32); `scales` "fp16" (one fp16 scale and offset per group) or "kq" (k-quant sub-scales, 2..4
     bits; the group follows from the bits: 16 for 2 and 3, 32 for 4; `group` must be left out or be
     that one); `mix` gives attn_v two more bits and ffn_down / attn_output one more (for 1..3 bits;
-    at most 4). Returns a report."""
+    at most 4) and a head quantized by `output_head` 4 bits. Returns a report."""
     from .models import resolve_model
     from .progress import Progress
 
