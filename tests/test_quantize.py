@@ -894,3 +894,15 @@ def test_c_api_loads_kq_files(kq_model, tmp_path):
     out = tmp_path / "kq.gguf"
     quantize_model(kq_model, out, "2", progress=False, threads=2, mix=True, scales="kq")
     _c_api_matches_python(out, [1, 5, 17, 99, 200, 3])
+
+
+def test_summary_lists_many_fallbacks_per_role():
+    """A model whose every layer falls back (SmolLM2: k = 576) gets one entry per role, not 180 names."""
+    from lutllm.quantize import QuantizeReport
+
+    rep = QuantizeReport("a", "b", "w2kq", "mse")
+    rep.group_fallback = [f"blk.{i}.{r}.weight: g32" for i in range(30) for r in ("attn_q", "ffn_up")]
+    line = rep.summary().splitlines()[1]
+    assert line.endswith("blk.*.attn_q.weight: g32 (30 layers), blk.*.ffn_up.weight: g32 (30 layers)"), line
+    rep.group_fallback = ["blk.0.ffn_down.weight: g32", "blk.1.ffn_down.weight: g32"]
+    assert rep.summary().splitlines()[1].endswith("blk.0.ffn_down.weight: g32, blk.1.ffn_down.weight: g32")

@@ -76,10 +76,22 @@ class QuantizeReport:
         if self.group_fallback:
             what = "fp16 scales where k is not a multiple of 256" if "kq" in self.label else \
                 "smaller group where k is not a multiple of the group"
-            lines.append(f"{what}: {', '.join(self.group_fallback)}")
+            lines.append(f"{what}: {_name_list(self.group_fallback)}")
         if self.kept:
-            lines.append(f"left unquantized (k not a multiple of 32): {', '.join(self.kept)}")
+            lines.append(f"left unquantized (k not a multiple of 32): {_name_list(self.kept)}")
         return "\n".join(lines)
+
+
+def _name_list(entries: list[str]) -> str:
+    """Tensor entries ("blk.N.role.weight" or "blk.N.role.weight: note") for a summary line: as they are
+    when few, else one per role and note with its number of layers ("attn_q.weight: g32 (30 layers)")."""
+    if len(entries) <= 8:
+        return ", ".join(entries)
+    counts: dict[str, int] = {}
+    for e in entries:
+        key = re.sub(r"^blk\.\d+\.", "blk.*.", e)
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{key} ({n} layers)" if key.startswith("blk.*.") else key for key, n in counts.items())
 
 
 def _decodable_types() -> set[int]:
