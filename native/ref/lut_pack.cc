@@ -43,14 +43,8 @@ std::string lut_check_format(const LutFormat& f, int64_t rows, int64_t k) {
 
 namespace {
 
-// Plane bit b of one code (W*: q in [0, 2^n); TERNARY: t in {-1,0,1} -> a = t >= 0, b = t > 0).
-inline int code_bit(int kind, uint8_t code, int plane) {
-  if (kind == int(LutKind::TERNARY)) {
-    const int t = int(int8_t(code));
-    return plane == 0 ? (t >= 0) : (t > 0);
-  }
-  return (code >> plane) & 1;
-}
+// Plane bit b of one code (pack_tiles): W*: bit b of q in [0, 2^n); TERNARY: t in {-1,0,1} (int8):
+// plane 0 = (t >= 0), plane 1 = (t > 0), so a + b - 1 = t.
 
 void store_scale(uint8_t* dst, float v, int scale_bytes) {
   if (scale_bytes == 2) {
@@ -76,9 +70,9 @@ float load_scale(const uint8_t* src, int scale_bytes) {
 uint8_t* pack_tiles(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t* q, int64_t rb, int64_t g, uint8_t* p) {
   const int G = fmt.group, n = lut_planes(fmt.kind);
   // nib[b][r][qd]: the nibble of plane b, row r of the block, quad qd (bit i = plane bit of weight
-  // 4 qd + i); padding rows 0 (any code: their scale is 0). For W1..W4 the four plane bits come out
-  // of the four code bytes in one multiply: bits 0, 8, 16, 24 times 0x01020408 land on bits 24..27
-  // (every other product bit lands elsewhere, below 24, and nothing carries).
+  // 4 qd + i); padding rows 0 (any code: their scale is 0). The four plane bits come out of the four
+  // code bytes (as bits 0, 8, 16, 24 of a word) in one multiply: times 0x01020408 they land on bits
+  // 24..27 (every other product bit lands elsewhere, below 24, and nothing carries).
   uint8_t nib[4][kLutRows][128 / 4];
   for (int r = 0; r < kLutRows; ++r) {
     const int64_t row = rb * kLutRows + r;
@@ -88,15 +82,14 @@ uint8_t* pack_tiles(const LutFormat& fmt, int64_t rows, int64_t k, const uint8_t
         continue;
       }
       const uint8_t* c = q + row * k + g * G + 4 * qd;
-      if (fmt.kind == int(LutKind::TERNARY)) {
-        for (int b = 0; b < n; ++b) {
-          uint8_t v = 0;
-          for (int i = 0; i < 4; ++i) v |= uint8_t(code_bit(fmt.kind, c[i], b) << i);
-          nib[b][r][qd] = v;
-        }
+      const uint32_t v = uint32_t(c[0]) | uint32_t(c[1]) << 8 | uint32_t(c[2]) << 16 | uint32_t(c[3]) << 24;
+      if (fmt.kind == int(LutKind::TERNARY)) {  // per byte: plane 0 = (t >= 0), plane 1 = (t > 0)
+        const uint32_t nonneg = (~v >> 7) & 0x01010101u;                                       // sign bit clear
+        const uint32_t nonzero = ((((v & 0x7F7F7F7Fu) + 0x7F7F7F7Fu) | v) >> 7) & 0x01010101u;  // any bit set
+        nib[0][r][qd] = uint8_t((nonneg * 0x01020408u) >> 24);
+        nib[1][r][qd] = uint8_t(((nonneg & nonzero) * 0x01020408u) >> 24);
         continue;
       }
-      const uint32_t v = uint32_t(c[0]) | uint32_t(c[1]) << 8 | uint32_t(c[2]) << 16 | uint32_t(c[3]) << 24;
       for (int b = 0; b < n; ++b) nib[b][r][qd] = uint8_t((((v >> b) & 0x01010101u) * 0x01020408u) >> 24);
     }
   }
@@ -480,13 +473,17 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
         case GgmlType::TQ2_0: {
           block_tq2_0 blk;
           std::memcpy(&blk, src, sizeof blk);
-          for (int e = 0; e < QK_K; ++e) {
-            const int v = (blk.qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
-            if (v == 3) {
-              *err = "TQ2_0 block " + std::to_string(b) + " of row " + std::to_string(r) + " holds code 3 (not ternary)";
-              return false;
-            }
-            qb[e] = uint8_t(int8_t(v - 1));
+          uint8_t bad = 0;  // code 3 anywhere (checked once per block, so the loops vectorize)
+          for (int h = 0; h < 2; ++h)  // weight 128 h + 32 l + m: bits 2l of byte 32 h + m
+            for (int l = 0; l < 4; ++l)
+              for (int m = 0; m < 32; ++m) {
+                const uint8_t v = (blk.qs[32 * h + m] >> (2 * l)) & 3;
+                bad |= uint8_t(v == 3);
+                qb[128 * h + 32 * l + m] = uint8_t(v - 1);  // int8 -1, 0, 1
+              }
+          if (bad) {
+            *err = "TQ2_0 block " + std::to_string(b) + " of row " + std::to_string(r) + " holds code 3 (not ternary)";
+            return false;
           }
           for (int g = 0; g < QK_K / fmt.group; ++g) sr[b * (QK_K / fmt.group) + g] = fp16_to_f32(blk.d);
           break;
