@@ -311,6 +311,14 @@ bool lut_repack_supported(GgmlType t, const LutFormat& fmt) {
 
 namespace {
 
+// The 2-bit fields of a 256-weight block's qs[64] (Q2_K, Q3_K's low bits, TQ2_0): weight 128 h + 32 l + m
+// is bits 2l of byte 32 h + m. Constant trip counts, so the loops vectorize.
+void two_bit_codes(const uint8_t* qs, uint8_t out[QK_K]) {
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 4; ++l)
+      for (int m = 0; m < 32; ++m) out[128 * h + 32 * l + m] = (qs[32 * h + m] >> (2 * l)) & 3;
+}
+
 void q4k_scale_min(const uint8_t* s, int j, int* sc, int* m) {
   if (j < 4) {
     *sc = s[j] & 63;
@@ -419,9 +427,7 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
           block_q2_K blk;
           std::memcpy(&blk, src, sizeof blk);
           const float d = fp16_to_f32(blk.d), dmin = fp16_to_f32(blk.dmin);
-          for (int h = 0; h < 2; ++h)  // weight 128 h + 32 l + m: bits 2l of byte 32 h + m
-            for (int l = 0; l < 4; ++l)
-              for (int m = 0; m < 32; ++m) qb[128 * h + 32 * l + m] = (blk.qs[32 * h + m] >> (2 * l)) & 3;
+          two_bit_codes(blk.qs, qb);
           for (int j = 0; j < 16; ++j) {
             if (kq) {
               ksc[size_t(r * ngroups + b * 16 + j)] = blk.scales[j] & 0xF;
@@ -441,13 +447,12 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
           block_q3_K blk;
           std::memcpy(&blk, src, sizeof blk);
           const float d = fp16_to_f32(blk.d);
-          // codes of weight 128 h + 32 l + m: bits 2l of qs[32 h + m], bit 4h + l of hmask[m] on top
+          // codes: the 2-bit fields, and bit 4h + l of hmask[m] on top of weight 128 h + 32 l + m
           uint8_t code[QK_K];
+          two_bit_codes(blk.qs, code);
           for (int h = 0; h < 2; ++h)
             for (int l = 0; l < 4; ++l)
-              for (int m = 0; m < 32; ++m)
-                code[128 * h + 32 * l + m] =
-                    uint8_t(((blk.qs[32 * h + m] >> (2 * l)) & 3) | (((blk.hmask[m] >> (4 * h + l)) & 1) << 2));
+              for (int m = 0; m < 32; ++m) code[128 * h + 32 * l + m] |= uint8_t(((blk.hmask[m] >> (4 * h + l)) & 1) << 2);
           for (int j = 0; j < 16; ++j) {
             const int lo = (j < 8 ? blk.scales[j] : blk.scales[j - 8] >> 4) & 0x0F;
             const int hi = (blk.scales[8 + j % 4] >> (2 * (j / 4))) & 3;
@@ -473,14 +478,12 @@ bool lut_repack_ggml(GgmlType t, const void* blocks, int64_t rows, int64_t k, co
         case GgmlType::TQ2_0: {
           block_tq2_0 blk;
           std::memcpy(&blk, src, sizeof blk);
-          uint8_t bad = 0;  // code 3 anywhere (checked once per block, so the loops vectorize)
-          for (int h = 0; h < 2; ++h)  // weight 128 h + 32 l + m: bits 2l of byte 32 h + m
-            for (int l = 0; l < 4; ++l)
-              for (int m = 0; m < 32; ++m) {
-                const uint8_t v = (blk.qs[32 * h + m] >> (2 * l)) & 3;
-                bad |= uint8_t(v == 3);
-                qb[128 * h + 32 * l + m] = uint8_t(v - 1);  // int8 -1, 0, 1
-              }
+          two_bit_codes(blk.qs, qb);
+          uint8_t bad = 0;  // code 3 anywhere (checked once per block, so the loop vectorizes)
+          for (int e = 0; e < QK_K; ++e) {
+            bad |= uint8_t(qb[e] == 3);
+            qb[e] = uint8_t(qb[e] - 1);  // int8 -1, 0, 1
+          }
           if (bad) {
             *err = "TQ2_0 block " + std::to_string(b) + " of row " + std::to_string(r) + " holds code 3 (not ternary)";
             return false;
