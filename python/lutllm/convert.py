@@ -89,7 +89,9 @@ def lut_group_block_bytes(fmt: tuple[int, int, int, int]) -> int:
 
 
 def _row_block_bytes(fmt, k: int) -> int:
-    return (k // fmt[1]) * lut_group_block_bytes(fmt)
+    from . import _core
+
+    return int(_core.lut_packed_bytes(tuple(fmt), 16, k))
 
 
 @dataclass(frozen=True)

@@ -159,20 +159,13 @@ class LutLayout:
                     f"{LUT_SUPER_K}, got k = {k}")
         return ""
 
-    def group_block_bytes(self) -> int:
-        """Tiles and scales of one group of 16 rows (k-quant: without the super-block header)."""
-        if self.scale_bytes == LUT_SCALE_KQ4:
-            return 2 * self.group * self.planes + LUT_ROWS
-        return 2 * self.group * self.planes + LUT_ROWS * self.scale_bytes * (1 + self.has_offset)
-
     def row_block_bytes(self, k: int) -> int:
-        """Bytes of one block of 16 rows: k // group group blocks (k-quant: the runtime's own count,
-        k // 256 super-blocks each with a header of fp16 d (and dmin) before its group blocks)."""
-        if self.is_kq:
-            from . import _core
+        """Bytes of one block of 16 rows, from the runtime's own layout arithmetic (lut_packed_bytes,
+        lut.h): k // group group blocks, and for k-quant sub-scales a header per 256 weights. Call
+        after check()."""
+        from . import _core
 
-            return int(_core.lut_packed_bytes(self.fmt, LUT_ROWS, k))
-        return k // self.group * self.group_block_bytes()
+        return int(_core.lut_packed_bytes(self.fmt, LUT_ROWS, k))
 
     def stored_shape(self, rows: int, k: int) -> tuple[int, int]:
         """GGUF shape (ne0, ne1) of the I8 tensor holding rows x k packed weights."""
