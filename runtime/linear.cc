@@ -95,26 +95,37 @@ Linear::Linear(const WeightTensor* w, bool allow_lut, ThreadPool* pool) : w_(w) 
 }
 
 namespace {
-// Rows per task: enough tasks to balance threads, chunks a multiple of 16 rows.
-int64_t row_chunk(int64_t rows, int threads) {
-  if (threads <= 1) return rows;
-  int64_t c = (rows + threads * 8 - 1) / (threads * 8);
-  c = (c + 15) / 16 * 16;
-  return std::max<int64_t>(c, 16);
+constexpr int kMaxTasks = 64;  // per layer and pool loop
+
+// Guided split of `units` 16-row blocks over `threads`: each task takes 1/(2 threads) of what is left,
+// so the first tasks are large and the last ones a block or two: whichever thread ends its last
+// task first waits at most that long for the other (equal chunks left up to a whole chunk).
+int64_t guided_bounds(int64_t units, int threads, int64_t* bound) {
+  int64_t tasks = 0, at = 0;
+  bound[0] = 0;
+  while (at < units) {
+    const int64_t left = units - at;
+    const int64_t c = threads <= 1 || tasks == kMaxTasks - 1 ? left : (left + 2 * threads - 1) / (2 * threads);
+    at += c;
+    bound[++tasks] = at;
+  }
+  return tasks;
 }
 }  // namespace
 
 struct Linear::Plan {
   float* y = nullptr;
-  int64_t n = 0, tasks = 0;
-  int64_t per = 0;                // LUT: 16-row blocks per task; other paths: rows per task
+  int64_t n = 0, rows = 0, tasks = 0;
+  int64_t bound[kMaxTasks + 1] = {};  // task i: 16-row blocks [bound[i], bound[i + 1])
   const LutAct* acts = nullptr;   // LUT
   const ActQ8* xq = nullptr;      // Q8
   const float* x = nullptr;       // F32, DEQUANT
+  int64_t row_begin(int64_t task) const { return bound[task] * kLutRows; }
+  int64_t row_end(int64_t task) const { return std::min(rows, bound[task + 1] * kLutRows); }
 };
 
 // Prepares the input form this layer's path reads (built at most once per input) and splits the
-// rows into tasks.
+// rows into tasks (whole 16-row blocks: LUT kernels compute blocks whole).
 void Linear::plan(LinearInput& in, float* y, ThreadPool& pool, Plan* p) const {
   const WeightTensor& w = *w_;
   const int64_t rows = w.rows(), k = w.cols();
@@ -122,17 +133,10 @@ void Linear::plan(LinearInput& in, float* y, ThreadPool& pool, Plan* p) const {
   if (in.k() != k) throw Error("tensor '" + w.name + "': input has " + std::to_string(in.k()) + " features, weight expects " + std::to_string(k));
   p->y = y;
   p->n = in.n();
-  if (path_ == Path::LUT) {
-    p->acts = in.lut(pool, lut_act_group(lut_.fmt));  // k-quant: one table scale per 256
-    const int64_t blocks = lut_row_blocks(rows);
-    // whole 16-row blocks per task (kernels compute blocks whole)
-    p->per = std::max<int64_t>(1, (blocks + pool.size() * 4 - 1) / (pool.size() * 4));
-    p->tasks = (blocks + p->per - 1) / p->per;
-    return;
-  }
-  p->per = row_chunk(rows, pool.size());
-  p->tasks = (rows + p->per - 1) / p->per;
-  if (path_ == Path::Q8) p->xq = in.q8(pool);
+  p->rows = rows;
+  p->tasks = guided_bounds(lut_row_blocks(rows), pool.size(), p->bound);
+  if (path_ == Path::LUT) p->acts = in.lut(pool, lut_act_group(lut_.fmt));  // k-quant: one table scale per 256
+  else if (path_ == Path::Q8) p->xq = in.q8(pool);
   else p->x = in.x();
 }
 
@@ -141,13 +145,12 @@ void Linear::run_task(const Plan& p, int64_t c) const {
   const int64_t rows = w.rows(), k = w.cols(), n = p.n;
   float* y = p.y;
   const KernelTable& kt = kernels();
+  const int64_t r0 = p.row_begin(c), r1 = p.row_end(c);
   if (path_ == Path::LUT) {
-    const int64_t r0 = c * p.per * kLutRows, r1 = std::min(rows, (c + 1) * p.per * kLutRows);
     if (n == 1) kt.lut_gemv[lut_.fmt.kind](&lut_, p.acts, r0, r1, y);
     else kt.lut_gemm[lut_.fmt.kind](&lut_, p.acts, n, r0, r1, y, rows);
     return;
   }
-  const int64_t r0 = c * p.per, r1 = std::min(rows, r0 + p.per);
   switch (path_) {
     case Path::Q8:
       kt.matmul_q8[int(w.type)](w.data + size_t(r0) * w.row_bytes, w.row_bytes, r1 - r0, k, p.xq, k / QK32, n, y + r0, rows);
@@ -179,25 +182,39 @@ void Linear::forward(LinearInput& in, float* y, ThreadPool& pool) const {
   forward_many(&self, &y, 1, in, pool);
 }
 
-void Linear::forward_many(const Linear* const* layers, float* const* ys, int count, LinearInput& in, ThreadPool& pool) {
+void Linear::forward_many(const Linear* const* layers, float* const* ys, int count, LinearInput& in, ThreadPool& pool,
+                          const RowEpilogue* epilogue) {
   constexpr int kMax = 4;
   if (count < 1 || count > kMax) throw Error("forward_many takes 1 to 4 layers");
-  // One shared LinearInput holds tables for one LUT group size at a time: layers that need
-  // different ones run one after the other.
-  int32_t group = 0;
-  for (int i = 0; i < count && count > 1; ++i) {
+  bool same_rows = true;
+  int32_t ag = 0;  // LUT activation group of the first LUT layer
+  bool one_ag = true;
+  for (int i = 0; i < count; ++i) {
+    same_rows = same_rows && layers[i]->out_features() == layers[0]->out_features();
     if (layers[i]->path_ != Path::LUT) continue;
-    if (group == 0) group = layers[i]->lut_.fmt.group;
-    if (layers[i]->lut_.fmt.group == group) continue;
+    const int32_t g = lut_act_group(layers[i]->lut_.fmt);
+    one_ag = one_ag && (ag == 0 || g == ag);
+    if (ag == 0) ag = g;
+  }
+  if (epilogue && !same_rows) throw Error("forward_many: a row epilogue needs layers with equal output sizes");
+  // One shared LinearInput holds LUT tables for one activation group size at a time: layers that
+  // need different ones run one after the other.
+  if (!one_ag) {
     for (int j = 0; j < count; ++j) forward_many(&layers[j], &ys[j], 1, in, pool);
+    if (epilogue) (*epilogue)(0, layers[0]->out_features());
     return;
   }
   Plan plans[kMax];
-  int64_t first[kMax + 1] = {0};
-  for (int i = 0; i < count; ++i) {
-    layers[i]->plan(in, ys[i], pool, &plans[i]);
-    first[i + 1] = first[i] + plans[i].tasks;
+  for (int i = 0; i < count; ++i) layers[i]->plan(in, ys[i], pool, &plans[i]);
+  if (epilogue) {  // lockstep: task c computes the same rows of every layer, then their epilogue
+    pool.parallel_for(plans[0].tasks, [&](int64_t task, int) {
+      for (int i = 0; i < count; ++i) layers[i]->run_task(plans[i], task);
+      (*epilogue)(plans[0].row_begin(task), plans[0].row_end(task));
+    });
+    return;
   }
+  int64_t first[kMax + 1] = {0};
+  for (int i = 0; i < count; ++i) first[i + 1] = first[i] + plans[i].tasks;
   pool.parallel_for(first[count], [&](int64_t task, int) {
     int i = 0;
     while (task >= first[i + 1]) ++i;

@@ -3,6 +3,7 @@
 // thread pool. Mapped weights are used in place; only a LUT path repacked at load owns a copy.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -51,9 +52,14 @@ class Linear {
   Path path() const { return path_; }
   // y[t * out_features + r] = dot(W[r], x[t]) for t < in.n()
   void forward(LinearInput& in, float* y, ThreadPool& pool) const;
+  // Called with a row range [r0, r1) once those rows of every layer's output are computed.
+  using RowEpilogue = std::function<void(int64_t r0, int64_t r1)>;
   // The same for `count` layers reading one input (q/k/v, gate/up) in a single pool loop: one
   // hand-off to the workers instead of `count`, and the short tails of small matrices overlap.
-  static void forward_many(const Linear* const* layers, float* const* ys, int count, LinearInput& in, ThreadPool& pool);
+  // With an epilogue (layers of equal output size, e.g. gate/up), each task computes the same rows
+  // of every layer and then runs the epilogue on them, in parallel and while those rows are in cache.
+  static void forward_many(const Linear* const* layers, float* const* ys, int count, LinearInput& in, ThreadPool& pool,
+                           const RowEpilogue* epilogue = nullptr);
 
  private:
   struct Plan;  // one layer's share of a pool loop (linear.cc)

@@ -101,6 +101,29 @@ def test_token_by_token_decode_matches_batched_prefill(engine):
     np.testing.assert_allclose(np.stack(rows), batched, rtol=0, atol=1e-4 * np.abs(batched).max())
 
 
+@pytest.mark.parametrize("lut", [True, False])
+def test_logits_do_not_depend_on_the_thread_count(smollm2_path, engine, engine_q8, lut):
+    """Each output row is computed by one task whatever the split, so 1, 2 or 3 threads (different
+    task boundaries, gate/up rows and their activation computed together per task) must give the
+    same bits, for a prompt (GEMM) and the decode steps after it (GEMV)."""
+    from lutllm.engine import Engine
+
+    toks = _tokens(engine, PROMPTS[2])
+    two = engine if lut else engine_q8
+
+    def run(e):
+        e.reset()
+        pre = e.eval(toks[:-3], all_logits=True)
+        steps = [e.eval(toks[: i + 1])[-1] for i in range(len(toks) - 3, len(toks))]
+        return np.concatenate([pre, np.stack(steps)])
+
+    want = run(two)
+    two.reset()  # the module's engines start the next test empty
+    for threads in (1, 3):
+        got = run(Engine(smollm2_path, n_ctx=512, n_threads=threads, lut=lut))
+        assert np.array_equal(got, want), f"{threads} threads differ from 2"
+
+
 def test_greedy_generation_matches_llama_cpp(engine):
     g = GOLDEN["greedy"]
     prompt = engine.chat_template().render([{"role": "user", "content": g["user"]}], add_generation_prompt=True)
@@ -134,6 +157,8 @@ def test_lut_path_perplexity_matches_dequantized_float_path(engine, engine_q8, s
     toks = engine.tokenizer.encode(text, add_special=False)
     ref = ReferenceModel(smollm2_path, dtype=np.float32)
     nll = {"lut": [], "int8": [], "float": []}
+    engine.reset()
+    engine_q8.reset()
     for c in range(2):
         t = ([engine.tokenizer.bos_id] + toks[c * 511:(c + 1) * 511])[:512]
         scored = np.arange(256, 511)  # the second half, predicting the next token (llama-perplexity)
