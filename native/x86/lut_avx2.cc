@@ -238,6 +238,37 @@ inline void kq_group_madd(const uint8_t* sp, int32_t kq, bool has_off, int32_t c
   }
 }
 
+// Sub-scales of two consecutive groups (sub-scale bytes at sp0, sp1) as int16 (group 0, group 1) pairs
+// per row, in pmaddwd's unpack order ([0]: rows 0-3 | 8-11, [1]: rows 4-7 | 12-15): ws the scales, wm
+// the mins (KQ with offsets only).
+template <int KQ>
+inline void kq_pair_subscales(const uint8_t* sp0, const uint8_t* sp1, __m256i ws[2], __m256i wm[2]) {
+  // lane 0: the byte pairs of rows 0-7, lane 1: rows 8-15
+  auto pair_bytes = [](const uint8_t* x0, const uint8_t* x1) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x0));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x1));
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi8(a, b)), _mm_unpackhi_epi8(a, b), 1);
+  };
+  const __m256i z = _mm256_setzero_si256(), b = pair_bytes(sp0, sp1);
+  if (KQ == kLutKqNibble) {  // sc | m << 4
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i sc = _mm256_and_si256(b, m4), m = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+    ws[0] = _mm256_unpacklo_epi8(sc, z);
+    ws[1] = _mm256_unpackhi_epi8(sc, z);
+    wm[0] = _mm256_unpacklo_epi8(m, z);
+    wm[1] = _mm256_unpackhi_epi8(m, z);
+  } else if (KQ == kLutKqS8) {  // sign-extended: the byte in the high half, shifted down
+    ws[0] = _mm256_srai_epi16(_mm256_unpacklo_epi8(z, b), 8);
+    ws[1] = _mm256_srai_epi16(_mm256_unpackhi_epi8(z, b), 8);
+  } else {  // uint8 sc, then uint8 m
+    const __m256i m = pair_bytes(sp0 + kLutRows, sp1 + kLutRows);
+    ws[0] = _mm256_unpacklo_epi8(b, z);
+    ws[1] = _mm256_unpackhi_epi8(b, z);
+    wm[0] = _mm256_unpacklo_epi8(m, z);
+    wm[1] = _mm256_unpackhi_epi8(m, z);
+  }
+}
+
 // GEMV of one row block over whole k-quant super-blocks, spans = super-blocks (ag a multiple of 256):
 // Q2_K's W2 g16 + 4-bit sub-scales with offset (KQ = kLutKqNibble, OFF), Q3_K's W3 g16 + int8
 // sub-scales (kLutKqS8, symmetric) and Q4_K's W4 g32 + uint8 sub-scales with offset (kLutKqU8, OFF).
@@ -245,10 +276,16 @@ inline void kq_group_madd(const uint8_t* sp, int32_t kq, bool has_off, int32_t c
 // walked by pointer and a fixed number of prefetches per group block: the general loop's address
 // arithmetic, prefetch cursor and format branches were about half of its instructions (perf annotate
 // of Q2_K), and these loops are compute-bound.
+// The epilogue takes groups two at a time: J = sum sc (16 I + cq Qf) as 16 J1 + cq J2 with
+// J1 = sum sc I and J2 = sum sc Qf, each pmaddwd covering a row's two groups ((I_g, I_g+1) x (sc_g,
+// sc_g+1), (Qf_g, Qf_g+1) x (sc_g, sc_g+1), and (Qf_g, Qf_g+1) x (m_g, m_g+1) for M): the same integers
+// as kq_group_madd's, in about two thirds of its instructions (bounds: lut.h; |J1|, |J2| < 2^31 for
+// every k-quant format).
 template <int KIND, int kG, int KQ, bool OFF>
 void row_block_kq_gemv(const uint8_t* blk, const LutGroupAddr& ga, const LutAct* act, const int32_t* qg,
                        int64_t g0, int64_t g1, Rows16* yv, size_t pf) {
   constexpr int kGroups = 256 / kG;
+  static_assert(kGroups % 2 == 0, "groups go in pairs");
   constexpr size_t kTiles = 2 * kG * KIND, kGroupBytes = kTiles + kLutRows * (KQ == kLutKqU8 ? 2 : 1);
   constexpr size_t kHeader = OFF ? 64 : 32;
   constexpr int32_t cq = OFF ? (1 << KIND) - 1 : -1;
@@ -256,21 +293,39 @@ void row_block_kq_gemv(const uint8_t* blk, const LutGroupAddr& ga, const LutAct*
   const LookupConsts c(KIND, false);
   const uint8_t* sb = blk + lut_header_at(ga, g0);
   const int8_t* tq = act->tab + g0 * (kG / 4) * 16;
+  const int32_t* q = qg;
   PrefetchCursor pfc{sb + pf};
   for (int64_t g = g0; g < g1; g += kGroups, sb += kHeader + kGroups * kGroupBytes) {
-    __m256i J[1][2] = {}, M[1][2] = {};
+    __m256i J1[2] = {}, J2[2] = {}, M[1][2] = {};
     const uint8_t* p = sb + kHeader;
-    for (int i = 0; i < kGroups; ++i, p += kGroupBytes, tq += (kG / 4) * 16) {
-      if (pf) {
-        if (kG == 16)  // 80 / 112-byte blocks: two lines from p + pf cover this one and the gap to the next
-          for (int l = 0; l < 2; ++l) __builtin_prefetch(p + pf + 64 * l, 0, 3);
-        else  // 288-byte blocks: each line once (five per block would repeat one; 10% slower at 2 threads)
-          pfc.upto(p + pf + kGroupBytes + kHeader);
+    for (int i = 0; i < kGroups; i += 2, q += 2) {
+      __m256i I[2];
+      for (int u = 0; u < 2; ++u, p += kGroupBytes, tq += (kG / 4) * 16) {
+        if (pf) {
+          if (kG == 16)  // 80 / 112-byte blocks: two lines from p + pf cover this one and the gap to the next
+            for (int l = 0; l < 2; ++l) __builtin_prefetch(p + pf + 64 * l, 0, 3);
+          else  // 288-byte blocks: each line once (five per block would repeat one; 10% slower at 2 threads)
+            pfc.upto(p + pf + kGroupBytes + kHeader);
+        }
+        __m256i accA[1], accB[1];
+        group_lookups<KIND, 1, kG>(p, kG, &tq, c, accA, accB);
+        I[u] = _mm256_add_epi16(_mm256_permute2x128_si256(accA[0], accB[0], 0x20),
+                                _mm256_permute2x128_si256(accA[0], accB[0], 0x31));  // rows 0-7 | 8-15
       }
-      __m256i accA[1], accB[1];
-      group_lookups<KIND, 1, kG>(p, kG, &tq, c, accA, accB);
-      kq_group_madd<1>(p + kTiles, KQ, OFF, cq, accA, accB, qg + (g - g0) + i, J, M);
+      __m256i ws[2], wm[2];
+      kq_pair_subscales<KQ>(p - 2 * kGroupBytes + kTiles, p - kGroupBytes + kTiles, ws, wm);
+      // (Qf_g, Qf_g+1) as int16 in every 32-bit lane
+      const __m256i qpair = _mm256_set1_epi32(int32_t((uint32_t(q[0]) & 0xFFFFu) | uint32_t(q[1]) << 16));
+      const __m256i X[2] = {_mm256_unpacklo_epi16(I[0], I[1]), _mm256_unpackhi_epi16(I[0], I[1])};
+      for (int h = 0; h < 2; ++h) {
+        J1[h] = _mm256_add_epi32(J1[h], _mm256_madd_epi16(X[h], ws[h]));
+        J2[h] = _mm256_add_epi32(J2[h], _mm256_madd_epi16(qpair, ws[h]));
+        if (OFF) M[0][h] = _mm256_add_epi32(M[0][h], _mm256_madd_epi16(qpair, wm[h]));
+      }
     }
+    __m256i J[1][2];
+    for (int h = 0; h < 2; ++h)
+      J[0][h] = _mm256_add_epi32(_mm256_slli_epi32(J1[h], 4), _mm256_mullo_epi32(J2[h], _mm256_set1_epi32(cq)));
     kq_span_step_unpacked<1>(sb, act, g * kG, OFF, J, M, yv);
   }
 }
