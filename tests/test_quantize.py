@@ -279,22 +279,23 @@ def test_output_head_is_quantized_only_on_request(tiny, tmp_path):
     assert "output.weight" in _field(GGUFReader(str(out)), "lutllm.quant.tensors")
 
 
-@pytest.mark.parametrize("output_head", [False, True])
-def test_mix_keeps_a_quantized_output_head_at_4_bits(tiny, tmp_path, output_head):
-    """--mix --output-head: the head gets 4 bits (as llama.cpp's low-bit mixes keep it at 6), and holds
-    exactly a numpy round-to-nearest at 4 bits; without --output-head it is copied as is."""
+@pytest.mark.parametrize("bits,output_head", [("2", False), ("2", True), ("3", True)])
+def test_mix_gives_a_quantized_output_head_one_more_bit(tiny, tmp_path, bits, output_head):
+    """--mix --output-head: the head gets one more bit (3 at 2 bits, 4 at 3), as llama.cpp's low-bit mixes
+    keep it wider, and holds exactly a numpy round-to-nearest at that width; without --output-head it is
+    copied as is."""
     out = tmp_path / "q.gguf"
-    quantize_model(tiny, out, "2", 32, method="rtn", output_head=output_head, progress=False, threads=2, mix=True)
+    quantize_model(tiny, out, bits, 32, method="rtn", output_head=output_head, progress=False, threads=2, mix=True)
     r = GGUFReader(str(out))
     names = list(_field(r, "lutllm.quant.tensors"))
     assert ("output.weight" in names) == output_head
     if not output_head:
         return
     knd, g, sb, off, k, rows = np.asarray(_field(r, "lutllm.quant.layouts")).reshape(-1, 6)[names.index("output.weight")]
-    assert knd == 4
+    assert knd == KINDS[bits] + 1
     src, dst = _reader_tensors(tiny)["output.weight"], _reader_tensors(out)["output.weight"]
     codes, s, _ = decode_packed(np.asarray(dst.data).view(np.uint8), knd, g, sb, off, k, rows)
-    rc, rs, _ = numpy_rtn(dequantize(src.data, src.tensor_type).reshape(rows, k), 4, int(g))
+    rc, rs, _ = numpy_rtn(dequantize(src.data, src.tensor_type).reshape(rows, k), int(knd), int(g))
     np.testing.assert_array_equal(codes, rc)
     np.testing.assert_array_equal(s, rs.reshape(rows, -1))
 

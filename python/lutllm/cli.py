@@ -485,8 +485,8 @@ def bench(model, n_prompt, n_gen, threads, batch_size, reps, no_warmup, int8, as
 @click.option("--method", type=click.Choice(["rtn", "mse"]), default="mse", show_default=True,
               help="rtn: round to nearest (min/max per group); mse: least squared error search.")
 @click.option("--output-head", is_flag=True, help="Also quantize a separate output.weight (kept as is by default).")
-@click.option("--mix", is_flag=True, help="1-3 bits: attn_v +2 bits, ffn_down and attn_output +1, an --output-head "
-              "head 4 bits (much better quality).")
+@click.option("--mix", is_flag=True, help="1-3 bits: attn_v +2 bits, ffn_down, attn_output and an --output-head "
+              "head +1 (much better quality).")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads (default: physical cores).")
 def quantize(src, dst, bits, group, scales, method, output_head, mix, threads):
     """Requantize the linear layers of model IN (path or registry name) into OUT (packed LUT GGUF)."""
