@@ -330,6 +330,51 @@ void row_block_kq_gemv(const uint8_t* blk, const LutGroupAddr& ga, const LutAct*
   }
 }
 
+// GEMM (NT tokens) of one row block over k-quant groups [g0, g1), g0 and g1 even and spans of an even
+// number of groups: the epilogue of row_block_kq_gemv, groups in pairs, with J kept whole (J += (I_g,
+// I_g+1) x 16 (sc_g, sc_g+1) + (Qf_g, Qf_g+1) x cq (sc_g, sc_g+1)) so each token needs no more
+// accumulators than the per-group loop: the sub-scale work is shared by the NT tokens and each token
+// does half the lane interleaves and pmaddwd of kq_group_madd. Same integers, bit-exact.
+template <int KIND, int NT, int kG, int KQ, bool OFF>
+void row_block_kq_pairs(const uint8_t* blk, const LutGroupAddr& ga, const LutAct* act, const int32_t* const* qg,
+                        int64_t g0, int64_t g1, int64_t smask, Rows16 yv[NT], size_t pf) {
+  constexpr int32_t cq = OFF ? (1 << KIND) - 1 : -1;
+  static_assert(127 * ((1 << KIND) - 1) * (kG / 4) <= 32767 && 16 * 127 * (kG / 4) <= 32767, "I, Qf fit int16");
+  const LookupConsts c(KIND, false);
+  __m256i J[NT][2], M[NT][2];
+  for (int t = 0; t < NT; ++t) J[t][0] = J[t][1] = M[t][0] = M[t][1] = _mm256_setzero_si256();
+  PrefetchCursor pfc{blk + lut_group_at(ga, g0) + pf};
+  for (int64_t g = g0; g < g1; g += 2) {
+    const uint8_t* p[2] = {blk + lut_group_at(ga, g), blk + lut_group_at(ga, g + 1)};
+    if (pf) pfc.upto(p[1] + pf + ga.group_bytes + ga.header_bytes);
+    __m256i I[2][NT];
+    for (int u = 0; u < 2; ++u) {
+      const int8_t* tq[NT];
+      __m256i accA[NT], accB[NT];
+      for (int t = 0; t < NT; ++t) tq[t] = act[t].tab + (g + u) * (kG / 4) * 16;
+      group_lookups<KIND, NT, kG>(p[u], kG, tq, c, accA, accB);
+      for (int t = 0; t < NT; ++t)
+        I[u][t] = _mm256_add_epi16(_mm256_permute2x128_si256(accA[t], accB[t], 0x20),
+                                   _mm256_permute2x128_si256(accA[t], accB[t], 0x31));  // rows 0-7 | 8-15
+    }
+    __m256i ws[2], wm[2];
+    kq_pair_subscales<KQ>(p[0] + ga.tile_bytes, p[1] + ga.tile_bytes, ws, wm);
+    const __m256i ws16[2] = {_mm256_slli_epi16(ws[0], 4), _mm256_slli_epi16(ws[1], 4)};
+    const __m256i wsq[2] = {_mm256_mullo_epi16(ws[0], _mm256_set1_epi16(int16_t(cq))),
+                            _mm256_mullo_epi16(ws[1], _mm256_set1_epi16(int16_t(cq)))};
+    for (int t = 0; t < NT; ++t) {
+      const int32_t* q = qg[t] + (g - g0);
+      const __m256i qpair = _mm256_set1_epi32(int32_t((uint32_t(q[0]) & 0xFFFFu) | uint32_t(q[1]) << 16));
+      const __m256i X[2] = {_mm256_unpacklo_epi16(I[0][t], I[1][t]), _mm256_unpackhi_epi16(I[0][t], I[1][t])};
+      for (int h = 0; h < 2; ++h) {
+        J[t][h] = _mm256_add_epi32(J[t][h], _mm256_add_epi32(_mm256_madd_epi16(X[h], ws16[h]), _mm256_madd_epi16(qpair, wsq[h])));
+        if (OFF) M[t][h] = _mm256_add_epi32(M[t][h], _mm256_madd_epi16(qpair, wm[h]));
+      }
+    }
+    if (((g + 1) & smask) == smask) kq_span_step_unpacked<NT>(blk + lut_header_at(ga, g + 1), act, (g + 1) * kG, OFF, J, M, yv);
+  }
+}
+
 // Rows of one row block for NT activation vectors, groups [g0, g1); yv holds the running sums.
 // GC: the group size when fixed at compile time (the k-quant sizes), 0 = f.group at run time.
 template <int KIND, int NT, int GC>
@@ -447,6 +492,19 @@ struct Avx2 {
                         const int32_t* const* qg, int64_t g0, int64_t g1, Tile yv[NT], size_t pf) {
     // one token over whole super-blocks that are also the table-scale spans: the fixed-format loops
     // (Q2_K, Q3_K, Q4_K); else fully unrolled copies: g16 always, g32 for GEMV only (slower for NT = 8)
+    // several tokens, k-quant groups in pairs (spans and [g0, g1) of whole pairs)
+    if (NT > 1 && lut_is_kq(f)) {
+      const LutGroupAddr ga = lut_group_addr(f);
+      const int64_t smask = lut_kq_span_mask(f, act[0].ag);
+      if (smask >= 1 && (smask & 1) && g0 % 2 == 0 && g1 % 2 == 0) {
+        if (KIND == 2 && f.group == 16 && ga.kq == kLutKqNibble && f.has_offset)
+          return row_block_kq_pairs<2, NT, 16, kLutKqNibble, true>(blk, ga, act, qg, g0, g1, smask, yv, pf);
+        if (KIND == 3 && f.group == 16 && ga.kq == kLutKqS8 && !f.has_offset)
+          return row_block_kq_pairs<3, NT, 16, kLutKqS8, false>(blk, ga, act, qg, g0, g1, smask, yv, pf);
+        if (KIND == 4 && f.group == 32 && ga.kq == kLutKqU8 && f.has_offset)
+          return row_block_kq_pairs<4, NT, 32, kLutKqU8, true>(blk, ga, act, qg, g0, g1, smask, yv, pf);
+      }
+    }
     if (f.group == 16) {
       if (NT == 1 && lut_kq_span_mask(f, act[0].ag) == 256 / 16 - 1 && g0 % 16 == 0 && g1 % 16 == 0) {
         const LutGroupAddr ga = lut_group_addr(f);
