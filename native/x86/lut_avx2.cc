@@ -209,6 +209,16 @@ inline const uint8_t* group_lookups(const uint8_t* p, int G, const int8_t* const
   return p;
 }
 
+// A group's lookup sums with the two quad parities (lanes) added: int16 I of rows 0-7 | 8-15.
+inline __m256i group_rows_i16(__m256i accA, __m256i accB) {
+  return _mm256_add_epi16(_mm256_permute2x128_si256(accA, accB, 0x20), _mm256_permute2x128_si256(accA, accB, 0x31));
+}
+
+// (Qf_g, Qf_g+1) of two consecutive groups as int16 in every 32-bit lane (pmaddwd pairs).
+inline __m256i qf_pair(const int32_t* q) {
+  return _mm256_set1_epi32(int32_t((uint32_t(q[0]) & 0xFFFFu) | uint32_t(q[1]) << 16));
+}
+
 // k-quant group epilogue when I and Qf fit int16: J += 16 sc I + cq sc Qf as one pmaddwd over
 // (I, Qf) x (16 sc, cq sc) pairs, M += m Qf from the same pairs x (0, m); sp = the group's sub-scale
 // bytes, q[t] = Qf_g of token t. J, M stay in the unpack order (kq_span_step_unpacked).
@@ -227,8 +237,7 @@ inline void kq_group_madd(const uint8_t* sp, int32_t kq, bool has_off, int32_t c
     mw[1] = _mm256_unpackhi_epi16(_mm256_setzero_si256(), m16);
   }
   for (int t = 0; t < NT; ++t) {
-    const __m256i I16 = _mm256_add_epi16(_mm256_permute2x128_si256(accA[t], accB[t], 0x20),
-                                         _mm256_permute2x128_si256(accA[t], accB[t], 0x31));
+    const __m256i I16 = group_rows_i16(accA[t], accB[t]);
     const __m256i q16v = _mm256_set1_epi16(int16_t(q[t]));
     const __m256i X[2] = {_mm256_unpacklo_epi16(I16, q16v), _mm256_unpackhi_epi16(I16, q16v)};
     for (int h = 0; h < 2; ++h) {
@@ -309,13 +318,11 @@ void row_block_kq_gemv(const uint8_t* blk, const LutGroupAddr& ga, const LutAct*
         }
         __m256i accA[1], accB[1];
         group_lookups<KIND, 1, kG>(p, kG, &tq, c, accA, accB);
-        I[u] = _mm256_add_epi16(_mm256_permute2x128_si256(accA[0], accB[0], 0x20),
-                                _mm256_permute2x128_si256(accA[0], accB[0], 0x31));  // rows 0-7 | 8-15
+        I[u] = group_rows_i16(accA[0], accB[0]);
       }
       __m256i ws[2], wm[2];
       kq_pair_subscales<KQ>(p - 2 * kGroupBytes + kTiles, p - kGroupBytes + kTiles, ws, wm);
-      // (Qf_g, Qf_g+1) as int16 in every 32-bit lane
-      const __m256i qpair = _mm256_set1_epi32(int32_t((uint32_t(q[0]) & 0xFFFFu) | uint32_t(q[1]) << 16));
+      const __m256i qpair = qf_pair(q);
       const __m256i X[2] = {_mm256_unpacklo_epi16(I[0], I[1]), _mm256_unpackhi_epi16(I[0], I[1])};
       for (int h = 0; h < 2; ++h) {
         J1[h] = _mm256_add_epi32(J1[h], _mm256_madd_epi16(X[h], ws[h]));
@@ -354,8 +361,7 @@ void row_block_kq_pairs(const uint8_t* blk, const LutGroupAddr& ga, const LutAct
       for (int t = 0; t < NT; ++t) tq[t] = act[t].tab + (g + u) * (kG / 4) * 16;
       group_lookups<KIND, NT, kG>(p[u], kG, tq, c, accA, accB);
       for (int t = 0; t < NT; ++t)
-        I[u][t] = _mm256_add_epi16(_mm256_permute2x128_si256(accA[t], accB[t], 0x20),
-                                   _mm256_permute2x128_si256(accA[t], accB[t], 0x31));  // rows 0-7 | 8-15
+        I[u][t] = group_rows_i16(accA[t], accB[t]);
     }
     __m256i ws[2], wm[2];
     kq_pair_subscales<KQ>(p[0] + ga.tile_bytes, p[1] + ga.tile_bytes, ws, wm);
@@ -363,8 +369,7 @@ void row_block_kq_pairs(const uint8_t* blk, const LutGroupAddr& ga, const LutAct
     const __m256i wsq[2] = {_mm256_mullo_epi16(ws[0], _mm256_set1_epi16(int16_t(cq))),
                             _mm256_mullo_epi16(ws[1], _mm256_set1_epi16(int16_t(cq)))};
     for (int t = 0; t < NT; ++t) {
-      const int32_t* q = qg[t] + (g - g0);
-      const __m256i qpair = _mm256_set1_epi32(int32_t((uint32_t(q[0]) & 0xFFFFu) | uint32_t(q[1]) << 16));
+      const __m256i qpair = qf_pair(qg[t] + (g - g0));
       const __m256i X[2] = {_mm256_unpacklo_epi16(I[0][t], I[1][t]), _mm256_unpackhi_epi16(I[0][t], I[1][t])};
       for (int h = 0; h < 2; ++h) {
         J[t][h] = _mm256_add_epi32(J[t][h], _mm256_add_epi32(_mm256_madd_epi16(X[h], ws16[h]), _mm256_madd_epi16(qpair, wsq[h])));
