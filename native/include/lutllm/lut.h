@@ -286,10 +286,10 @@ static inline float lut_group_sum(const float* sum16, int64_t g, int group) {
   return s;
 }
 // Qf_g of the k-quant epilogue: sx = Sx_g, ts = the table scale of the group's span.
-static inline int32_t lut_group_qf(float sx, float ts) {
-  const float inv = ts > 0.0f ? 16.0f / ts : 0.0f;
-  return int32_t(__builtin_nearbyintf(sx * inv));
-}
+// lut_qf_scale(ts) is the factor for every group of one span (callers may compute it once per span).
+static inline float lut_qf_scale(float ts) { return ts > 0.0f ? 16.0f / ts : 0.0f; }
+static inline int32_t lut_group_qf_scaled(float sx, float inv) { return int32_t(__builtin_nearbyintf(sx * inv)); }
+static inline int32_t lut_group_qf(float sx, float ts) { return lut_group_qf_scaled(sx, lut_qf_scale(ts)); }
 
 // =============================================================================================
 // Pack / repack / quantize / unpack (scalar C++, exact; native/ref/lut_pack.cc)

@@ -61,24 +61,21 @@ void lut_gemm_tile(const LutWeights* w, const LutAct* a, int64_t n_tok, int64_t 
     int32_t qbuf[kSxBuf];
     const bool kq = lut_is_kq(f);
     for (int64_t t = 0; t < n_tok; ++t) {
-      if (kq && a[t].ag % f.group == 0) {  // spans of whole groups: one table scale per span, loops that vectorize
-        const int64_t per_span = a[t].ag / f.group;
-        for (int64_t s0 = g0; s0 < g1; s0 = (s0 / per_span + 1) * per_span) {
-          const int64_t s1 = (s0 / per_span + 1) * per_span < g1 ? (s0 / per_span + 1) * per_span : g1;
-          const float ts = a[t].scale[s0 / per_span];
-          const float inv = ts > 0.0f ? 16.0f / ts : 0.0f;  // as lut_group_qf
-          int32_t* q = qbuf + t * (g1 - g0) - g0;
-          if (f.group == 16)
-            for (int64_t g = s0; g < s1; ++g) q[g] = int32_t(__builtin_nearbyintf(a[t].sum16[g] * inv));
-          else
-            for (int64_t g = s0; g < s1; ++g) q[g] = int32_t(__builtin_nearbyintf(group_sum(a[t].sum16, g, f.group) * inv));
-        }
+      if (!kq) {
+        for (int64_t g = g0; g < g1; ++g) sxbuf[t * (g1 - g0) + (g - g0)] = group_sum(a[t].sum16, g, f.group);
         continue;
       }
-      for (int64_t g = g0; g < g1; ++g) {
-        const float sx = group_sum(a[t].sum16, g, f.group);
-        if (kq) qbuf[t * (g1 - g0) + (g - g0)] = lut_group_qf(sx, a[t].scale[g * f.group / a[t].ag]);
-        else sxbuf[t * (g1 - g0) + (g - g0)] = sx;
+      // k-quant: spans of whole groups (lut_act_group_ok: ag % group == 0), one table scale each;
+      // the loop over a span's groups vectorizes
+      const int64_t per_span = a[t].ag / f.group;
+      int32_t* q = qbuf + t * (g1 - g0) - g0;
+      for (int64_t s = g0 / per_span; s * per_span < g1; ++s) {
+        const int64_t b = s * per_span > g0 ? s * per_span : g0, e = (s + 1) * per_span < g1 ? (s + 1) * per_span : g1;
+        const float inv = lut_qf_scale(a[t].scale[s]);
+        if (f.group == 16)  // group_sum of one sum16 entry
+          for (int64_t g = b; g < e; ++g) q[g] = lut_group_qf_scaled(a[t].sum16[g], inv);
+        else
+          for (int64_t g = b; g < e; ++g) q[g] = lut_group_qf_scaled(group_sum(a[t].sum16, g, f.group), inv);
       }
     }
     for (int64_t rb = row_begin / kLutRows; rb * kLutRows < end; ++rb) {
