@@ -90,7 +90,9 @@ FlashFfn::FlashFfn(const FlashFfnConfig& cfg, int n_layer, int d_model, int d_ff
     std::string bad = lut_check_format(gu, cfg.bundle_neurons, d_model);
     if (bad.empty()) bad = lut_check_format(dn, d_model, d_ff);
     if (bad.empty() && cfg.bundle_neurons % dn.group) bad = "bundle size is not a multiple of the down group";
-    if (bad.empty() && (lut_is_kq(gu) || lut_is_kq(dn))) bad = "k-quant sub-scales (scale_bytes 1 or 3) cannot be split into bundles";
+    // gate/up bundles are whole row blocks (any format); down bundles are K-slices of groups, which
+    // k-quant super-blocks (256 weights, one header) are wider than
+    if (bad.empty() && lut_is_kq(dn)) bad = "down matrix: k-quant sub-scales (scale_bytes 1 or 3) cannot be cut into K-slices";
     if (!bad.empty()) throw Error(at + ": " + bad);
     for (int kind : {gu.kind, dn.kind})
       if (!kt.lut_gemv[kind] || !kt.lut_gemm[kind]) throw Error(at + ": no kernel for LUT kind " + lut_kind_name(kind));

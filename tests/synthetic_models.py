@@ -14,7 +14,21 @@ from gguf.quants import quantize
 T = gguf.GGMLQuantizationType
 
 
-def _add(w, name, data, qtype=T.F32):
+def random_q4_k(rng, rows, cols):
+    """Q4_K blocks (rows x cols/256 of 144 bytes) with random codes and 6-bit scales and mins, and
+    d, dmin chosen so the weights d*sc*q - dmin*m centre on 0 with |w| < 3/sqrt(cols). (gguf.quants
+    cannot quantize to Q4_K; it dequantizes it, which is what the tests compare against.)"""
+    raw = rng.integers(0, 256, size=(rows, cols // 256, 144), dtype=np.uint8)
+    d = np.float16(3.0 / (63 * 15 * np.sqrt(cols)))
+    raw[:, :, 0:2] = np.frombuffer(d.tobytes(), np.uint8)
+    raw[:, :, 2:4] = np.frombuffer(np.float16(7.5 * float(d)).tobytes(), np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def _add(w, name, data, qtype=T.F32, rng=None):
+    if qtype == T.Q4_K:  # random blocks of the data's shape (the values of `data` are not used)
+        w.add_tensor(name, random_q4_k(rng, *np.shape(data)), raw_dtype=qtype)
+        return
     data = np.ascontiguousarray(data, dtype=np.float32)
     if qtype == T.F32:
         w.add_tensor(name, data)
@@ -26,8 +40,9 @@ def _add(w, name, data, qtype=T.F32):
 
 def write_model(path, arch="llama", *, n_layer=2, d=256, n_head=4, n_kv=2, head_dim=None, d_ff=512,
                 n_vocab=384, weight_type=T.Q8_0, embd_type=T.F16, tied=True, seed=0,
-                sliding_window=8, hidden_act=None, tensor_scales=False):
-    """Write a random model; returns the path. head_dim defaults to d / n_head."""
+                sliding_window=8, hidden_act=None, tensor_scales=False, ffn_type=None):
+    """Write a random model; returns the path. head_dim defaults to d / n_head. ffn_type: the FFN
+    matrices' type (default weight_type); Q4_K gets random blocks (random_q4_k)."""
     rng = np.random.default_rng(seed)
     hd = head_dim or d // n_head
     q_dim, kv_dim = n_head * hd, n_kv * hd
@@ -76,9 +91,10 @@ def write_model(path, arch="llama", *, n_layer=2, d=256, n_head=4, n_kv=2, head_
         _add(w, b + "attn_v.weight", mat(kv_dim, d), weight_type)
         _add(w, b + "attn_output.weight", mat(d, q_dim), weight_type)
         _add(w, b + "ffn_norm.weight", norm(d))
-        _add(w, b + "ffn_gate.weight", mat(d_ff, d), weight_type)
-        _add(w, b + "ffn_up.weight", mat(d_ff, d), weight_type)
-        _add(w, b + "ffn_down.weight", mat(d, d_ff), weight_type)
+        ft = weight_type if ffn_type is None else ffn_type
+        _add(w, b + "ffn_gate.weight", mat(d_ff, d), ft, rng)
+        _add(w, b + "ffn_up.weight", mat(d_ff, d), ft, rng)
+        _add(w, b + "ffn_down.weight", mat(d, d_ff), ft, rng)
         if arch == "qwen2":
             for name, n in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
                 _add(w, b + name + ".bias", 0.5 * rng.standard_normal(n))

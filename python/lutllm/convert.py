@@ -47,8 +47,11 @@ the truly active bundles on a held-out text in `bench/flash.py --recall`; it is 
 is taken from the source (for a re-quantized gate, before re-quantization). Q8_0 factors find the
 same bundles as float32 ones to within 0.1 % (same benchmark).
 
-Weight types: Q4_0, Q4_1, Q4_K, Q3_K, Q2_K, TQ1_0 and TQ2_0 repack exactly (lut_repack_ggml; the same
-bytes the resident runtime builds). Every other type (Q5_0, Q6_K, Q8_0, F16, ...) has no exact LUT
+Weight types: Q4_0, Q4_1, Q4_K, Q3_K, Q2_K, TQ1_0 and TQ2_0 repack exactly (lut_repack_ggml). Gate and
+up of the k-quant types keep their compact form with super-block d/dmin and small integer sub-scales
+(Q4_K: 4.625 bits/weight, the bytes the resident runtime builds) when d_model is a multiple of 256;
+their down K-slices (16..128 weights wide, narrower than a 256-weight super-block) take the uniform
+fp32-scale form (Q4_K: 6 bits/weight), which decodes to the same weights. Every other type (Q5_0, Q6_K, Q8_0, F16, ...) has no exact LUT
 form, so it is dequantized and re-quantized to 4 bits, group 32, fp16 scale + offset (round to
 nearest, lut_quantize). That is lossy: such a flash file is a different (smaller) model than its
 source, and the tensors are listed in lutllm.flash.requantized and reported by convert(). Streamed and
@@ -218,11 +221,14 @@ class FlashLayout:
 
 
 # ---- planning ----------------------------------------------------------------------------------
-def _lut_format(ggml_type: int):
+def _lut_format(ggml_type: int, kq: bool):
+    """The exact LUT format of a GGUF type, or None. kq: k-quant types keep their compact two-level
+    scales (gate/up: bundles are whole row blocks); without it they get the uniform fp32-scale form
+    (down: bundles are K-slices of 16..128-weight groups, narrower than a 256-weight super-block)."""
     from . import _core
 
     try:
-        return tuple(_core.lut_format_for_ggml(ggml_type, _core.LUT_TERNARY_REPACK_GROUP, kq=False))  # bundles need uniform group blocks
+        return tuple(_core.lut_format_for_ggml(ggml_type, _core.LUT_TERNARY_REPACK_GROUP, kq=kq))
     except ValueError:
         return None
 
@@ -271,7 +277,9 @@ def _plan_layers(g: GGUFFile, n_layer: int, d_model: int, d_ff: int) -> list[_La
                 raise ConvertError(f"{g.path}: tensor '{name}' is already packed ({t.lut.label}, `lutllm quantize` "
                                    f"output); convert the source GGUF instead")
             ts.append(t)
-        fmts = [_lut_format(t.ggml_type) for t in ts]
+        # gate/up keep k-quant sub-scales where K = d_model allows them (a multiple of 256)
+        kq_rows = d_model % 256 == 0
+        fmts = [_lut_format(t.ggml_type, kq=kq_rows and nm != "ffn_down") for nm, t in zip(_FFN, ts)]
         requant = {nm for nm, f in zip(("gate", "up", "down"), fmts) if f is None}
         fmts = [f or REQUANT_FORMAT for f in fmts]
         if fmts[0] != fmts[1]:  # gate and up run as one matrix: they must share a format
@@ -284,14 +292,16 @@ def _plan_layers(g: GGUFFile, n_layer: int, d_model: int, d_ff: int) -> list[_La
 
 
 # ---- packing -------------------------------------------------------------------------------------
-def _pack(g: GGUFFile, t: TensorInfo, requant: bool):
-    """(packed bytes, fmt) of one source matrix in the LUT layout."""
+def _pack(g: GGUFFile, t: TensorInfo, requant: bool, fmt_want: tuple):
+    """(packed bytes, fmt) of one source matrix in the LUT layout (fmt_want: the planned format, which
+    says whether k-quant sub-scales are kept)."""
     from . import _core
 
     rows, k = t.shape[1], t.shape[0]
     raw = np.ascontiguousarray(g.tensor_data(t.name)).view(np.uint8).reshape(-1)
     if not requant:
-        packed, fmt = _core.lut_repack_ggml(t.ggml_type, raw, rows, k, _core.LUT_TERNARY_REPACK_GROUP, kq=False)
+        kq = fmt_want[2] in (1, 3)  # kLutScaleKQ / kLutScaleKQ4 (lut.h)
+        packed, fmt = _core.lut_repack_ggml(t.ggml_type, raw, rows, k, _core.LUT_TERNARY_REPACK_GROUP, kq=kq)
         return packed, tuple(fmt)
     import gguf
 
@@ -303,9 +313,9 @@ def _pack(g: GGUFFile, t: TensorInfo, requant: bool):
 def layer_bundles(g: GGUFFile, lay: FlashLayout, src: _LayerSrc, layer: int) -> np.ndarray:
     """The bytes of blk.<layer>.ffn_bundles (n_bundles * stride)."""
     d, dff, gn = lay.d_model, lay.d_ff, lay.bundle_neurons
-    gate, f1 = _pack(g, src.gate, "gate" in src.requant)
-    up, f2 = _pack(g, src.up, "up" in src.requant)
-    down, f3 = _pack(g, src.down, "down" in src.requant)
+    gate, f1 = _pack(g, src.gate, "gate" in src.requant, src.gu_fmt)
+    up, f2 = _pack(g, src.up, "up" in src.requant, src.gu_fmt)
+    down, f3 = _pack(g, src.down, "down" in src.requant, src.dn_fmt)
     if f1 != lay.gu_format[layer] or f2 != lay.gu_format[layer] or f3 != lay.down_format[layer]:
         raise ConvertError(f"{g.path}: layer {layer}: packed formats {f1} {f2} {f3} differ from the plan")
     rb = _row_block_bytes(f1, d)
