@@ -330,6 +330,17 @@ def quality(flash: str, densities: list[float], window: int, threads: int, n_ctx
 
 
 # ---- driver --------------------------------------------------------------------------------------
+def _stale_layout(src: str, flash: str) -> bool:
+    """True when the cached flash file's per-layer bundle formats differ from what convert would
+    write for `src` today (e.g. fp32-scale gate/up from before k-quant gate/up bundles)."""
+    from lutllm.convert import FlashLayout, _plan_layers
+    from lutllm.gguf_file import GGUFFile
+
+    lay = FlashLayout.from_gguf(GGUFFile(flash))
+    plan = _plan_layers(GGUFFile(src), lay.n_layer, lay.d_model, lay.d_ff)
+    return [(p.gu_fmt, p.dn_fmt) for p in plan] != list(zip(lay.gu_format, lay.down_format))
+
+
 def run_arm(name: str, job: dict, limit: int | None, files: list[str], use_cgroup: bool) -> dict:
     for f in files:
         drop_cache(f)
@@ -386,6 +397,10 @@ def main():
 
     src = str(resolve_model(a.model))
     flash = a.flash_file or str(pathlib.Path(src).with_suffix(".flash.gguf" if a.no_order else ".flash-ordered.gguf"))
+    if os.path.exists(flash) and not a.flash_file and _stale_layout(src, flash):
+        print(f"# {flash}: made by an older convert (other bundle formats than it plans now); converting again",
+              file=sys.stderr)
+        os.unlink(flash)
     if not os.path.exists(flash):
         convert_flash(src, flash, order_text=None if a.no_order else CALIB_FILE.read_text())
     if a.recall:
