@@ -183,6 +183,7 @@ const char* op_name(KernelOp op) {
     case KernelOp::LUT_GEMV: return "lut_gemv";
     case KernelOp::LUT_GEMM: return "lut_gemm";
     case KernelOp::ATTN_HEAD: return "attn_head";
+    case KernelOp::SILU_MUL: return "silu_mul";
   }
   return "?";
 }
@@ -209,6 +210,8 @@ const std::vector<KernelInfo>& kernel_registry() {
   v.push_back({KernelOp::LUT_GEMM, int(LutKind::kind), #fn, Isa::isa, reinterpret_cast<void*>(&fn)});
 #define LUTLLM_ATTN_HEAD(fn, isa) \
   v.push_back({KernelOp::ATTN_HEAD, -1, #fn, Isa::isa, reinterpret_cast<void*>(&fn)});
+#define LUTLLM_SILU_MUL(fn, isa) \
+  v.push_back({KernelOp::SILU_MUL, -1, #fn, Isa::isa, reinterpret_cast<void*>(&fn)});
 #include "kernels.inc"
     return v;
   }();
@@ -238,7 +241,7 @@ void fill_table(Isa cap) {
   t.isa_cap = cap;
   int best_q8[kGgmlTypeCount], best_f32[kGgmlTypeCount], best_dq[kGgmlTypeCount], best_qa = -1;
   for (int i = 0; i < kGgmlTypeCount; ++i) best_q8[i] = best_f32[i] = best_dq[i] = -1;
-  int best_lb = -1, best_at = -1, best_lv[kLutKindCount], best_lm[kLutKindCount];
+  int best_lb = -1, best_at = -1, best_sm = -1, best_lv[kLutKindCount], best_lm[kLutKindCount];
   for (int i = 0; i < kLutKindCount; ++i) best_lv[i] = best_lm[i] = -1;
   for (const auto& k : kernel_registry()) {
     if (!isa_supported(k.isa) || !isa_allowed(k.isa, cap)) continue;
@@ -267,6 +270,9 @@ void fill_table(Isa cap) {
         break;
       case KernelOp::ATTN_HEAD:
         if (r > best_at) { best_at = r; t.attn_head = reinterpret_cast<AttnHeadFn>(k.fn); }
+        break;
+      case KernelOp::SILU_MUL:
+        if (r > best_sm) { best_sm = r; t.silu_mul = reinterpret_cast<SiluMulFn>(k.fn); }
         break;
     }
   }

@@ -48,8 +48,8 @@ void rope(float* x, int64_t n, int n_heads, int head_dim, int rope_dim, int64_t 
 
 void gated_activation(FfnAct act, float* a, const float* b, int64_t n) {
   switch (act) {
-    case FfnAct::SILU:
-      for (int64_t i = 0; i < n; ++i) a[i] = a[i] / (1.f + std::exp(-a[i])) * b[i];
+    case FfnAct::SILU:  // the registry kernel: its exp is the same bits on every ISA (kernels.h)
+      kernels().silu_mul(a, b, n);
       break;
     case FfnAct::GELU_TANH: {
       const float c = 0.7978845608028654f;  // sqrt(2 / pi)

@@ -1,15 +1,11 @@
 """Attention kernel (one query head over an fp16 KV cache, the registry's attn_head op): the scalar
 twin against float64 numpy, every SIMD twin bit for bit against the scalar one (NEON under qemu)."""
-import os
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
+from neon_check import run_neon_check
 
 from lutllm import _core
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = [k for k in _core.kernel_list() if k["op"] == "attn_head"]
 SIMD = [pytest.param(k["name"], id=k["name"], marks=[] if k["supported"] else [pytest.mark.skip(reason="CPU lacks ISA")])
         for k in KERNELS if k["isa"] != "ref"]
@@ -73,16 +69,6 @@ def test_bad_arguments_are_errors():
 
 
 def test_neon_matches_ref_under_qemu(tmp_path):
-    cxx, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64-static")
-    if not cxx or not qemu:
-        pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64-static (apt: g++-aarch64-linux-gnu qemu-user-static)")
-    exe = str(tmp_path / "attn_check_neon")
-    cmd = [cxx, "-static", "-std=c++17", "-O2", "-ffp-contract=off", "-I", os.path.join(ROOT, "native/include"),
-           "-DATTN_CHECK_FN=attn_head_f16__neon", os.path.join(ROOT, "tests/cpp/attn_check.cc"),
-           os.path.join(ROOT, "native/ref/attention.cc"), os.path.join(ROOT, "native/arm/attention_neon.cc"), "-o", exe]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr[-3000:]
-    p = subprocess.run([qemu, exe], capture_output=True, text=True, timeout=60)
-    last = p.stdout.strip().splitlines()[-1]
-    assert p.returncode == 0 and last.endswith(" 0 failed"), p.stdout[-3000:]
+    last = run_neon_check(tmp_path, "attn_check_neon", ["tests/cpp/attn_check.cc", "native/ref/attention.cc",
+                                                        "native/arm/attention_neon.cc"], ["-DATTN_CHECK_FN=attn_head_f16__neon"])
     assert int(last.split()[0]) == 7 * 6 * 3, last

@@ -102,6 +102,25 @@ py::array_t<float> run_attn_head(const std::string& name, const py::handle& q_ob
   return out;
 }
 
+// a, b: 1-D float32 of one length -> silu(a) * b by the named SILU_MUL kernel (a new array)
+py::array_t<float> run_silu_mul(const std::string& name, const py::handle& a_obj, const py::handle& b_obj) {
+  const KernelInfo& kinfo = kernel_by_name(name, KernelOp::SILU_MUL);
+  auto a = exact_array<float>(a_obj, "a");
+  auto b = exact_array<float>(b_obj, "b");
+  if (a.ndim() != 1 || b.ndim() != 1 || a.shape(0) != b.shape(0))
+    throw py::value_error("a and b must be 1-D arrays of the same length");
+  const int64_t n = a.shape(0);
+  py::array_t<float> out(n);
+  float* op = out.mutable_data();
+  std::copy(a.data(), a.data() + n, op);
+  const float* bp = b.data();
+  {
+    py::gil_scoped_release nogil;
+    reinterpret_cast<SiluMulFn>(kinfo.fn)(op, bp, n);
+  }
+  return out;
+}
+
 // x: (n_tok, k) float32 -> bytes of n_tok * k/32 ActQ8 blocks
 py::array_t<uint8_t> run_quantize_act(const std::string& name, const py::handle& x_obj) {
   const KernelInfo& kn = kernel_by_name(name, KernelOp::QUANT_ACT);
@@ -463,6 +482,7 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(tt.name, tt.block_elems, tt.block_bytes);
   }, "(name, block_elems, block_bytes) of a GGUF tensor type id.");
   m.def("run_attn_head", &run_attn_head, py::arg("name"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"));
+  m.def("run_silu_mul", &run_silu_mul, py::arg("name"), py::arg("a"), py::arg("b"));
   m.def("run_dequant", &run_dequant, py::arg("name"), py::arg("src"), py::arg("n"));
   m.def("run_quantize_act", &run_quantize_act, py::arg("name"), py::arg("x"));
   m.def("run_matmul_q8", &run_matmul_q8, py::arg("name"), py::arg("w"), py::arg("rows"), py::arg("k"), py::arg("xq"));

@@ -23,5 +23,6 @@ namespace lutllm {
 #define LUTLLM_ATTN_HEAD(fn, isa)                                                             \
   void fn(const float* q, const fp16_t* k, const fp16_t* v, int64_t len, int64_t kv_stride, int hd, float scale, \
           float* scores, float* out);
+#define LUTLLM_SILU_MUL(fn, isa) void fn(float* a, const float* b, int64_t n);
 #include "../../kernels.inc"
 }  // namespace lutllm

@@ -54,8 +54,19 @@ using AttnHeadFn = void (*)(const float* q, const fp16_t* k, const fp16_t* v, in
 // scores[j] becomes p_j.
 void attn_softmax(float* scores, int64_t len);
 
+// SwiGLU's gate: a[i] = silu(a[i]) * b[i] = a[i] / (1 + e_i) * b[i] for i < n, with e_i = exp(-a[i]) formed by
+// one fixed sequence that every ISA repeats bit for bit (IEEE fma, division and multiply; no other rounding):
+//   t  = -a; t = (t < 88) ? t : 88; t = (t > -87) ? t : -87      (NaN a -> t = 88; the NaN survives in a / ...)
+//   k  = nearbyint(t * 1.44269504f)  (ties to even), integer in [-126, 127]
+//   r  = fma(k, -0.693359375f, t); r = fma(k, 2.12194440e-4f, r)           (t - k ln2, two-part ln2)
+//   p  = 1.9875691500e-4f; p = fma(p, r, c) for c in 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
+//        1.6666665459e-1f, 5.0000001201e-1f;  y = fma(p, r * r, r) + 1     (degree-7 polynomial of exp(r))
+//   e  = y * 2^k  (2^k built from the exponent bits);  result = (a / (1 + e)) * b
+// Within 2 ulp of exp in [-87, 88]; the clamp only changes results whose silu is below 1e-36 in size.
+using SiluMulFn = void (*)(float* a, const float* b, int64_t n);
+
 enum class KernelOp : int { DEQUANT = 0, QUANT_ACT = 1, MATMUL_Q8 = 2, MATMUL_F32 = 3, LUT_BUILD = 4, LUT_GEMV = 5, LUT_GEMM = 6,
-                            ATTN_HEAD = 7 };
+                            ATTN_HEAD = 7, SILU_MUL = 8 };
 const char* op_name(KernelOp op);
 
 // One row of the registry (kernels.inc), as seen by tests and benchmarks.
@@ -80,6 +91,7 @@ struct KernelTable {
   LutGemvFn lut_gemv[kLutKindCount];
   LutGemmFn lut_gemm[kLutKindCount];
   AttnHeadFn attn_head;
+  SiluMulFn silu_mul;
 };
 // Filled once on first use from kernels.inc: best supported ISA not above LUTLLM_ISA (if set).
 const KernelTable& kernels();
