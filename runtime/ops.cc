@@ -24,14 +24,29 @@ void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, f
 void rope(float* x, int64_t n, int n_heads, int head_dim, int rope_dim, int64_t pos0, float base, float freq_scale,
           RopeMode mode) {
   const int half = rope_dim / 2;
-  std::vector<float> cs(size_t(half) * 2);
-  for (int64_t t = 0; t < n; ++t) {
-    const double p = double(pos0 + t) * freq_scale;
-    for (int i = 0; i < half; ++i) {
-      const double theta = p * std::pow(double(base), -2.0 * i / rope_dim);
-      cs[2 * i] = float(std::cos(theta));
-      cs[2 * i + 1] = float(std::sin(theta));
+  // cos/sin of every (token, pair): the same for q and k and for every layer with the same rope
+  // settings, so the last table is kept (per thread) and rebuilt only when a setting changes
+  struct Table {
+    int64_t pos0 = -1, n = 0;
+    float base = 0, freq_scale = 0;
+    int rope_dim = 0;
+    std::vector<float> cs;
+  };
+  thread_local Table tab;
+  if (tab.pos0 != pos0 || tab.n != n || tab.base != base || tab.freq_scale != freq_scale || tab.rope_dim != rope_dim) {
+    tab.cs.resize(size_t(n) * size_t(half) * 2);
+    for (int64_t t = 0; t < n; ++t) {
+      const double p = double(pos0 + t) * freq_scale;
+      for (int i = 0; i < half; ++i) {
+        const double theta = p * std::pow(double(base), -2.0 * i / rope_dim);
+        tab.cs[size_t(t * half + i) * 2] = float(std::cos(theta));
+        tab.cs[size_t(t * half + i) * 2 + 1] = float(std::sin(theta));
+      }
     }
+    tab.pos0 = pos0, tab.n = n, tab.base = base, tab.freq_scale = freq_scale, tab.rope_dim = rope_dim;
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    const float* cs = tab.cs.data() + size_t(t) * size_t(half) * 2;
     for (int h = 0; h < n_heads; ++h) {
       float* v = x + (t * n_heads + h) * int64_t(head_dim);
       for (int i = 0; i < half; ++i) {
