@@ -254,25 +254,32 @@ def _perplexity(ctx, golden, n_chunks=None):
 
 
 def _greedy(ctx, golden, n=32):
+    """n greedy tokens after the golden prompt, and the logits each was picked from."""
     g = golden["greedy"]
     logits = _eval(ctx, g["prompt_tokens"], all_logits=False)
-    out, pos = [], len(g["prompt_tokens"])
+    out, rows, pos = [], [], len(g["prompt_tokens"])
     for _ in range(n):
+        rows.append(logits[-1].copy())
         t = int(logits[-1].argmax())
         out.append(t)
         logits = _eval(ctx, [t], pos=pos, all_logits=False)
         pos += 1
-    return out
+    return out, rows
 
 
 def _assert_greedy_matches(ours, golden, require_all=False):
+    tokens, rows = ours
     g = golden["greedy"]
     want, margins = g["tokens"], g["top2_margins"]
-    # compare up to and including the first step where llama.cpp's top two were a near tie
-    n = next((i + 1 for i, m in enumerate(margins) if m < NEAR_TIE), len(want))
     if require_all:
-        n = len(want)
-    assert ours[:n] == want[:n], (ours, want, margins)
+        assert tokens == want[:len(tokens)], (tokens, want, margins)
+        return
+    # the same tokens up to the first step where llama.cpp's top two were a near tie; there the two
+    # may swap (int8 activation rounding), so llama.cpp's pick must only be a near-top logit of ours
+    n = next((i for i, m in enumerate(margins) if m < NEAR_TIE), len(want))
+    assert tokens[:n] == want[:n], (tokens, want, margins)
+    if n < len(want):
+        assert rows[n][want[n]] >= rows[n].max() - NEAR_TIE, (n, tokens[n], want[n], rows[n].max() - rows[n][want[n]])
 
 
 @pytest.fixture(scope="module")
