@@ -69,6 +69,7 @@ def test_bad_arguments_are_errors():
 
 
 def test_neon_matches_ref_under_qemu(tmp_path):
-    last = run_neon_check(tmp_path, "attn_check_neon", ["tests/cpp/attn_check.cc", "native/ref/attention.cc",
-                                                        "native/arm/attention_neon.cc"], ["-DATTN_CHECK_FN=attn_head_f16__neon"])
+    srcs = ["tests/cpp/attn_check.cc", "native/ref/attention.cc", "native/ref/activation.cc",
+            "native/arm/attention_neon.cc", "native/arm/activation_neon.cc"]
+    last = run_neon_check(tmp_path, "attn_check_neon", srcs, ["-DATTN_CHECK_FN=attn_head_f16__neon"])
     assert int(last.split()[0]) == 7 * 6 * 3, last

@@ -61,7 +61,7 @@ void attn_head_f16__neon(const float* q, const fp16_t* k, const fp16_t* v, int64
     if (hd8 < hd) add_tail(a, b, q, kj, hd8, hd);
     scores[j] = reduce8(a, b) * scale;
   }
-  attn_softmax(scores, len);
+  attn_softmax(scores, len, exp_row__neon);
 
   int c = 0;
   for (; c + 32 <= hd8; c += 32) {  // 32 outputs (8 registers) at a time, keys in order

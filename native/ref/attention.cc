@@ -6,14 +6,13 @@
 
 namespace lutllm {
 
-void attn_softmax(float* scores, int64_t len) {
+void attn_softmax(float* scores, int64_t len, ExpRowFn exp_row) {
   float mx = -INFINITY;
   for (int64_t j = 0; j < len; ++j) mx = scores[j] > mx ? scores[j] : mx;
+  for (int64_t j = 0; j < len; ++j) scores[j] = scores[j] - mx;
+  exp_row(scores, len);
   double sum = 0;
-  for (int64_t j = 0; j < len; ++j) {
-    scores[j] = std::exp(scores[j] - mx);
-    sum += scores[j];
-  }
+  for (int64_t j = 0; j < len; ++j) sum += scores[j];
   const float inv = float(1.0 / sum);
   for (int64_t j = 0; j < len; ++j) scores[j] = scores[j] * inv;
 }
@@ -28,7 +27,7 @@ void attn_head_f16__ref(const float* q, const fp16_t* k, const fp16_t* v, int64_
     const float s0 = r0 + r2, s1 = r1 + r3;
     scores[j] = (s0 + s1) * scale;
   }
-  attn_softmax(scores, len);
+  attn_softmax(scores, len, exp_row__ref);
   for (int i = 0; i < hd; ++i) out[i] = 0.f;
   for (int64_t j = 0; j < len; ++j) {
     const fp16_t* vj = v + j * kv_stride;

@@ -64,7 +64,7 @@ void attn_head_f16__avx2(const float* q, const fp16_t* k, const fp16_t* v, int64
     if (hd8 < hd) a = add_tail(a, q, kj, hd8, hd);
     scores[j] = reduce8(a) * scale;
   }
-  attn_softmax(scores, len);
+  attn_softmax(scores, len, exp_row__avx2);
 
   // out = sum_j p_j v_j, 64 outputs (8 registers) at a time, keys in order
   int c = 0;

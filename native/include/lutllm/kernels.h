@@ -45,14 +45,15 @@ using MatmulF32Fn = void (*)(const uint8_t* w, size_t row_bytes, int64_t rows, i
 // scores is caller scratch of len floats. Every ISA gives the same bits, by this fixed order:
 //   dot: 8 lanes, lane l sums q[i]*k[i] for i = l, l+8, ... (float multiply, then add; no fma), in
 //        order of i; then r_j = lane_j + lane_{j+4} (j < 4), s_j = r_j + r_{j+2} (j < 2), dot = s_0 + s_1.
-//   softmax: mx = max_j scores; e_j = expf(scores_j - mx); sum of e_j in double, in order of j;
-//            p_j = e_j * float(1 / sum).
+//   softmax: mx = max_j scores; e_j = exp_fixed(scores_j - mx) (the exp sequence of SiluMulFn below, so
+//            no libm difference can reach it); sum of e_j in double, in order of j; p_j = e_j * float(1 / sum).
 //   out[i] = (((p_0 v_0[i]) + p_1 v_1[i]) + ...) in order of j, multiply then add, starting from 0.
 using AttnHeadFn = void (*)(const float* q, const fp16_t* k, const fp16_t* v, int64_t len, int64_t kv_stride, int hd,
                             float scale, float* scores, float* out);
 // The softmax step above, shared by every attn_head kernel (baseline code in native/ref/attention.cc):
-// scores[j] becomes p_j.
-void attn_softmax(float* scores, int64_t len);
+// scores[j] becomes p_j; exp_row is the calling ISA's exp_row (x[i] = exp_fixed(x[i]), below).
+using ExpRowFn = void (*)(float* x, int64_t n);
+void attn_softmax(float* scores, int64_t len, ExpRowFn exp_row);
 
 // SwiGLU's gate: a[i] = silu(a[i]) * b[i] = a[i] / (1 + e_i) * b[i] for i < n, with e_i = exp(-a[i]) formed by
 // one fixed sequence that every ISA repeats bit for bit (IEEE fma, division and multiply; no other rounding):
@@ -64,6 +65,13 @@ void attn_softmax(float* scores, int64_t len);
 //   e  = y * 2^k  (2^k built from the exponent bits);  result = (a / (1 + e)) * b
 // Within 2 ulp of exp in [-87, 88]; the clamp only changes results whose silu is below 1e-36 in size.
 using SiluMulFn = void (*)(float* a, const float* b, int64_t n);
+// e = exp_fixed(t): the clamp .. e steps above for an argument t (scalar, baseline code in
+// native/ref/activation.cc); exp_row__<isa>: x[i] = exp_fixed(x[i]), the same bits on every ISA
+// (helpers of the attention kernels, not registry entries; each defined in its ISA's activation file).
+float exp_fixed(float t);
+void exp_row__ref(float* x, int64_t n);
+void exp_row__avx2(float* x, int64_t n);
+void exp_row__neon(float* x, int64_t n);
 
 enum class KernelOp : int { DEQUANT = 0, QUANT_ACT = 1, MATMUL_Q8 = 2, MATMUL_F32 = 3, LUT_BUILD = 4, LUT_GEMV = 5, LUT_GEMM = 6,
                             ATTN_HEAD = 7, SILU_MUL = 8 };
