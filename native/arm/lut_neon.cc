@@ -251,50 +251,66 @@ void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const 
   }
 }
 
-// ---- fixed-format GEMV loops (one token) ----------------------------------------------------
+// ---- fixed-format loops (one or two tokens) ---------------------------------------------------
 // row_block's general loop keeps its accumulators in arrays indexed at run time (on the stack), walks
 // groups through lut_group_at and widens every group's sums to int32. The loops below fix the format
-// at compile time: group blocks are walked by pointer, the quad loops unroll and every accumulator
-// stays in a register. Instructions per weight of a 64x2048 GEMV (bench/neon_icount.py, qemu):
-// Q2_K 0.63 -> 0.36, Q3_K 0.93 -> 0.40, Q4_K 0.79 -> 0.47, Q4_0 / Q4_1 0.75 -> 0.52, TQ2_0 0.24 -> 0.16.
+// and the token count at compile time: group blocks are walked by pointer, the quad loops unroll and
+// the accumulators stay in registers; NT = 2 (the GEMM tile) shares each weight load and nibble split
+// between the tokens. Instructions per weight of a 64x2048 GEMV (bench/neon_icount.py, qemu):
+// Q2_K 0.63 -> 0.36, Q3_K 0.93 -> 0.40, Q4_K 0.79 -> 0.47, Q4_0 / Q4_1 0.75 -> 0.52, TQ2_0 0.24 -> 0.16;
+// per weight and token of a 16-token GEMM: Q2_K 0.42 -> 0.32, Q3_K 0.53 -> 0.35, Q4_K 0.54 -> 0.44.
 // Same operations on the same integers and the same float steps in the same order as row_block:
 // bit-identical (tests/cpp/lut_check.cc).
 
-// One plane pair's tiles of a group (kQuads PTs from p, tables from tq): v[h] = P + S of rows
-// 8h .. 8h+7 in int16 (ternary: P alone), as row_block's v0; p moves past the tiles.
-template <int kQuads, bool kTern>
-inline void pair_tiles(const uint8_t*& p, const int8_t* tq, uint8x16_t m4, int16x8_t v[2]) {
-  int16x8_t P0 = vdupq_n_s16(0), P1 = P0, S0 = P0, S1 = P0;
+// One plane pair's tiles of a group (kQuads PTs from p; token t's tables from tq[t]): v[t][h] = P + S
+// of rows 8h .. 8h+7 in int16 (ternary: P alone), as row_block's v0; p moves past the tiles.
+template <int NT, int kQuads, bool kTern>
+inline void pair_tiles(const uint8_t*& p, const int8_t* const* tq, uint8x16_t m4, int16x8_t v[NT][2]) {
+  int16x8_t P[NT][2], S[NT][2];
+#pragma GCC unroll 4
+  for (int t = 0; t < NT; ++t) P[t][0] = P[t][1] = S[t][0] = S[t][1] = vdupq_n_s16(0);
 #pragma GCC unroll 32
   for (int qd = 0; qd < kQuads; ++qd, p += 16) {
     const uint8x16_t wv = vld1q_u8(p);
-    const int8x16_t T = vld1q_s8(tq + qd * 16);
-    const int8x16_t La = vqtbl1q_s8(T, vandq_u8(wv, m4)), Lb = vqtbl1q_s8(T, vshrq_n_u8(wv, 4));
-    P0 = vpadalq_s8(P0, La);
-    P1 = vpadalq_s8(P1, Lb);
-    if (!kTern) {
-      S0 = vsraq_n_s16(S0, vreinterpretq_s16_s8(La), 8);
-      S1 = vsraq_n_s16(S1, vreinterpretq_s16_s8(Lb), 8);
+    const uint8x16_t lo = vandq_u8(wv, m4), hi = vshrq_n_u8(wv, 4);
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) {
+      const int8x16_t T = vld1q_s8(tq[t] + qd * 16);
+      const int8x16_t La = vqtbl1q_s8(T, lo), Lb = vqtbl1q_s8(T, hi);
+      P[t][0] = vpadalq_s8(P[t][0], La);
+      P[t][1] = vpadalq_s8(P[t][1], Lb);
+      if (!kTern) {
+        S[t][0] = vsraq_n_s16(S[t][0], vreinterpretq_s16_s8(La), 8);
+        S[t][1] = vsraq_n_s16(S[t][1], vreinterpretq_s16_s8(Lb), 8);
+      }
     }
   }
-  v[0] = kTern ? P0 : vaddq_s16(P0, S0);
-  v[1] = kTern ? P1 : vaddq_s16(P1, S1);
+#pragma GCC unroll 4
+  for (int t = 0; t < NT; ++t) {
+    v[t][0] = kTern ? P[t][0] : vaddq_s16(P[t][0], S[t][0]);
+    v[t][1] = kTern ? P[t][1] : vaddq_s16(P[t][1], S[t][1]);
+  }
 }
 
-// The single tiles of the odd plane (n = 1, 3): X[h] of rows 8h .. 8h+7; p moves past them.
-template <int kQuads>
-inline void single_tiles(const uint8_t*& p, const int8_t* tq, uint8x16_t m4, int16x8_t X[2]) {
+// The single tiles of the odd plane (n = 1, 3): X[t][h] of rows 8h .. 8h+7; p moves past them.
+template <int NT, int kQuads>
+inline void single_tiles(const uint8_t*& p, const int8_t* const* tq, uint8x16_t m4, int16x8_t X[NT][2]) {
   constexpr int C = kQuads < 8 ? kQuads : 8;  // lut_st_chunk_quads
-  X[0] = X[1] = vdupq_n_s16(0);
+#pragma GCC unroll 4
+  for (int t = 0; t < NT; ++t) X[t][0] = X[t][1] = vdupq_n_s16(0);
 #pragma GCC unroll 8
   for (int c = 0; c < kQuads / C; ++c)  // ST(c, i): quads C*c + i, C*c + i + C/2
 #pragma GCC unroll 8
     for (int i = 0; i < C / 2; ++i, p += 16) {
       const uint8x16_t wv = vld1q_u8(p);
-      const int8x16_t La = vqtbl1q_s8(vld1q_s8(tq + (C * c + i) * 16), vandq_u8(wv, m4));
-      const int8x16_t Lb = vqtbl1q_s8(vld1q_s8(tq + (C * c + i + C / 2) * 16), vshrq_n_u8(wv, 4));
-      X[0] = vaddq_s16(X[0], vaddl_s8(vget_low_s8(La), vget_low_s8(Lb)));
-      X[1] = vaddq_s16(X[1], vaddl_high_s8(La, Lb));
+      const uint8x16_t lo = vandq_u8(wv, m4), hi = vshrq_n_u8(wv, 4);
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; ++t) {
+        const int8x16_t La = vqtbl1q_s8(vld1q_s8(tq[t] + (C * c + i) * 16), lo);
+        const int8x16_t Lb = vqtbl1q_s8(vld1q_s8(tq[t] + (C * c + i + C / 2) * 16), hi);
+        X[t][0] = vaddq_s16(X[t][0], vaddl_s8(vget_low_s8(La), vget_low_s8(Lb)));
+        X[t][1] = vaddq_s16(X[t][1], vaddl_high_s8(La, Lb));
+      }
     }
 }
 
@@ -303,9 +319,9 @@ inline void single_tiles(const uint8_t*& p, const int8_t* tq, uint8x16_t m4, int
 //   I_g = v0 + v1 << 2 + X << (n - 1) in int16 (|I_g| <= 127 (2^n - 1) G/4),
 //   J = sum_g sc_g (16 I_g + cq Qf_g) = 16 sum_g sc_g I_g + cq sum_g sc_g Qf_g, both sums widening
 //       multiply-accumulates of int16 (|Qf_g| <= 16 * 127 G/4), exact in int32; M = sum_g m_g Qf_g.
-template <int KIND, int kG, int KQ, bool OFF>
-void row_block_kq_gemv(const uint8_t* blk, const LutGroupAddr& ga, const LutAct* act, const int32_t* qg, int64_t g0,
-                       int64_t g1, Rows16* yv, size_t pf) {
+template <int KIND, int NT, int kG, int KQ, bool OFF>
+void row_block_kq(const uint8_t* blk, const LutGroupAddr& ga, const LutAct* act, const int32_t* const* qg, int64_t g0,
+                  int64_t g1, Rows16 yv[NT], size_t pf) {
   constexpr int n = KIND, kGroups = kLutSuperK / kG, kQuads = kG / 4;
   constexpr size_t kTiles = size_t(2) * kG * KIND, kGroupBytes = kTiles + kLutRows * (KQ == kLutKqU8 ? 2 : 1);
   constexpr size_t kHeader = OFF ? 64 : 32;
@@ -313,27 +329,38 @@ void row_block_kq_gemv(const uint8_t* blk, const LutGroupAddr& ga, const LutAct*
   static_assert(127 * ((1 << KIND) - 1) * (kG / 4) <= 32767 && 16 * 127 * (kG / 4) <= 32767, "I, Qf fit int16");
   const uint8x16_t m4 = vdupq_n_u8(0x0F);
   const uint8_t* sb = blk + lut_header_at(ga, g0);
-  const int8_t* tq = act->tab + g0 * kQuads * 16;
-  const int32_t* q = qg;
+  const int8_t* tq[NT];
+  const int32_t* q[NT];
+#pragma GCC unroll 4
+  for (int t = 0; t < NT; ++t) {
+    tq[t] = act[t].tab + g0 * kQuads * 16;
+    q[t] = qg[t];
+  }
   PrefetchCursor pfc{sb + pf};
   for (int64_t g = g0; g < g1; g += kGroups, sb += kHeader + kGroups * kGroupBytes) {
-    int32x4_t J1[4], J2[4], M[4];
+    int32x4_t J1[NT][4], J2[NT][4], M[NT][4];
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) J1[r] = J2[r] = M[r] = vdupq_n_s32(0);
+    for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) J1[t][r] = J2[t][r] = M[t][r] = vdupq_n_s32(0);
     const uint8_t* p = sb + kHeader;
-    for (int i = 0; i < kGroups; ++i, ++q, tq += kQuads * 16) {
+    for (int i = 0; i < kGroups; ++i) {
       if (pf) pfc.upto(p + pf + kGroupBytes + kHeader);
-      int16x8_t I16[2], v[2];
-      pair_tiles<kQuads, false>(p, tq, m4, I16);
+      int16x8_t I16[NT][2], v[NT][2];
+      pair_tiles<NT, kQuads, false>(p, tq, m4, I16);
       if (n >= 4) {
-        pair_tiles<kQuads, false>(p, tq, m4, v);
+        pair_tiles<NT, kQuads, false>(p, tq, m4, v);
 #pragma GCC unroll 4
-        for (int h = 0; h < 2; ++h) I16[h] = vaddq_s16(I16[h], vshlq_n_s16(v[h], 2));
+        for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 4
+          for (int h = 0; h < 2; ++h) I16[t][h] = vaddq_s16(I16[t][h], vshlq_n_s16(v[t][h], 2));
       }
       if (n & 1) {
-        single_tiles<kQuads>(p, tq, m4, v);
+        single_tiles<NT, kQuads>(p, tq, m4, v);
 #pragma GCC unroll 4
-        for (int h = 0; h < 2; ++h) I16[h] = vaddq_s16(I16[h], vshlq_n_s16(v[h], (n & 1) ? n - 1 : 0));
+        for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 4
+          for (int h = 0; h < 2; ++h) I16[t][h] = vaddq_s16(I16[t][h], vshlq_n_s16(v[t][h], (n & 1) ? n - 1 : 0));
       }
       int16x8_t sc[2], m[2];  // sub-scales of rows 0..7, 8..15 as int16
       if (KQ == kLutKqS8) {
@@ -350,37 +377,45 @@ void row_block_kq_gemv(const uint8_t* blk, const LutGroupAddr& ga, const LutAct*
         m[1] = vreinterpretq_s16_u16(vmovl_high_u8(m8));
       }
       p += kGroupBytes - kTiles;
-      const int16_t qv = int16_t(*q);
 #pragma GCC unroll 4
-      for (int h = 0; h < 2; ++h) {
-        J1[2 * h] = vmlal_s16(J1[2 * h], vget_low_s16(I16[h]), vget_low_s16(sc[h]));
-        J1[2 * h + 1] = vmlal_high_s16(J1[2 * h + 1], I16[h], sc[h]);
-        J2[2 * h] = vmlal_n_s16(J2[2 * h], vget_low_s16(sc[h]), qv);
-        J2[2 * h + 1] = vmlal_high_n_s16(J2[2 * h + 1], sc[h], qv);
-        if (OFF) {
-          M[2 * h] = vmlal_n_s16(M[2 * h], vget_low_s16(m[h]), qv);
-          M[2 * h + 1] = vmlal_high_n_s16(M[2 * h + 1], m[h], qv);
+      for (int t = 0; t < NT; ++t) {
+        const int16_t qv = int16_t(*q[t]++);
+        tq[t] += kQuads * 16;
+#pragma GCC unroll 4
+        for (int h = 0; h < 2; ++h) {
+          J1[t][2 * h] = vmlal_s16(J1[t][2 * h], vget_low_s16(I16[t][h]), vget_low_s16(sc[h]));
+          J1[t][2 * h + 1] = vmlal_high_s16(J1[t][2 * h + 1], I16[t][h], sc[h]);
+          J2[t][2 * h] = vmlal_n_s16(J2[t][2 * h], vget_low_s16(sc[h]), qv);
+          J2[t][2 * h + 1] = vmlal_high_n_s16(J2[t][2 * h + 1], sc[h], qv);
+          if (OFF) {
+            M[t][2 * h] = vmlal_n_s16(M[t][2 * h], vget_low_s16(m[h]), qv);
+            M[t][2 * h + 1] = vmlal_high_n_s16(M[t][2 * h + 1], m[h], qv);
+          }
         }
       }
     }
     // the super-block's float step, as row_block's
-    const float ts = act->scale[g * kG / act->ag];
-    const float32x4_t tsh = vdupq_n_f32(ts * 0.03125f), tsv = vdupq_n_f32(ts * 0.0625f);
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) {
-      const int32x4_t J = vmlaq_n_s32(vshlq_n_s32(J1[r], 4), J2[r], cq);
-      yv->v[r] = vfmaq_f32(yv->v[r], vmulq_f32(load_scales4(sb + 8 * r, 2), tsh), vcvtq_f32_s32(J));
-      if (OFF)
-        yv->v[r] = vfmaq_f32(yv->v[r], vmulq_f32(vnegq_f32(load_scales4(sb + 32 + 8 * r, 2)), tsv), vcvtq_f32_s32(M[r]));
+    for (int t = 0; t < NT; ++t) {
+      const float ts = act[t].scale[g * kG / act[t].ag];
+      const float32x4_t tsh = vdupq_n_f32(ts * 0.03125f), tsv = vdupq_n_f32(ts * 0.0625f);
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) {
+        const int32x4_t J = vmlaq_n_s32(vshlq_n_s32(J1[t][r], 4), J2[t][r], cq);
+        yv[t].v[r] = vfmaq_f32(yv[t].v[r], vmulq_f32(load_scales4(sb + 8 * r, 2), tsh), vcvtq_f32_s32(J));
+        if (OFF)
+          yv[t].v[r] = vfmaq_f32(yv[t].v[r], vmulq_f32(vnegq_f32(load_scales4(sb + 32 + 8 * r, 2)), tsv),
+                                 vcvtq_f32_s32(M[t][r]));
+      }
     }
   }
 }
 
 // fp16 / fp32 group scales (Q4_0, Q4_1, TQ1_0 / TQ2_0 repacks, `lutllm quantize` files), G = 32..128:
 // contiguous group blocks, row_block's per-group float step y += (s ts/2) I + cc Sx.
-template <int KIND, int kG>
-void row_block_group_gemv(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* sxg, int64_t g0,
-                          int64_t g1, Rows16* yv, size_t pf) {
+template <int KIND, int NT, int kG>
+void row_block_group(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg, int64_t g0,
+                     int64_t g1, Rows16 yv[NT], size_t pf) {
   constexpr bool kTern = KIND == int(LutKind::TERNARY);
   constexpr int n = kTern ? 2 : KIND, kQuads = kG / 4;
   const int sb = f.scale_bytes;
@@ -389,43 +424,60 @@ void row_block_group_gemv(const uint8_t* blk, const LutFormat& f, const LutAct* 
   const uint8x16_t m4 = vdupq_n_u8(0x0F);
   const float32x4_t vcn = vdupq_n_f32(float((1 << n) - 1) * 0.5f), vmhalf = vdupq_n_f32(-0.5f);
   const uint8_t* p = blk + size_t(g0) * group_bytes;
-  const int8_t* tq = act->tab + g0 * kQuads * 16;
-  PrefetchCursor pfc{p + pf};
-  for (int64_t g = g0; g < g1; ++g, tq += kQuads * 16, p += scale_bytes) {
-    if (pf) pfc.upto(p + pf + group_bytes);
-    int16x8_t v[2] = {vdupq_n_s16(0), vdupq_n_s16(0)};
-    int32x4_t I[4];
-    if (n >= 2) pair_tiles<kQuads, kTern>(p, tq, m4, v);  // W1 has only the single tiles
+  const int8_t* tq[NT];
 #pragma GCC unroll 4
-    for (int h = 0; h < 2; ++h) {
-      I[2 * h] = vmovl_s16(vget_low_s16(v[h]));
-      I[2 * h + 1] = vmovl_high_s16(v[h]);
-    }
-    if (n >= 4) {  // (P + S) << 2 may pass int16 at G = 128: widened first, as row_block
-      pair_tiles<kQuads, false>(p, tq, m4, v);
+  for (int t = 0; t < NT; ++t) tq[t] = act[t].tab + g0 * kQuads * 16;
+  PrefetchCursor pfc{p + pf};
+  for (int64_t g = g0; g < g1; ++g, p += scale_bytes) {
+    if (pf) pfc.upto(p + pf + group_bytes);
+    int16x8_t v[NT][2];
+    int32x4_t I[NT][4];
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) v[t][0] = v[t][1] = vdupq_n_s16(0);
+    if (n >= 2) pair_tiles<NT, kQuads, kTern>(p, tq, m4, v);  // W1 has only the single tiles
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t)
 #pragma GCC unroll 4
       for (int h = 0; h < 2; ++h) {
-        I[2 * h] = vaddq_s32(I[2 * h], widen_shift_lo<2>(v[h]));
-        I[2 * h + 1] = vaddq_s32(I[2 * h + 1], widen_shift_hi<2>(v[h]));
+        I[t][2 * h] = vmovl_s16(vget_low_s16(v[t][h]));
+        I[t][2 * h + 1] = vmovl_high_s16(v[t][h]);
       }
+    if (n >= 4) {  // (P + S) << 2 may pass int16 at G = 128: widened first, as row_block
+      pair_tiles<NT, kQuads, false>(p, tq, m4, v);
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 4
+        for (int h = 0; h < 2; ++h) {
+          I[t][2 * h] = vaddq_s32(I[t][2 * h], widen_shift_lo<2>(v[t][h]));
+          I[t][2 * h + 1] = vaddq_s32(I[t][2 * h + 1], widen_shift_hi<2>(v[t][h]));
+        }
     }
     if (n & 1) {
-      single_tiles<kQuads>(p, tq, m4, v);
+      single_tiles<NT, kQuads>(p, tq, m4, v);
 #pragma GCC unroll 4
-      for (int h = 0; h < 2; ++h) {
-        I[2 * h] = vaddq_s32(I[2 * h], widen_shift_lo<(n & 1) ? n - 1 : 0>(v[h]));
-        I[2 * h + 1] = vaddq_s32(I[2 * h + 1], widen_shift_hi<(n & 1) ? n - 1 : 0>(v[h]));
-      }
+      for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 4
+        for (int h = 0; h < 2; ++h) {
+          I[t][2 * h] = vaddq_s32(I[t][2 * h], widen_shift_lo<(n & 1) ? n - 1 : 0>(v[t][h]));
+          I[t][2 * h + 1] = vaddq_s32(I[t][2 * h + 1], widen_shift_hi<(n & 1) ? n - 1 : 0>(v[t][h]));
+        }
     }
-    const float32x4_t tsh = vdupq_n_f32(0.5f * act->scale[g * kG / act->ag]);
-    const float32x4_t sx = vdupq_n_f32(kTern ? 0.0f : sxg[g - g0]);
+    float32x4_t s[4], cc[4];
 #pragma GCC unroll 4
     for (int q = 0; q < 4; ++q) {
-      const float32x4_t s = load_scales4(p + 4 * q * sb, sb);
-      yv->v[q] = vfmaq_f32(yv->v[q], vmulq_f32(s, tsh), vcvtq_f32_s32(I[q]));
-      if (!kTern) {
-        const float32x4_t cc = has_off ? vfmaq_f32(load_scales4(p + (16 + 4 * q) * sb, sb), s, vcn) : vmulq_f32(s, vmhalf);
-        yv->v[q] = vfmaq_f32(yv->v[q], cc, sx);
+      s[q] = load_scales4(p + 4 * q * sb, sb);
+      cc[q] = s[q];
+      if (!kTern) cc[q] = has_off ? vfmaq_f32(load_scales4(p + (16 + 4 * q) * sb, sb), s[q], vcn) : vmulq_f32(s[q], vmhalf);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) {
+      tq[t] += kQuads * 16;
+      const float32x4_t tsh = vdupq_n_f32(0.5f * act[t].scale[g * kG / act[t].ag]);
+      const float32x4_t sx = vdupq_n_f32(kTern ? 0.0f : sxg[t][g - g0]);
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        yv[t].v[q] = vfmaq_f32(yv[t].v[q], vmulq_f32(s[q], tsh), vcvtq_f32_s32(I[t][q]));
+        if (!kTern) yv[t].v[q] = vfmaq_f32(yv[t].v[q], cc[q], sx);
       }
     }
   }
@@ -447,24 +499,38 @@ struct Neon {
     for (int r = lo; r < hi; ++r) tmp[r] = y[r];
     return {{vld1q_f32(tmp), vld1q_f32(tmp + 4), vld1q_f32(tmp + 8), vld1q_f32(tmp + 12)}};
   }
+  // The fixed-format loops for NT tokens (k-quant homes over whole super-blocks that are also the
+  // table-scale spans; per-group scales with G = 32..128); false where none applies.
+  template <int KIND, int NT>
+  static bool fixed_loop(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg,
+                         const int32_t* const* qg, int64_t g0, int64_t g1, Tile yv[NT], size_t pf) {
+    if (lut_is_kq(f)) {
+      const int64_t per_super = kLutSuperK / f.group;
+      if (lut_kq_span_mask(f, act[0].ag) != per_super - 1 || g0 % per_super || g1 % per_super) return false;
+      const LutGroupAddr ga = lut_group_addr(f);
+      if constexpr (KIND == 2)
+        if (f.group == 16 && ga.kq == kLutKqNibble) return row_block_kq<2, NT, 16, kLutKqNibble, true>(blk, ga, act, qg, g0, g1, yv, pf), true;
+      if constexpr (KIND == 3)
+        if (f.group == 16 && ga.kq == kLutKqS8) return row_block_kq<3, NT, 16, kLutKqS8, false>(blk, ga, act, qg, g0, g1, yv, pf), true;
+      if constexpr (KIND == 4)
+        if (f.group == 32 && ga.kq == kLutKqU8) return row_block_kq<4, NT, 32, kLutKqU8, true>(blk, ga, act, qg, g0, g1, yv, pf), true;
+      return false;
+    }
+    if (f.group == 32) return row_block_group<KIND, NT, 32>(blk, f, act, sxg, g0, g1, yv, pf), true;
+    if (f.group == 64) return row_block_group<KIND, NT, 64>(blk, f, act, sxg, g0, g1, yv, pf), true;
+    if (f.group == 128) return row_block_group<KIND, NT, 128>(blk, f, act, sxg, g0, g1, yv, pf), true;
+    return false;
+  }
   template <int KIND, int NT>
   static void row_block(const uint8_t* blk, const LutFormat& f, const LutAct* act, const float* const* sxg,
                         const int32_t* const* qg, int64_t g0, int64_t g1, Tile yv[NT], size_t pf) {
-    // one token over whole super-blocks that are also the table-scale spans: the fixed-format loops
-    if (NT == 1 && lut_is_kq(f) && lut_kq_span_mask(f, act[0].ag) == kLutSuperK / f.group - 1 &&
-        g0 % (kLutSuperK / f.group) == 0 && g1 % (kLutSuperK / f.group) == 0) {
-      const LutGroupAddr ga = lut_group_addr(f);
-      if (KIND == 2 && f.group == 16 && ga.kq == kLutKqNibble)
-        return row_block_kq_gemv<2, 16, kLutKqNibble, true>(blk, ga, act, qg[0], g0, g1, yv, pf);
-      if (KIND == 3 && f.group == 16 && ga.kq == kLutKqS8)
-        return row_block_kq_gemv<3, 16, kLutKqS8, false>(blk, ga, act, qg[0], g0, g1, yv, pf);
-      if (KIND == 4 && f.group == 32 && ga.kq == kLutKqU8)
-        return row_block_kq_gemv<4, 32, kLutKqU8, true>(blk, ga, act, qg[0], g0, g1, yv, pf);
-    }
-    if (NT == 1 && !lut_is_kq(f)) {  // one token, per-group scales
-      if (f.group == 32) return row_block_group_gemv<KIND, 32>(blk, f, act, sxg[0], g0, g1, yv, pf);
-      if (f.group == 64) return row_block_group_gemv<KIND, 64>(blk, f, act, sxg[0], g0, g1, yv, pf);
-      if (f.group == 128) return row_block_group_gemv<KIND, 128>(blk, f, act, sxg[0], g0, g1, yv, pf);
+    if constexpr (NT == 1 || KIND == 1 || KIND == 2 || KIND == int(LutKind::TERNARY)) {
+      if (fixed_loop<KIND, NT>(blk, f, act, sxg, qg, g0, g1, yv, pf)) return;
+    } else if (fixed_loop<KIND, 1>(blk, f, act, sxg, qg, g0, g1, yv, pf)) {
+      // 3 and 4 bits: a two-token loop needs more accumulators than NEON has registers and executed
+      // more instructions than two one-token loops (bench/neon_icount.py --n 2)
+      for (int t = 1; t < NT; ++t) fixed_loop<KIND, 1>(blk, f, act + t, sxg + t, qg + t, g0, g1, yv + t, pf);
+      return;
     }
     if (f.group == 16) return lutllm::row_block<KIND, NT, 16>(blk, f, act, sxg, qg, g0, g1, yv, pf);
     if (f.group == 32) return lutllm::row_block<KIND, NT, 32>(blk, f, act, sxg, qg, g0, g1, yv, pf);
