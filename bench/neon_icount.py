@@ -32,7 +32,10 @@ FORMATS = {
     "w3g64": (3, 64, 2, 1),
     "w1g128": (1, 128, 2, 1),
 }
-SOURCES = ["bench/neon_icount.cc", "native/ref/lut_ref.cc", "native/ref/lut_pack.cc", "native/arm/lut_neon.cc"]
+# int8 path (types with more than 4 bits): GGUF type x ISA, named as the harness names them
+INT8 = [f"{t}:{isa}" for t in ("q8_0", "q5_0", "q6_k") for isa in ("ref", "neon", "dotprod")]
+SOURCES = ["bench/neon_icount.cc", "native/ref/lut_ref.cc", "native/ref/lut_pack.cc", "native/ref/matmul_q8.cc",
+           "native/arm/matmul_q8_neon.cc", "native/arm/matmul_q8_dotprod.cc", "native/arm/lut_neon.cc"]
 
 
 def build(tmp, name, neon_source=None):
@@ -44,8 +47,10 @@ def build(tmp, name, neon_source=None):
     srcs = [os.path.join(ROOT, s) for s in SOURCES]
     if neon_source:
         srcs[-1] = neon_source
-    cmd = [cxx, "-static", "-std=c++17", "-O3", "-DNDEBUG", "-ffp-contract=off", "-I", os.path.join(ROOT, "native/include"),
-           *srcs, "-o", exe]
+    # one -march for all (the release build gives only the *_dotprod.cc files +dotprod; the intrinsics
+    # fix the instructions of the others)
+    cmd = [cxx, "-static", "-std=c++17", "-O3", "-DNDEBUG", "-ffp-contract=off", "-march=armv8.2-a+dotprod",
+           "-I", os.path.join(ROOT, "native/include"), *srcs, "-o", exe]
     subprocess.run(cmd, check=True)
     return exe
 
@@ -105,21 +110,22 @@ def main():
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--k", type=int, default=2048)
     ap.add_argument("--n", type=int, default=1, help="tokens per call (1 = the GEMV kernel)")
-    ap.add_argument("--formats", default=",".join(FORMATS), help=f"comma list of {', '.join(FORMATS)}")
+    ap.add_argument("--formats", default=",".join(list(FORMATS) + INT8),
+                    help=f"comma list of LUT formats {', '.join(FORMATS)} and int8 kernels {', '.join(INT8)}")
     ap.add_argument("--against", metavar="REV", help="also count lut_neon.cc of this git revision")
     a = ap.parse_args()
     names = a.formats.split(",")
     for name in names:
-        if name not in FORMATS:
-            raise SystemExit(f"unknown format {name!r}; known: {', '.join(FORMATS)}")
-    args = [str(a.rows), str(a.k), str(a.n)] + [",".join(map(str, FORMATS[nm])) for nm in names]
+        if name not in FORMATS and name not in INT8:
+            raise SystemExit(f"unknown format {name!r}; known: {', '.join(list(FORMATS) + INT8)}")
+    args = [str(a.rows), str(a.k), str(a.n)] + [",".join(map(str, FORMATS[nm])) if nm in FORMATS else nm for nm in names]
     weights = a.rows * a.k * a.n
     with tempfile.TemporaryDirectory() as tmp:
         counts = count(build(tmp, "neon_icount"), args)
         base = count(build(tmp, "neon_icount_against", source_at(a.against, tmp)), args) if a.against else None
     rows = []
     for i, name in enumerate(names):
-        kind, g, sb, off = FORMATS[name]
+        kind, g, sb, off = FORMATS.get(name, (0, 32, 0, 0))
         r = {"format": name, "kind": kind, "group": g, "scale_bytes": sb, "offset": off, "rows": a.rows, "k": a.k,
              "n": a.n, "instructions": counts[i], "per_weight_token": round(counts[i] / weights, 4)}
         if base:
@@ -127,10 +133,10 @@ def main():
                       "against_per_weight_token": round(base[i] / weights, 4), "ratio": round(base[i] / counts[i], 3)})
         rows.append(r)
         print(json.dumps(r))
-    head = f"\n{'format':8s} {'kind':>4s} {'G':>4s} {'instructions':>13s} {'per weight x token':>19s}"
+    head = f"\n{'format':12s} {'kind':>4s} {'G':>4s} {'instructions':>13s} {'per weight x token':>19s}"
     print(head + (f" {'at ' + a.against:>14s} {'ratio':>6s}" if base else ""))
     for r in rows:
-        line = f"{r['format']:8s} {r['kind']:4d} {r['group']:4d} {r['instructions']:13d} {r['per_weight_token']:19.3f}"
+        line = f"{r['format']:12s} {r['kind']:4d} {r['group']:4d} {r['instructions']:13d} {r['per_weight_token']:19.3f}"
         if base:
             line += f" {r['against_per_weight_token']:14.3f} {r['ratio']:5.2f}x"
         print(line)

@@ -6,6 +6,8 @@
   and against the unquantized activations with the activation-quantization error added.
 * quantize_act: SIMD == ref bit for bit, and the ref's codes equal gguf's Q8_0 quantizer (same rule).
 * Float-weight matmuls (F32/F16/BF16, any ISA) vs float64 with the bound gamma_k * sum|w*x|.
+* The aarch64 kernels (NEON, sdot) are built with the cross compiler and run under qemu
+  (tests/cpp/q8_check.cc), bit-exact with the same refs.
 Not a benchmark: no timings here.
 """
 import numpy as np
@@ -14,6 +16,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf import quants
 
 from lutllm import _core
+from neon_check import run_neon_check
 
 U = 2.0 ** -24  # unit roundoff of float32
 ACT = np.dtype([("d", "<f4"), ("s", "<f4"), ("qs", "i1", (32,))])
@@ -336,3 +339,13 @@ def test_float_matmul_against_float64(name, qt):
         gamma = k * U / (1 - k * U)
         bound = gamma * (np.abs(x.astype(np.float64)) @ np.abs(w64).T) + 1e-30
         assert np.all(np.abs(y - want) <= bound), name
+
+
+def test_neon_int8_matmuls_bit_exact_under_qemu(tmp_path):
+    """Q8_0 / Q5_0 / Q6_K x ActQ8 on NEON (smull) and sdot: every case of tests/cpp/q8_check.cc (rows
+    1..9, 1..9 tokens, misaligned weights, extreme codes and scales) equal to the ref bit for bit."""
+    srcs = ["tests/cpp/q8_check.cc", "native/ref/matmul_q8.cc", "native/ref/quant_act.cc",
+            "native/arm/matmul_q8_neon.cc", "native/arm/matmul_q8_dotprod.cc"]
+    # one -march for the whole check (the release build gives +dotprod to *_dotprod.cc only); qemu runs sdot
+    last = run_neon_check(tmp_path, "q8_check_neon", srcs, ["-march=armv8.2-a+dotprod"])
+    assert int(last.split()[0]) == 3 * 2 * 9 * 7 * 2, last

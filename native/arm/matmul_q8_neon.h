@@ -1,0 +1,215 @@
+// NEON int8 matmuls of GGUF weights without an offset term (Q8_0, Q5_0, Q6_K) against ActQ8
+// activations: the skeleton shared by matmul_q8_neon.cc (baseline: smull + sadalp) and
+// matmul_q8_dotprod.cc (sdot). Each includes it with its own target flags; everything here has
+// internal linkage. Bit-exact twins of native/ref/matmul_q8.cc ("THE ORDER" there):
+//   lanes = 4 weight rows; per 32-element block b the exact integers p0 (elements 0..15) and p1
+//   (16..31) of each row, P = mult0 * p0 + mult1 * p1 (int32), S = D * x[b].d (one float multiply),
+//   acc = fma(float(P), S, acc); y = acc. Codes are decoded once per block of 4 rows and used by up to
+//   4 tokens (the GEMM tile); a super-block's shared parts (Q6_K: d and the 16 sub-scales of the 4
+//   rows, transposed to lanes = rows) are read once, and its 8 blocks unroll with fixed bit positions.
+#pragma once
+#include <arm_neon.h>
+
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+#include "lutllm/ggml_types.h"
+#include "lutllm/kernels.h"
+
+namespace lutllm {
+namespace {
+
+// The fp16 scale at byte `at` of the current block of each of the 4 rows, as float lanes (fcvtl:
+// exact, as fp16_to_f32, for every value but signalling NaNs, which it quiets).
+inline float32x4_t load_d4(const uint8_t* const sp[4], size_t at) {
+  uint64_t packed = 0;
+  for (int r = 0; r < 4; ++r) {
+    uint16_t h;
+    std::memcpy(&h, sp[r] + at, sizeof h);
+    packed |= uint64_t(h) << (16 * r);
+  }
+  return vcvt_f32_f16(vreinterpret_f16_u64(vcreate_u64(packed)));
+}
+
+// A decoder walks super-blocks of kSub 32-element blocks (kBytes per row); per super-block load()
+// reads what the 4 rows share (D, sub-scales as int32 lanes = rows), codes<J>() decodes block J of
+// one row into signed int8 (elements 0..15, 16..31); kUnitMult: mult0 = mult1 = 1.
+struct DecQ8_0 {
+  static constexpr int kSub = 1;
+  static constexpr size_t kBytes = sizeof(block_q8_0);
+  static constexpr bool kUnitMult = true;
+  struct Super {
+    float32x4_t D;
+  };
+  static void load(const uint8_t* const sp[4], Super* s) { s->D = load_d4(sp, 0); }
+  template <int J>
+  static void codes(const uint8_t* p, int8x16_t* c0, int8x16_t* c1) {
+    *c0 = vld1q_s8(reinterpret_cast<const int8_t*>(p + 2));
+    *c1 = vld1q_s8(reinterpret_cast<const int8_t*>(p + 18));
+  }
+};
+
+struct DecQ5_0 : DecQ8_0 {  // d at byte 0 as Q8_0; its own size and codes
+  static constexpr size_t kBytes = sizeof(block_q5_0);
+  // c = (nibble | bit(qh, e) << 4) - 16; bit e of the little-endian qh word is element e's fifth bit:
+  // bytes qh[0..1] cover elements 0..15, qh[2..3] 16..31; each byte is spread over 8 lanes and tested
+  template <int J>
+  static void codes(const uint8_t* p, int8x16_t* c0, int8x16_t* c1) {
+    static const uint8_t kBits[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    const uint8x16_t qs = vld1q_u8(p + 6), m4 = vdupq_n_u8(0x0F), bit4 = vdupq_n_u8(0x10), c16 = vdupq_n_u8(16);
+    const uint8x16_t bits = vld1q_u8(kBits);
+    const uint8x16_t h0 = vcombine_u8(vdup_n_u8(p[2]), vdup_n_u8(p[3]));
+    const uint8x16_t h1 = vcombine_u8(vdup_n_u8(p[4]), vdup_n_u8(p[5]));
+    const uint8x16_t u0 = vorrq_u8(vandq_u8(qs, m4), vandq_u8(vtstq_u8(h0, bits), bit4));
+    const uint8x16_t u1 = vorrq_u8(vshrq_n_u8(qs, 4), vandq_u8(vtstq_u8(h1, bits), bit4));
+    *c0 = vreinterpretq_s8_u8(vsubq_u8(u0, c16));
+    *c1 = vreinterpretq_s8_u8(vsubq_u8(u1, c16));
+  }
+};
+
+struct DecQ6_K {
+  static constexpr int kSub = 8;
+  static constexpr size_t kBytes = sizeof(block_q6_K);
+  static constexpr bool kUnitMult = false;
+  struct Super {
+    float32x4_t D;
+    int32x4_t m[16];  // scales[i] of the 4 rows
+  };
+  // D from byte 208; the 16 int8 scales (bytes 192..207) of 4 rows transposed to lanes = rows
+  static void load(const uint8_t* const sp[4], Super* s) {
+    s->D = load_d4(sp, 208);
+    int8x16_t r[4];
+    for (int i = 0; i < 4; ++i) r[i] = vld1q_s8(reinterpret_cast<const int8_t*>(sp[i] + 192));
+    const int8x16_t a = vzip1q_s8(r[0], r[1]), b = vzip2q_s8(r[0], r[1]), c = vzip1q_s8(r[2], r[3]),
+                    d = vzip2q_s8(r[2], r[3]);
+    const int8x16_t e[4] = {vreinterpretq_s8_s16(vzip1q_s16(vreinterpretq_s16_s8(a), vreinterpretq_s16_s8(c))),
+                            vreinterpretq_s8_s16(vzip2q_s16(vreinterpretq_s16_s8(a), vreinterpretq_s16_s8(c))),
+                            vreinterpretq_s8_s16(vzip1q_s16(vreinterpretq_s16_s8(b), vreinterpretq_s16_s8(d))),
+                            vreinterpretq_s8_s16(vzip2q_s16(vreinterpretq_s16_s8(b), vreinterpretq_s16_s8(d)))};
+    for (int i = 0; i < 4; ++i) {  // e[i]: scales 4i .. 4i+3, 4 rows each
+      const int16x8_t lo = vmovl_s8(vget_low_s8(e[i])), hi = vmovl_high_s8(e[i]);
+      s->m[4 * i] = vmovl_s16(vget_low_s16(lo));
+      s->m[4 * i + 1] = vmovl_high_s16(lo);
+      s->m[4 * i + 2] = vmovl_s16(vget_low_s16(hi));
+      s->m[4 * i + 3] = vmovl_high_s16(hi);
+    }
+  }
+  // block J: low 4 bits from ql[64h + 32(q % 2) + e] (nibble q / 2), high 2 bits from qh[32h + e] >> 2q
+  // (h = J / 4, q = J % 4); c = q6 - 32
+  template <int J>
+  static void codes(const uint8_t* p, int8x16_t* c0, int8x16_t* c1) {
+    constexpr int h = J / 4, q = J % 4;
+    const uint8_t* ql = p + 64 * h + 32 * (q % 2);
+    const uint8_t* qh = p + 128 + 32 * h;
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), m3 = vdupq_n_u8(3), c32 = vdupq_n_u8(32);
+    uint8x16_t lo[2] = {vld1q_u8(ql), vld1q_u8(ql + 16)}, hi[2] = {vld1q_u8(qh), vld1q_u8(qh + 16)};
+    for (int i = 0; i < 2; ++i) {
+      lo[i] = (q / 2) ? vshrq_n_u8(lo[i], 4) : vandq_u8(lo[i], m4);
+      if (q) hi[i] = vshrq_n_u8(hi[i], q ? 2 * q : 1);
+      lo[i] = vsliq_n_u8(lo[i], vandq_u8(hi[i], m3), 4);
+    }
+    *c0 = vreinterpretq_s8_u8(vsubq_u8(lo[0], c32));
+    *c1 = vreinterpretq_s8_u8(vsubq_u8(lo[1], c32));
+  }
+};
+
+// one int32 lane per row from four rows' partial sums
+inline int32x4_t reduce4(int32x4_t a, int32x4_t b, int32x4_t c, int32x4_t d) {
+  return vpaddq_s32(vpaddq_s32(a, b), vpaddq_s32(c, d));
+}
+
+// Block J of the current super-block (block index b) for the 4 rows and NT tokens.
+template <class Dec, class Dot, int NT, int J>
+inline void block_step(const uint8_t* const sp[4], const typename Dec::Super& s, const ActQ8* x, int64_t x_stride,
+                       int64_t b, float32x4_t acc[NT]) {
+  int8x16_t c0[4], c1[4];
+  for (int r = 0; r < 4; ++r) Dec::template codes<J>(sp[r], &c0[r], &c1[r]);
+  for (int t = 0; t < NT; ++t) {
+    const ActQ8& xb = x[t * x_stride + b];
+    const int8x16_t x0 = vld1q_s8(xb.qs), x1 = vld1q_s8(xb.qs + 16);
+    int32x4_t P;
+    if constexpr (Dec::kUnitMult) {  // P = p0 + p1
+      P = reduce4(Dot::dot2(c0[0], x0, c1[0], x1), Dot::dot2(c0[1], x0, c1[1], x1), Dot::dot2(c0[2], x0, c1[2], x1),
+                  Dot::dot2(c0[3], x0, c1[3], x1));
+    } else {
+      const int32x4_t p0 = reduce4(Dot::dot(c0[0], x0), Dot::dot(c0[1], x0), Dot::dot(c0[2], x0), Dot::dot(c0[3], x0));
+      const int32x4_t p1 = reduce4(Dot::dot(c1[0], x1), Dot::dot(c1[1], x1), Dot::dot(c1[2], x1), Dot::dot(c1[3], x1));
+      P = vmlaq_s32(vmulq_s32(s.m[2 * J], p0), s.m[2 * J + 1], p1);
+    }
+    acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(P), vmulq_f32(s.D, vdupq_n_f32(xb.d)));
+  }
+}
+
+// The same, kept out of line: the 8 blocks of a Q6_K super-block unrolled for a 4-token tile
+// exceed the 32 registers and spill (qemu counts per weight and token: 0.68 inlined, 0.44 outlined
+// with sdot); one token, or one block per super-block, is faster inlined.
+template <class Dec, class Dot, int NT, int J>
+__attribute__((noinline)) void block_step_outlined(const uint8_t* const sp[4], const typename Dec::Super& s,
+                                                   const ActQ8* x, int64_t x_stride, int64_t b, float32x4_t acc[NT]) {
+  block_step<Dec, Dot, NT, J>(sp, s, x, x_stride, b, acc);
+}
+
+template <class Dec, class Dot, int NT, int... J>
+inline void super_step(std::integer_sequence<int, J...>, const uint8_t* const sp[4], const typename Dec::Super& s,
+                       const ActQ8* x, int64_t x_stride, int64_t b0, float32x4_t acc[NT]) {
+  if constexpr (NT > 1 && Dec::kSub > 1)
+    (block_step_outlined<Dec, Dot, NT, J>(sp, s, x, x_stride, b0 + J, acc), ...);
+  else
+    (block_step<Dec, Dot, NT, J>(sp, s, x, x_stride, b0 + J, acc), ...);
+}
+
+// y[t][r0 + i] (i < nr) for rows r0 .. r0 + nr - 1 (nr <= 4; missing rows repeat row r0) and NT tokens.
+template <class Dec, class Dot, int NT>
+void rows4_tokens(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, const ActQ8* x, int64_t x_stride,
+                  float* y, int64_t y_stride) {
+  const uint8_t* sp[4];
+  for (int r = 0; r < 4; ++r) sp[r] = w0 + size_t(r < nr ? r : 0) * row_bytes;
+  float32x4_t acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = vdupq_n_f32(0.0f);
+  for (int64_t b0 = 0; b0 < nb; b0 += Dec::kSub) {
+    typename Dec::Super s;
+    Dec::load(sp, &s);
+    super_step<Dec, Dot, NT>(std::make_integer_sequence<int, Dec::kSub>{}, sp, s, x, x_stride, b0, acc);
+    for (int r = 0; r < 4; ++r) sp[r] += Dec::kBytes;
+  }
+  for (int t = 0; t < NT; ++t) {
+    float out[4];
+    vst1q_f32(out, acc[t]);
+    for (int i = 0; i < nr; ++i) y[t * y_stride + i] = out[i];
+  }
+}
+
+template <class Dec, class Dot>
+void matmul_q8_neon(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x, int64_t x_stride,
+                    int64_t n_tok, float* y, int64_t y_stride) {
+  const int64_t nb = k / QK32;
+  if (nb == 0) return;
+  for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+    const int nr = int(rows - r0 < 4 ? rows - r0 : 4);
+    const uint8_t* w0 = w + size_t(r0) * row_bytes;
+    int64_t t = 0;
+    for (; t + 4 <= n_tok; t += 4)
+      rows4_tokens<Dec, Dot, 4>(w0, row_bytes, nr, nb, x + t * x_stride, x_stride, y + t * y_stride + r0, y_stride);
+    for (; t < n_tok; ++t)
+      rows4_tokens<Dec, Dot, 1>(w0, row_bytes, nr, nb, x + t * x_stride, x_stride, y + t * y_stride + r0, y_stride);
+  }
+}
+
+}  // namespace
+}  // namespace lutllm
+
+// The registry entry points of one Dot flavour: matmul_{q8_0,q5_0,q6_K}_q8__SUFFIX.
+#define LUTLLM_Q8_NEON_ENTRY_POINTS(DOT, SUFFIX)                                                                 \
+  void matmul_q8_0_q8__##SUFFIX(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x,     \
+                                int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride) {                   \
+    matmul_q8_neon<DecQ8_0, DOT>(w, row_bytes, rows, k, x, x_stride, n_tok, y, y_stride);                        \
+  }                                                                                                              \
+  void matmul_q5_0_q8__##SUFFIX(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x,     \
+                                int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride) {                   \
+    matmul_q8_neon<DecQ5_0, DOT>(w, row_bytes, rows, k, x, x_stride, n_tok, y, y_stride);                        \
+  }                                                                                                              \
+  void matmul_q6_K_q8__##SUFFIX(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x,     \
+                                int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride) {                   \
+    matmul_q8_neon<DecQ6_K, DOT>(w, row_bytes, rows, k, x, x_stride, n_tok, y, y_stride);                        \
+  }
