@@ -1,4 +1,4 @@
-// NEON int8 matmuls of GGUF weights without an offset term (Q8_0, Q5_0, Q6_K) against ActQ8
+// NEON int8 matmuls of GGUF weights (Q8_0, Q5_0, Q4_K, Q5_K, Q6_K) against ActQ8
 // activations: the skeleton shared by matmul_q8_neon.cc (baseline: smull + sadalp) and
 // matmul_q8_dotprod.cc (sdot). Each includes it with its own target flags; everything here has
 // internal linkage. Bit-exact twins of native/ref/matmul_q8.cc ("THE ORDER" there):
@@ -16,6 +16,7 @@
 
 #include "lutllm/ggml_types.h"
 #include "lutllm/kernels.h"
+#include "../ref/q8_blocks.h"
 
 namespace lutllm {
 namespace {
@@ -33,12 +34,15 @@ inline float32x4_t load_d4(const uint8_t* const sp[4], size_t at) {
 }
 
 // A decoder walks super-blocks of kSub 32-element blocks (kBytes per row); per super-block load()
-// reads what the 4 rows share (D, sub-scales as int32 lanes = rows), codes<J>() decodes block J of
-// one row into signed int8 (elements 0..15, 16..31); kUnitMult: mult0 = mult1 = 1.
+// reads what the 4 rows share (D, sub-scales as int32 lanes = rows, offset terms M), codes<J>()
+// decodes block J of one row into int8 (elements 0..15, 16..31). kMult: how many integer sub-scales
+// a block has (0: mult0 = mult1 = 1; 1: mult0 = mult1 = m[J]; 2: m[2J], m[2J + 1]); kHasMin: the
+// offset term summ = fma(M[J], x.s, summ) of the ref, added to acc at the end.
 struct DecQ8_0 {
   static constexpr int kSub = 1;
   static constexpr size_t kBytes = sizeof(block_q8_0);
-  static constexpr bool kUnitMult = true;
+  static constexpr int kMult = 0;
+  static constexpr bool kHasMin = false;
   struct Super {
     float32x4_t D;
   };
@@ -71,7 +75,8 @@ struct DecQ5_0 : DecQ8_0 {  // d at byte 0 as Q8_0; its own size and codes
 struct DecQ6_K {
   static constexpr int kSub = 8;
   static constexpr size_t kBytes = sizeof(block_q6_K);
-  static constexpr bool kUnitMult = false;
+  static constexpr int kMult = 2;
+  static constexpr bool kHasMin = false;
   struct Super {
     float32x4_t D;
     int32x4_t m[16];  // scales[i] of the 4 rows
@@ -114,6 +119,54 @@ struct DecQ6_K {
   }
 };
 
+// Q4_K / Q5_K: 8 sub-blocks of 32 with a 6-bit scale sc and min m each (kquant_scale_min); block J
+// = sub-block J: codes = nibble J % 2 of qs[32 (J / 2) + e] (Q5_K: | bit J of qh[e] << 4), mult = sc,
+// M = -(dmin * m) as the ref forms it.
+template <bool kFive>
+struct DecQxK {
+  static constexpr int kSub = 8;
+  static constexpr size_t kBytes = kFive ? sizeof(block_q5_K) : sizeof(block_q4_K);
+  static constexpr size_t kQs = kFive ? 48 : 16;  // qs offset (Q5_K: after qh[32] at 16)
+  static constexpr int kMult = 1;
+  static constexpr bool kHasMin = true;
+  struct Super {
+    float32x4_t D;
+    int32x4_t m[8];     // sc of sub-block j, 4 rows
+    float32x4_t M[8];   // -(dmin * m) of sub-block j, 4 rows
+  };
+  static void load(const uint8_t* const sp[4], Super* s) {
+    s->D = load_d4(sp, 0);
+    const float32x4_t dmin = load_d4(sp, 2);
+    int32_t sc[8][4], mn[8][4];
+    for (int r = 0; r < 4; ++r)
+      for (int j = 0; j < 8; ++j) {
+        int a, b;
+        q8dot::kquant_scale_min(sp[r] + 4, j, &a, &b);
+        sc[j][r] = a;
+        mn[j][r] = b;
+      }
+    for (int j = 0; j < 8; ++j) {
+      s->m[j] = vld1q_s32(sc[j]);
+      s->M[j] = vnegq_f32(vmulq_f32(dmin, vcvtq_f32_s32(vld1q_s32(mn[j]))));
+    }
+  }
+  template <int J>
+  static void codes(const uint8_t* p, int8x16_t* c0, int8x16_t* c1) {
+    const uint8_t* q = p + kQs + 32 * (J / 2);
+    uint8x16_t u[2] = {vld1q_u8(q), vld1q_u8(q + 16)};
+    for (int i = 0; i < 2; ++i) {
+      u[i] = (J & 1) ? vshrq_n_u8(u[i], 4) : vandq_u8(u[i], vdupq_n_u8(0x0F));
+      if (kFive) {  // bit J of qh[e] to bit 4
+        const uint8x16_t h = vld1q_u8(p + 16 + 16 * i);
+        u[i] = vorrq_u8(u[i], vandq_u8(J >= 4 ? vshrq_n_u8(h, J >= 4 ? J - 4 : 1) : vshlq_n_u8(h, J < 4 ? 4 - J : 1),
+                                       vdupq_n_u8(0x10)));
+      }
+    }
+    *c0 = vreinterpretq_s8_u8(u[0]);
+    *c1 = vreinterpretq_s8_u8(u[1]);
+  }
+};
+
 // one int32 lane per row from four rows' partial sums
 inline int32x4_t reduce4(int32x4_t a, int32x4_t b, int32x4_t c, int32x4_t d) {
   return vpaddq_s32(vpaddq_s32(a, b), vpaddq_s32(c, d));
@@ -122,22 +175,24 @@ inline int32x4_t reduce4(int32x4_t a, int32x4_t b, int32x4_t c, int32x4_t d) {
 // Block J of the current super-block (block index b) for the 4 rows and NT tokens.
 template <class Dec, class Dot, int NT, int J>
 inline void block_step(const uint8_t* const sp[4], const typename Dec::Super& s, const ActQ8* x, int64_t x_stride,
-                       int64_t b, float32x4_t acc[NT]) {
+                       int64_t b, float32x4_t acc[NT], float32x4_t summ[NT]) {
   int8x16_t c0[4], c1[4];
   for (int r = 0; r < 4; ++r) Dec::template codes<J>(sp[r], &c0[r], &c1[r]);
   for (int t = 0; t < NT; ++t) {
     const ActQ8& xb = x[t * x_stride + b];
     const int8x16_t x0 = vld1q_s8(xb.qs), x1 = vld1q_s8(xb.qs + 16);
     int32x4_t P;
-    if constexpr (Dec::kUnitMult) {  // P = p0 + p1
+    if constexpr (Dec::kMult < 2) {  // P = p0 + p1, or mult * (p0 + p1): the same integers as the ref's
       P = reduce4(Dot::dot2(c0[0], x0, c1[0], x1), Dot::dot2(c0[1], x0, c1[1], x1), Dot::dot2(c0[2], x0, c1[2], x1),
                   Dot::dot2(c0[3], x0, c1[3], x1));
+      if constexpr (Dec::kMult == 1) P = vmulq_s32(s.m[J], P);
     } else {
       const int32x4_t p0 = reduce4(Dot::dot(c0[0], x0), Dot::dot(c0[1], x0), Dot::dot(c0[2], x0), Dot::dot(c0[3], x0));
       const int32x4_t p1 = reduce4(Dot::dot(c1[0], x1), Dot::dot(c1[1], x1), Dot::dot(c1[2], x1), Dot::dot(c1[3], x1));
       P = vmlaq_s32(vmulq_s32(s.m[2 * J], p0), s.m[2 * J + 1], p1);
     }
     acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(P), vmulq_f32(s.D, vdupq_n_f32(xb.d)));
+    if constexpr (Dec::kHasMin) summ[t] = vfmaq_f32(summ[t], s.M[J], vdupq_n_f32(xb.s));
   }
 }
 
@@ -146,17 +201,18 @@ inline void block_step(const uint8_t* const sp[4], const typename Dec::Super& s,
 // with sdot); one token, or one block per super-block, is faster inlined.
 template <class Dec, class Dot, int NT, int J>
 __attribute__((noinline)) void block_step_outlined(const uint8_t* const sp[4], const typename Dec::Super& s,
-                                                   const ActQ8* x, int64_t x_stride, int64_t b, float32x4_t acc[NT]) {
-  block_step<Dec, Dot, NT, J>(sp, s, x, x_stride, b, acc);
+                                                   const ActQ8* x, int64_t x_stride, int64_t b, float32x4_t acc[NT],
+                                                   float32x4_t summ[NT]) {
+  block_step<Dec, Dot, NT, J>(sp, s, x, x_stride, b, acc, summ);
 }
 
 template <class Dec, class Dot, int NT, int... J>
 inline void super_step(std::integer_sequence<int, J...>, const uint8_t* const sp[4], const typename Dec::Super& s,
-                       const ActQ8* x, int64_t x_stride, int64_t b0, float32x4_t acc[NT]) {
+                       const ActQ8* x, int64_t x_stride, int64_t b0, float32x4_t acc[NT], float32x4_t summ[NT]) {
   if constexpr (NT > 1 && Dec::kSub > 1)
-    (block_step_outlined<Dec, Dot, NT, J>(sp, s, x, x_stride, b0 + J, acc), ...);
+    (block_step_outlined<Dec, Dot, NT, J>(sp, s, x, x_stride, b0 + J, acc, summ), ...);
   else
-    (block_step<Dec, Dot, NT, J>(sp, s, x, x_stride, b0 + J, acc), ...);
+    (block_step<Dec, Dot, NT, J>(sp, s, x, x_stride, b0 + J, acc, summ), ...);
 }
 
 // y[t][r0 + i] (i < nr) for rows r0 .. r0 + nr - 1 (nr <= 4; missing rows repeat row r0) and NT tokens.
@@ -165,17 +221,17 @@ void rows4_tokens(const uint8_t* w0, size_t row_bytes, int nr, int64_t nb, const
                   float* y, int64_t y_stride) {
   const uint8_t* sp[4];
   for (int r = 0; r < 4; ++r) sp[r] = w0 + size_t(r < nr ? r : 0) * row_bytes;
-  float32x4_t acc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = vdupq_n_f32(0.0f);
+  float32x4_t acc[NT], summ[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = summ[t] = vdupq_n_f32(0.0f);
   for (int64_t b0 = 0; b0 < nb; b0 += Dec::kSub) {
     typename Dec::Super s;
     Dec::load(sp, &s);
-    super_step<Dec, Dot, NT>(std::make_integer_sequence<int, Dec::kSub>{}, sp, s, x, x_stride, b0, acc);
+    super_step<Dec, Dot, NT>(std::make_integer_sequence<int, Dec::kSub>{}, sp, s, x, x_stride, b0, acc, summ);
     for (int r = 0; r < 4; ++r) sp[r] += Dec::kBytes;
   }
   for (int t = 0; t < NT; ++t) {
     float out[4];
-    vst1q_f32(out, acc[t]);
+    vst1q_f32(out, Dec::kHasMin ? vaddq_f32(acc[t], summ[t]) : acc[t]);
     for (int i = 0; i < nr; ++i) y[t * y_stride + i] = out[i];
   }
 }
@@ -199,7 +255,7 @@ void matmul_q8_neon(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k,
 }  // namespace
 }  // namespace lutllm
 
-// The registry entry points of one Dot flavour: matmul_{q8_0,q5_0,q6_K}_q8__SUFFIX.
+// The registry entry points of one Dot flavour: matmul_{q8_0,q5_0,q4_K,q5_K,q6_K}_q8__SUFFIX.
 #define LUTLLM_Q8_NEON_ENTRY_POINTS(DOT, SUFFIX)                                                                 \
   void matmul_q8_0_q8__##SUFFIX(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x,     \
                                 int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride) {                   \
@@ -212,4 +268,12 @@ void matmul_q8_neon(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k,
   void matmul_q6_K_q8__##SUFFIX(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x,     \
                                 int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride) {                   \
     matmul_q8_neon<DecQ6_K, DOT>(w, row_bytes, rows, k, x, x_stride, n_tok, y, y_stride);                        \
+  }                                                                                                              \
+  void matmul_q4_K_q8__##SUFFIX(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x,     \
+                                int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride) {                   \
+    matmul_q8_neon<DecQxK<false>, DOT>(w, row_bytes, rows, k, x, x_stride, n_tok, y, y_stride);                  \
+  }                                                                                                              \
+  void matmul_q5_K_q8__##SUFFIX(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x,     \
+                                int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride) {                   \
+    matmul_q8_neon<DecQxK<true>, DOT>(w, row_bytes, rows, k, x, x_stride, n_tok, y, y_stride);                   \
   }

@@ -1,4 +1,4 @@
-// Cross-ISA check of the NEON int8 matmuls (Q8_0, Q5_0, Q6_K x ActQ8): baseline NEON and sdot
+// Cross-ISA check of the NEON int8 matmuls (Q8_0, Q5_0, Q4_K, Q5_K, Q6_K x ActQ8): baseline NEON and sdot
 // against the scalar twins of native/ref/matmul_q8.cc, bit for bit, over random blocks, extreme
 // codes and scales, rows 1..9 (row blocks of 4 and their remainders), 1..9 tokens (token tiles of
 // 4 and remainders), misaligned weights. Built and run by tests/test_kernels_matmul.py under
@@ -23,6 +23,8 @@ struct Type {
 const Type kTypes[] = {
     {"q8_0", sizeof(block_q8_0), 32, matmul_q8_0_q8__ref, matmul_q8_0_q8__neon, matmul_q8_0_q8__dotprod},
     {"q5_0", sizeof(block_q5_0), 32, matmul_q5_0_q8__ref, matmul_q5_0_q8__neon, matmul_q5_0_q8__dotprod},
+    {"q4_K", sizeof(block_q4_K), 256, matmul_q4_K_q8__ref, matmul_q4_K_q8__neon, matmul_q4_K_q8__dotprod},
+    {"q5_K", sizeof(block_q5_K), 256, matmul_q5_K_q8__ref, matmul_q5_K_q8__neon, matmul_q5_K_q8__dotprod},
     {"q6_K", sizeof(block_q6_K), 256, matmul_q6_K_q8__ref, matmul_q6_K_q8__neon, matmul_q6_K_q8__dotprod},
 };
 
@@ -38,9 +40,13 @@ void fill(const Type& t, std::vector<uint8_t>& w, size_t off, int64_t nblocks, s
   for (int64_t i = 0; i < nblocks; ++i) {
     uint8_t* b = w.data() + off + size_t(i) * t.block_bytes;
     for (size_t j = 0; j < t.block_bytes; ++j) b[j] = uint8_t(extreme ? 0x80 : byte(rng));
-    if (t.block_elems == 256) {  // Q6_K: ql, qh all ones (code 63 - 32), scales -128, d at 208
+    if (t.block_bytes == sizeof(block_q6_K)) {  // Q6_K: ql, qh all ones (code 63 - 32), scales -128, d at 208
       if (extreme) std::memset(b, 0xFF, 192);
       put_fp16(b + 208, extreme ? 1.0f : nd(rng));
+    } else if (t.block_elems == 256) {  // Q4_K / Q5_K: d, dmin at 0, 2; extreme: every code, scale and min 63 / 15 / 31
+      if (extreme) std::memset(b + 4, 0xFF, t.block_bytes - 4);
+      put_fp16(b, extreme ? 1.0f : nd(rng));
+      put_fp16(b + 2, extreme ? 1.0f : nd(rng));
     } else {
       put_fp16(b, extreme ? 1.0f : nd(rng));
     }
