@@ -67,10 +67,13 @@ void gated_activation(FfnAct act, float* a, const float* b, int64_t n) {
       kernels().silu_mul(a, b, n);
       break;
     case FfnAct::GELU_TANH: {
+      // 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)): the kernels' exp_fixed instead of libm's tanhf, whose
+      // bits differ between x86-64 and aarch64 glibc (and gave the two builds different Gemma logits)
       const float c = 0.7978845608028654f;  // sqrt(2 / pi)
       for (int64_t i = 0; i < n; ++i) {
         const float v = a[i];
-        a[i] = 0.5f * v * (1.f + std::tanh(c * (v + 0.044715f * v * v * v))) * b[i];
+        const float u = c * (v + 0.044715f * v * v * v);
+        a[i] = v / (1.f + exp_fixed(-2.f * u)) * b[i];
       }
       break;
     }
