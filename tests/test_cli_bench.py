@@ -119,3 +119,4 @@ def test_e2e_script_uses_shared_core(smollm2_path):
     rec = json.loads(r.stdout.splitlines()[0])
     assert rec["runtime"] == "lutllm" and rec["pp_tokens"] == 8 and rec["tg_tokens"] == 2
     assert rec["pp_tps"] > 0 and rec["tg_tps"] > 0
+
