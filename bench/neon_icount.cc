@@ -37,6 +37,12 @@ struct Q8Kernel {
   MatmulFn fn;
 };
 const Q8Kernel kQ8[] = {
+    {"q4_0:ref", sizeof(block_q4_0), 32, matmul_q4_0_q8__ref},
+    {"q4_0:neon", sizeof(block_q4_0), 32, matmul_q4_0_q8__neon},
+    {"q4_0:dotprod", sizeof(block_q4_0), 32, matmul_q4_0_q8__dotprod},
+    {"q4_1:ref", sizeof(block_q4_1), 32, matmul_q4_1_q8__ref},
+    {"q4_1:neon", sizeof(block_q4_1), 32, matmul_q4_1_q8__neon},
+    {"q4_1:dotprod", sizeof(block_q4_1), 32, matmul_q4_1_q8__dotprod},
     {"q8_0:ref", sizeof(block_q8_0), 32, matmul_q8_0_q8__ref},
     {"q8_0:neon", sizeof(block_q8_0), 32, matmul_q8_0_q8__neon},
     {"q8_0:dotprod", sizeof(block_q8_0), 32, matmul_q8_0_q8__dotprod},

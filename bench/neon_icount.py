@@ -33,7 +33,7 @@ FORMATS = {
     "w1g128": (1, 128, 2, 1),
 }
 # int8 path (types with more than 4 bits): GGUF type x ISA, named as the harness names them
-INT8 = [f"{t}:{isa}" for t in ("q8_0", "q5_0", "q4_k", "q5_k", "q6_k") for isa in ("ref", "neon", "dotprod")]
+INT8 = [f"{t}:{isa}" for t in ("q4_0", "q4_1", "q8_0", "q5_0", "q4_k", "q5_k", "q6_k") for isa in ("ref", "neon", "dotprod")]
 SOURCES = ["bench/neon_icount.cc", "native/ref/lut_ref.cc", "native/ref/lut_pack.cc", "native/ref/matmul_q8.cc",
            "native/arm/matmul_q8_neon.cc", "native/arm/matmul_q8_dotprod.cc", "native/arm/lut_neon.cc"]
 

@@ -342,10 +342,10 @@ def test_float_matmul_against_float64(name, qt):
 
 
 def test_neon_int8_matmuls_bit_exact_under_qemu(tmp_path):
-    """Q8_0 / Q5_0 / Q4_K / Q5_K / Q6_K x ActQ8 on NEON (smull) and sdot: every case of tests/cpp/q8_check.cc (rows
+    """Every int8-path type x ActQ8 on NEON (smull) and sdot: every case of tests/cpp/q8_check.cc (rows
     1..9, 1..9 tokens, misaligned weights, extreme codes and scales) equal to the ref bit for bit."""
     srcs = ["tests/cpp/q8_check.cc", "native/ref/matmul_q8.cc", "native/ref/quant_act.cc",
             "native/arm/matmul_q8_neon.cc", "native/arm/matmul_q8_dotprod.cc"]
     # one -march for the whole check (the release build gives +dotprod to *_dotprod.cc only); qemu runs sdot
     last = run_neon_check(tmp_path, "q8_check_neon", srcs, ["-march=armv8.2-a+dotprod"])
-    assert int(last.split()[0]) == 5 * 2 * 9 * 7 * 2, last
+    assert int(last.split()[0]) == 8 * 2 * 9 * 7 * 2, last

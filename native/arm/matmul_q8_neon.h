@@ -1,4 +1,4 @@
-// NEON int8 matmuls of GGUF weights (Q8_0, Q5_0, Q4_K, Q5_K, Q6_K) against ActQ8
+// NEON int8 matmuls of GGUF weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) against ActQ8
 // activations: the skeleton shared by matmul_q8_neon.cc (baseline: smull + sadalp) and
 // matmul_q8_dotprod.cc (sdot). Each includes it with its own target flags; everything here has
 // internal linkage. Bit-exact twins of native/ref/matmul_q8.cc ("THE ORDER" there):
@@ -38,37 +38,57 @@ inline float32x4_t load_d4(const uint8_t* const sp[4], size_t at) {
 // decodes block J of one row into int8 (elements 0..15, 16..31). kMult: how many integer sub-scales
 // a block has (0: mult0 = mult1 = 1; 1: mult0 = mult1 = m[J]; 2: m[2J], m[2J + 1]); kHasMin: the
 // offset term summ = fma(M[J], x.s, summ) of the ref, added to acc at the end.
-struct DecQ8_0 {
+// The 32-element types: fp16 d at byte 0, then (Q4_1 / Q5_1) fp16 m, (Q5_*) the fifth bits qh[4],
+// then the codes: Q8_0 32 int8; Q4_* / Q5_* 16 bytes of nibbles (element e low, e + 16 high).
+// Codes as the ref: Q4_0 nibble - 8, Q5_0 (nibble | bit << 4) - 16, Q4_1 / Q5_1 unsigned, with
+// M = m (the offset term); Q8_0 as stored.
+template <GgmlType T>
+struct DecLegacy {
+  static constexpr bool kFive = T == GgmlType::Q5_0 || T == GgmlType::Q5_1;
+  static constexpr bool kHasMin = T == GgmlType::Q4_1 || T == GgmlType::Q5_1;
   static constexpr int kSub = 1;
-  static constexpr size_t kBytes = sizeof(block_q8_0);
   static constexpr int kMult = 0;
-  static constexpr bool kHasMin = false;
+  static constexpr size_t kBytes = T == GgmlType::Q8_0   ? sizeof(block_q8_0)
+                                   : T == GgmlType::Q4_0 ? sizeof(block_q4_0)
+                                   : T == GgmlType::Q4_1 ? sizeof(block_q4_1)
+                                   : T == GgmlType::Q5_0 ? sizeof(block_q5_0)
+                                                         : sizeof(block_q5_1);
+  static constexpr size_t kQh = kHasMin ? 4 : 2;             // Q5_*: qh[4] after d (and m)
+  static constexpr size_t kQs = kQh + (kFive ? 4 : 0);       // the codes after them
+  static constexpr uint8_t kBias = T == GgmlType::Q4_0 ? 8 : T == GgmlType::Q5_0 ? 16 : 0;
   struct Super {
     float32x4_t D;
+    float32x4_t M[1];
   };
-  static void load(const uint8_t* const sp[4], Super* s) { s->D = load_d4(sp, 0); }
-  template <int J>
-  static void codes(const uint8_t* p, int8x16_t* c0, int8x16_t* c1) {
-    *c0 = vld1q_s8(reinterpret_cast<const int8_t*>(p + 2));
-    *c1 = vld1q_s8(reinterpret_cast<const int8_t*>(p + 18));
+  static void load(const uint8_t* const sp[4], Super* s) {
+    s->D = load_d4(sp, 0);
+    if (kHasMin) s->M[0] = load_d4(sp, 2);
   }
-};
-
-struct DecQ5_0 : DecQ8_0 {  // d at byte 0 as Q8_0; its own size and codes
-  static constexpr size_t kBytes = sizeof(block_q5_0);
-  // c = (nibble | bit(qh, e) << 4) - 16; bit e of the little-endian qh word is element e's fifth bit:
-  // bytes qh[0..1] cover elements 0..15, qh[2..3] 16..31; each byte is spread over 8 lanes and tested
   template <int J>
   static void codes(const uint8_t* p, int8x16_t* c0, int8x16_t* c1) {
-    static const uint8_t kBits[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
-    const uint8x16_t qs = vld1q_u8(p + 6), m4 = vdupq_n_u8(0x0F), bit4 = vdupq_n_u8(0x10), c16 = vdupq_n_u8(16);
-    const uint8x16_t bits = vld1q_u8(kBits);
-    const uint8x16_t h0 = vcombine_u8(vdup_n_u8(p[2]), vdup_n_u8(p[3]));
-    const uint8x16_t h1 = vcombine_u8(vdup_n_u8(p[4]), vdup_n_u8(p[5]));
-    const uint8x16_t u0 = vorrq_u8(vandq_u8(qs, m4), vandq_u8(vtstq_u8(h0, bits), bit4));
-    const uint8x16_t u1 = vorrq_u8(vshrq_n_u8(qs, 4), vandq_u8(vtstq_u8(h1, bits), bit4));
-    *c0 = vreinterpretq_s8_u8(vsubq_u8(u0, c16));
-    *c1 = vreinterpretq_s8_u8(vsubq_u8(u1, c16));
+    if constexpr (T == GgmlType::Q8_0) {
+      *c0 = vld1q_s8(reinterpret_cast<const int8_t*>(p + kQs));
+      *c1 = vld1q_s8(reinterpret_cast<const int8_t*>(p + kQs + 16));
+    } else {
+      const uint8x16_t qs = vld1q_u8(p + kQs), m4 = vdupq_n_u8(0x0F);
+      uint8x16_t u0 = vandq_u8(qs, m4), u1 = vshrq_n_u8(qs, 4);
+      if constexpr (kFive) {
+        // bit e of the little-endian qh word is element e's fifth bit: bytes qh[0..1] cover elements
+        // 0..15, qh[2..3] 16..31; each byte is spread over 8 lanes and tested against 1, 2, .. 128
+        static const uint8_t kBits[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+        const uint8x16_t bits = vld1q_u8(kBits), bit4 = vdupq_n_u8(0x10);
+        const uint8x16_t h0 = vcombine_u8(vdup_n_u8(p[kQh]), vdup_n_u8(p[kQh + 1]));
+        const uint8x16_t h1 = vcombine_u8(vdup_n_u8(p[kQh + 2]), vdup_n_u8(p[kQh + 3]));
+        u0 = vorrq_u8(u0, vandq_u8(vtstq_u8(h0, bits), bit4));
+        u1 = vorrq_u8(u1, vandq_u8(vtstq_u8(h1, bits), bit4));
+      }
+      if constexpr (kBias != 0) {
+        u0 = vsubq_u8(u0, vdupq_n_u8(kBias));
+        u1 = vsubq_u8(u1, vdupq_n_u8(kBias));
+      }
+      *c0 = vreinterpretq_s8_u8(u0);
+      *c1 = vreinterpretq_s8_u8(u1);
+    }
   }
 };
 
@@ -255,25 +275,18 @@ void matmul_q8_neon(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k,
 }  // namespace
 }  // namespace lutllm
 
-// The registry entry points of one Dot flavour: matmul_{q8_0,q5_0,q4_K,q5_K,q6_K}_q8__SUFFIX.
-#define LUTLLM_Q8_NEON_ENTRY_POINTS(DOT, SUFFIX)                                                                 \
-  void matmul_q8_0_q8__##SUFFIX(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x,     \
-                                int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride) {                   \
-    matmul_q8_neon<DecQ8_0, DOT>(w, row_bytes, rows, k, x, x_stride, n_tok, y, y_stride);                        \
-  }                                                                                                              \
-  void matmul_q5_0_q8__##SUFFIX(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x,     \
-                                int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride) {                   \
-    matmul_q8_neon<DecQ5_0, DOT>(w, row_bytes, rows, k, x, x_stride, n_tok, y, y_stride);                        \
-  }                                                                                                              \
-  void matmul_q6_K_q8__##SUFFIX(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x,     \
-                                int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride) {                   \
-    matmul_q8_neon<DecQ6_K, DOT>(w, row_bytes, rows, k, x, x_stride, n_tok, y, y_stride);                        \
-  }                                                                                                              \
-  void matmul_q4_K_q8__##SUFFIX(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x,     \
-                                int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride) {                   \
-    matmul_q8_neon<DecQxK<false>, DOT>(w, row_bytes, rows, k, x, x_stride, n_tok, y, y_stride);                  \
-  }                                                                                                              \
-  void matmul_q5_K_q8__##SUFFIX(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x,     \
-                                int64_t x_stride, int64_t n_tok, float* y, int64_t y_stride) {                   \
-    matmul_q8_neon<DecQxK<true>, DOT>(w, row_bytes, rows, k, x, x_stride, n_tok, y, y_stride);                   \
+// The registry entry points of one Dot flavour: matmul_{q4_0,q4_1,q5_0,q5_1,q8_0,q4_K,q5_K,q6_K}_q8__SUFFIX.
+#define LUTLLM_Q8_NEON_ENTRY(DEC, DOT, NAME)                                                                   \
+  void NAME(const uint8_t* w, size_t row_bytes, int64_t rows, int64_t k, const ActQ8* x, int64_t x_stride,   \
+            int64_t n_tok, float* y, int64_t y_stride) {                                                       \
+    matmul_q8_neon<DEC, DOT>(w, row_bytes, rows, k, x, x_stride, n_tok, y, y_stride);                          \
   }
+#define LUTLLM_Q8_NEON_ENTRY_POINTS(DOT, SUFFIX)                                        \
+  LUTLLM_Q8_NEON_ENTRY(DecLegacy<GgmlType::Q4_0>, DOT, matmul_q4_0_q8__##SUFFIX)      \
+  LUTLLM_Q8_NEON_ENTRY(DecLegacy<GgmlType::Q4_1>, DOT, matmul_q4_1_q8__##SUFFIX)      \
+  LUTLLM_Q8_NEON_ENTRY(DecLegacy<GgmlType::Q5_0>, DOT, matmul_q5_0_q8__##SUFFIX)      \
+  LUTLLM_Q8_NEON_ENTRY(DecLegacy<GgmlType::Q5_1>, DOT, matmul_q5_1_q8__##SUFFIX)      \
+  LUTLLM_Q8_NEON_ENTRY(DecLegacy<GgmlType::Q8_0>, DOT, matmul_q8_0_q8__##SUFFIX)      \
+  LUTLLM_Q8_NEON_ENTRY(DecQxK<false>, DOT, matmul_q4_K_q8__##SUFFIX)                  \
+  LUTLLM_Q8_NEON_ENTRY(DecQxK<true>, DOT, matmul_q5_K_q8__##SUFFIX)                   \
+  LUTLLM_Q8_NEON_ENTRY(DecQ6_K, DOT, matmul_q6_K_q8__##SUFFIX)

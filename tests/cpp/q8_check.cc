@@ -1,4 +1,4 @@
-// Cross-ISA check of the NEON int8 matmuls (Q8_0, Q5_0, Q4_K, Q5_K, Q6_K x ActQ8): baseline NEON and sdot
+// Cross-ISA check of the NEON int8 matmuls (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K x ActQ8): baseline NEON and sdot
 // against the scalar twins of native/ref/matmul_q8.cc, bit for bit, over random blocks, extreme
 // codes and scales, rows 1..9 (row blocks of 4 and their remainders), 1..9 tokens (token tiles of
 // 4 and remainders), misaligned weights. Built and run by tests/test_kernels_matmul.py under
@@ -21,8 +21,11 @@ struct Type {
   MatmulFn ref, neon, sdot;
 };
 const Type kTypes[] = {
-    {"q8_0", sizeof(block_q8_0), 32, matmul_q8_0_q8__ref, matmul_q8_0_q8__neon, matmul_q8_0_q8__dotprod},
+    {"q4_0", sizeof(block_q4_0), 32, matmul_q4_0_q8__ref, matmul_q4_0_q8__neon, matmul_q4_0_q8__dotprod},
+    {"q4_1", sizeof(block_q4_1), 32, matmul_q4_1_q8__ref, matmul_q4_1_q8__neon, matmul_q4_1_q8__dotprod},
     {"q5_0", sizeof(block_q5_0), 32, matmul_q5_0_q8__ref, matmul_q5_0_q8__neon, matmul_q5_0_q8__dotprod},
+    {"q5_1", sizeof(block_q5_1), 32, matmul_q5_1_q8__ref, matmul_q5_1_q8__neon, matmul_q5_1_q8__dotprod},
+    {"q8_0", sizeof(block_q8_0), 32, matmul_q8_0_q8__ref, matmul_q8_0_q8__neon, matmul_q8_0_q8__dotprod},
     {"q4_K", sizeof(block_q4_K), 256, matmul_q4_K_q8__ref, matmul_q4_K_q8__neon, matmul_q4_K_q8__dotprod},
     {"q5_K", sizeof(block_q5_K), 256, matmul_q5_K_q8__ref, matmul_q5_K_q8__neon, matmul_q5_K_q8__dotprod},
     {"q6_K", sizeof(block_q6_K), 256, matmul_q6_K_q8__ref, matmul_q6_K_q8__neon, matmul_q6_K_q8__dotprod},
@@ -47,8 +50,9 @@ void fill(const Type& t, std::vector<uint8_t>& w, size_t off, int64_t nblocks, s
       if (extreme) std::memset(b + 4, 0xFF, t.block_bytes - 4);
       put_fp16(b, extreme ? 1.0f : nd(rng));
       put_fp16(b + 2, extreme ? 1.0f : nd(rng));
-    } else {
+    } else {  // d at 0; Q4_1 / Q5_1: m at 2 (overwrites two code bytes of the others: still random)
       put_fp16(b, extreme ? 1.0f : nd(rng));
+      if (t.ref == matmul_q4_1_q8__ref || t.ref == matmul_q5_1_q8__ref) put_fp16(b + 2, extreme ? -1.0f : nd(rng));
     }
   }
 }
