@@ -76,9 +76,13 @@ struct DecLegacy {
         // bit e of the little-endian qh word is element e's fifth bit: bytes qh[0..1] cover elements
         // 0..15, qh[2..3] 16..31; each byte is spread over 8 lanes and tested against 1, 2, .. 128
         static const uint8_t kBits[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+        static const uint8_t kSpread[32] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
         const uint8x16_t bits = vld1q_u8(kBits), bit4 = vdupq_n_u8(0x10);
-        const uint8x16_t h0 = vcombine_u8(vdup_n_u8(p[kQh]), vdup_n_u8(p[kQh + 1]));
-        const uint8x16_t h1 = vcombine_u8(vdup_n_u8(p[kQh + 2]), vdup_n_u8(p[kQh + 3]));
+        uint32_t qh;
+        std::memcpy(&qh, p + kQh, 4);
+        const uint8x16_t hw = vreinterpretq_u8_u32(vdupq_n_u32(qh));
+        const uint8x16_t h0 = vqtbl1q_u8(hw, vld1q_u8(kSpread)), h1 = vqtbl1q_u8(hw, vld1q_u8(kSpread + 16));
         u0 = vorrq_u8(u0, vandq_u8(vtstq_u8(h0, bits), bit4));
         u1 = vorrq_u8(u1, vandq_u8(vtstq_u8(h1, bits), bit4));
       }
