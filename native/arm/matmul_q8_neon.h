@@ -16,7 +16,6 @@
 
 #include "lutllm/ggml_types.h"
 #include "lutllm/kernels.h"
-#include "../ref/q8_blocks.h"
 
 namespace lutllm {
 namespace {
@@ -143,7 +142,15 @@ struct DecQ6_K {
   }
 };
 
-// Q4_K / Q5_K: 8 sub-blocks of 32 with a 6-bit scale sc and min m each (kquant_scale_min); block J
+// Scale and min of sub-block j of a Q4_K / Q5_K super-block from its packed scales[12], as
+// kquant_scale_min in native/ref/q8_blocks.h (not included: its inline code has external linkage and
+// would be shared with files built for other targets; everything here is internal).
+inline void scale_min6(const uint8_t* s, int j, int32_t* sc, int32_t* m) {
+  *sc = j < 4 ? s[j] & 63 : (s[j + 4] & 0x0F) | (s[j - 4] >> 6) << 4;
+  *m = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+}
+
+// Q4_K / Q5_K: 8 sub-blocks of 32 with a 6-bit scale sc and min m each (scale_min6); block J
 // = sub-block J: codes = nibble J % 2 of qs[32 (J / 2) + e] (Q5_K: | bit J of qh[e] << 4), mult = sc,
 // M = -(dmin * m) as the ref forms it.
 template <bool kFive>
@@ -163,12 +170,7 @@ struct DecQxK {
     const float32x4_t dmin = load_d4(sp, 2);
     int32_t sc[8][4], mn[8][4];
     for (int r = 0; r < 4; ++r)
-      for (int j = 0; j < 8; ++j) {
-        int a, b;
-        q8dot::kquant_scale_min(sp[r] + 4, j, &a, &b);
-        sc[j][r] = a;
-        mn[j][r] = b;
-      }
+      for (int j = 0; j < 8; ++j) scale_min6(sp[r] + 4, j, &sc[j][r], &mn[j][r]);
     for (int j = 0; j < 8; ++j) {
       s->m[j] = vld1q_s32(sc[j]);
       s->M[j] = vnegq_f32(vmulq_f32(dmin, vcvtq_f32_s32(vld1q_s32(mn[j]))));
